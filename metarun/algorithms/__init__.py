@@ -1,0 +1,8 @@
+"""Meta-learning algorithms behind one interface (`Algorithm.meta_gradient`, `Algorithm.adapt`)."""
+
+from metarun.algorithms.base import Algorithm, Params, TaskStats
+from metarun.algorithms.maml import MAML
+from metarun.algorithms.reptile import Reptile
+from metarun.algorithms.supervised import SupervisedBaseline
+
+__all__ = ["MAML", "Algorithm", "Params", "Reptile", "SupervisedBaseline", "TaskStats"]

@@ -1,0 +1,140 @@
+"""The interface every algorithm shares, and the one inner loop they all adapt with.
+
+Parameters are plain dicts of tensors run through `torch.func.functional_call`, so fast weights are
+explicit values: differentiable (MAML), detached (first-order, Reptile) or fresh (baselines).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from metarun.episodes import Episode
+from metarun.errors import UserError
+
+Params = dict[str, torch.Tensor]
+HEAD = ("head.weight", "head.bias")
+HEAD_INITS = ("learned", "zero", "random")
+INNER_OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class TaskStats:
+    """What one task's meta-gradient computation saw: query loss/accuracy before and after adaptation."""
+
+    loss_after: float
+    acc_after: float
+    loss_before: float | None = None
+    acc_before: float | None = None
+    inner_losses: list[float] = field(default_factory=list)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(-1) == labels).float().mean().item()
+
+
+class Algorithm:
+    """Public surface: `meta_gradient` (one task's contribution to the outer step) and `adapt`."""
+
+    meta_trains = True  # False: the loop skips meta-training (the `scratch` baseline)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_steps: int = 5,
+        inner_lr: float = 0.1,
+        eval_inner_steps: int = 10,
+        inner_optimizer: str = "sgd",
+        head_init: str = "learned",
+    ) -> None:
+        if inner_optimizer not in INNER_OPTIMIZERS:
+            raise UserError(f"algo.inner_optimizer={inner_optimizer!r} is not valid; use one of {INNER_OPTIMIZERS}.")
+        if head_init not in HEAD_INITS:
+            raise UserError(f"algo.head_init={head_init!r} is not valid; use one of {HEAD_INITS}.")
+        if inner_steps < 0 or eval_inner_steps < 0:
+            raise UserError(f"algo.inner_steps={inner_steps} and algo.eval_inner_steps={eval_inner_steps} must be >= 0.")
+        self.model = model
+        self.inner_steps, self.inner_lr, self.eval_inner_steps = inner_steps, inner_lr, eval_inner_steps
+        self.inner_optimizer, self.head_init = inner_optimizer, head_init
+
+    def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
+        return functional_call(self.model, params, (tokens,), {"features_only": features_only})
+
+    def extra_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters the outer optimizer trains besides the model's (none by default)."""
+        return {}
+
+    def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
+        raise NotImplementedError
+
+    def initial_params(self, params: Params) -> Params:
+        """The weights each task starts adapting from: the head meta-learned, zeroed, or freshly drawn."""
+        if self.head_init == "learned":
+            return params
+        weight, bias = params["head.weight"], params["head.bias"]
+        if self.head_init == "zero":
+            return {**params, "head.weight": torch.zeros_like(weight), "head.bias": torch.zeros_like(bias)}
+        bound = 1.0 / math.sqrt(weight.shape[1])  # nn.Linear's default initialisation
+        return {
+            **params,
+            "head.weight": torch.empty_like(weight).uniform_(-bound, bound),
+            "head.bias": torch.empty_like(bias).uniform_(-bound, bound),
+        }
+
+    def inner_loop(
+        self, params: Params, tokens: torch.Tensor, labels: torch.Tensor, steps: int, create_graph: bool = False
+    ) -> tuple[Params, list[float]]:
+        """`steps` gradient steps on (tokens, labels); differentiable through every step iff `create_graph`.
+
+        Without `create_graph` the fast weights are detached leaves after every step, so no graph
+        builds up across steps and the returned weights are ready for a first-order gradient.
+        """
+        names = list(params)
+        if not create_graph:
+            params = {n: p.detach().requires_grad_() for n, p in params.items()}
+        moments = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()} if self.inner_optimizer == "adam" else {}
+        losses = []
+        for step in range(1, steps + 1):
+            loss = F.cross_entropy(self.logits(params, tokens), labels)
+            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
+            losses.append(loss.item())
+            updated = {}
+            for name, grad in zip(names, grads):
+                if self.inner_optimizer == "adam":
+                    grad, moments[name] = _adam_direction(grad, *moments[name], step)
+                updated[name] = params[name] - self.inner_lr * grad
+            params = updated if create_graph else {n: p.detach().requires_grad_() for n, p in updated.items()}
+        return params, losses
+
+    def adapt(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor) -> Params:
+        """Evaluation-time adaptation on a support set: `eval_inner_steps` steps, no graph kept."""
+        adapted, _ = self.inner_loop(self.initial_params(params), tokens, labels, self.eval_inner_steps)
+        return {n: p.detach() for n, p in adapted.items()}
+
+    def query_stats(self, start: Params, end_logits: torch.Tensor, episode: Episode, losses: list[float]) -> TaskStats:
+        """Query loss and accuracy at the starting weights and at the adapted weights (given as logits)."""
+        with torch.no_grad():
+            start_logits = self.logits(start, episode.query_x)
+            end_logits = end_logits.detach()
+        return TaskStats(
+            loss_after=F.cross_entropy(end_logits, episode.query_y).item(),
+            acc_after=accuracy(end_logits, episode.query_y),
+            loss_before=F.cross_entropy(start_logits, episode.query_y).item(),
+            acc_before=accuracy(start_logits, episode.query_y),
+            inner_losses=losses,
+        )
+
+
+def _adam_direction(
+    grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int, betas=(0.9, 0.999), eps: float = 1e-8
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Adam's bias-corrected step direction (multiply by the learning rate), and the new moments."""
+    m = betas[0] * m + (1 - betas[0]) * grad
+    v = betas[1] * v + (1 - betas[1]) * grad * grad
+    direction = (m / (1 - betas[0] ** step)) / ((v / (1 - betas[1] ** step)).sqrt() + eps)
+    return direction, (m, v)

@@ -1,0 +1,43 @@
+"""MAML (Finn et al., 2017) and its first-order approximation.
+
+Meta-loss for one task: L_query(theta') with theta' = inner SGD steps from theta on the support set.
+Second order differentiates through the inner steps; first order takes dL_query/dtheta' as the gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from metarun.algorithms.base import Algorithm, Params, TaskStats
+from metarun.episodes import Episode
+from metarun.errors import UserError
+from metarun.model import twice_differentiable_attention
+
+
+class MAML(Algorithm):
+    def __init__(self, *args, first_order: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not first_order and self.inner_optimizer != "sgd":
+            raise UserError(
+                f"algo.inner_optimizer={self.inner_optimizer!r} cannot be differentiated through by second-order "
+                "MAML; use algo.inner_optimizer=sgd, or algo=fomaml."
+            )
+        self.first_order = first_order
+
+    def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
+        start = self.initial_params(params)
+        second_order = not self.first_order
+        with twice_differentiable_attention() if second_order else contextlib.nullcontext():
+            fast, losses = self.inner_loop(
+                start, episode.support_x, episode.support_y, self.inner_steps, create_graph=second_order
+            )
+            query_logits = self.logits(fast, episode.query_x)
+        query_loss = F.cross_entropy(query_logits, episode.query_y)
+        # first order: the query gradient at the adapted weights stands in for the meta-gradient
+        wrt = params if second_order else fast
+        names = [n for n in params if start[n] is params[n]]  # a per-episode head is not meta-learned
+        grads = torch.autograd.grad(query_loss, [wrt[n] for n in names], allow_unused=True)
+        return dict(zip(names, grads)), self.query_stats(start, query_logits, episode, losses)

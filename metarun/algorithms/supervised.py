@@ -1,0 +1,40 @@
+"""Baselines: ordinary supervised pre-training (`finetune`) or none at all (`scratch`), then fine-tuning.
+
+Both adapt at test time the same way: a fresh N-way head, then `eval_inner_steps` steps on the support set.
+`finetune` meta-trains nothing clever: each outer step is one supervised batch (an episode's support and
+query examples) classified over ALL meta-train classes with a separate wide head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy
+from metarun.episodes import Episode, trim_padding
+
+
+class SupervisedBaseline(Algorithm):
+    def __init__(self, *args, pretrain: bool = True, n_train_classes: int = 1, **kwargs) -> None:
+        kwargs.setdefault("head_init", "random")
+        super().__init__(*args, **kwargs)
+        self.meta_trains = pretrain
+        width = self.model.head.in_features
+        head = nn.Linear(width, n_train_classes).to(next(self.model.parameters()).device)
+        self.pretrain_head = {"pretrain_head.weight": head.weight, "pretrain_head.bias": head.bias}
+
+    def extra_parameters(self) -> dict[str, nn.Parameter]:
+        return self.pretrain_head if self.meta_trains else {}
+
+    def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
+        width = max(episode.support_x.shape[1], episode.query_x.shape[1])
+        tokens = trim_padding(torch.cat([F.pad(x, (0, width - x.shape[1])) for x in (episode.support_x, episode.query_x)]))
+        labels = episode.class_ids[torch.cat([episode.support_y, episode.query_y])]
+        features = self.logits(params, tokens, features_only=True)
+        logits = F.linear(features, self.pretrain_head["pretrain_head.weight"], self.pretrain_head["pretrain_head.bias"])
+        loss = F.cross_entropy(logits, labels)
+        names = [n for n in params if not n.startswith("head.")]  # the N-way head is only used after pre-training
+        wrt = {**{n: params[n] for n in names}, **self.pretrain_head}
+        grads = torch.autograd.grad(loss, list(wrt.values()))
+        return dict(zip(wrt, grads)), TaskStats(loss_after=loss.item(), acc_after=accuracy(logits, labels))

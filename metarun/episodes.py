@@ -1,0 +1,153 @@
+"""Meta-splits and N-way K-shot episodes.
+
+Classes (task=fewshot_cls) or domains (task=domain_adapt) are split into disjoint meta-train,
+meta-validation and meta-test sets; an episode draws N classes from one group (all classes of a
+split, or one domain), K support and Q query examples of each, labels in a fresh random order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, replace
+
+import torch
+
+from metarun.errors import UserError, brief
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class MetaSplit:
+    """Disjoint sets of split keys (class names or domain names)."""
+
+    train: list[str]
+    val: list[str]
+    test: list[str]
+
+
+def _count(size: float | int, total: int, name: str) -> int:
+    count = round(size * total) if isinstance(size, float) and size < 1 else int(size)
+    if count < 1 or count >= total:
+        raise UserError(
+            f"task.split.{name}={size} gives {count} of {total} keys; give a fraction in (0, 1) or a count "
+            f"from 1 to {total - 1}."
+        )
+    return count
+
+
+def split_keys(keys: list[str], val: float | int, test: float | int, seed: int) -> MetaSplit:
+    """Test keys are `random.Random(seed).sample(sorted(keys), n_test)`; val is drawn the same way from the rest."""
+    keys = sorted(set(keys))
+    test_keys = random.Random(seed).sample(keys, _count(test, len(keys), "test"))
+    rest = sorted(set(keys) - set(test_keys))
+    n_val = _count(val, len(keys), "val")
+    if n_val >= len(rest):
+        raise UserError(f"task.split (val={val}, test={test}) leaves no meta-training keys out of {len(keys)}.")
+    val_keys = random.Random(seed).sample(rest, n_val)
+    train_keys = sorted(set(rest) - set(val_keys))
+    return MetaSplit(sorted(train_keys), sorted(val_keys), sorted(test_keys))
+
+
+@dataclass(frozen=True)
+class Episode:
+    support_x: torch.Tensor  # [N*K, L] token ids
+    support_y: torch.Tensor  # [N*K] labels in 0..N-1
+    query_x: torch.Tensor  # [N*Q, L]
+    query_y: torch.Tensor  # [N*Q]
+    class_ids: torch.Tensor  # [N] each episode label's index among its split's classes
+
+    @property
+    def n_way(self) -> int:
+        return len(self.class_ids)
+
+    def to(self, device: torch.device) -> Episode:
+        return replace(self, **{k: getattr(self, k).to(device) for k in self.__dataclass_fields__})
+
+
+def trim_padding(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Drop padding columns that every row has, so attention runs over the batch's real length."""
+    length = int((tokens != pad_id).sum(1).max())
+    return tokens[:, : max(length, 1)]
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot episodes from one meta-split of pre-tokenized rows."""
+
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        row_classes: list[str],
+        class_groups: dict[str, list[str]],
+        n_way: int,
+        k_shot: int,
+        n_query: int,
+        split_name: str,
+        drop_small_classes: bool = False,
+    ) -> None:
+        self.tokens, self.n_way, self.k_shot, self.n_query = tokens, n_way, k_shot, n_query
+        rows = defaultdict(list)
+        for index, key in enumerate(row_classes):
+            rows[key].append(index)
+        needed = k_shot + n_query
+        small = sorted(c for group in class_groups.values() for c in group if len(rows[c]) < needed)
+        if small and not drop_small_classes:
+            raise UserError(
+                f"task.k_shot + task.n_query = {k_shot} + {n_query} = {needed} examples per class, but "
+                f"{len(small)} {split_name} class(es) have fewer: {brief(small)} (smallest has "
+                f"{min(len(rows[c]) for c in small)}). Lower k_shot or n_query, or set "
+                "task.drop_small_classes=true to leave those classes out."
+            )
+        self.groups = {g: [c for c in cs if c not in small] for g, cs in class_groups.items()}
+        thin = {g: len(cs) for g, cs in self.groups.items() if len(cs) < n_way}
+        if thin:
+            where = "the split" if list(self.groups) == ["all"] else f"group(s) {brief(thin)}"
+            raise UserError(
+                f"task.n_way={n_way} is larger than the {min(thin.values())} usable classes of {where} in "
+                f"meta-{split_name}; choose n_way of at most {min(thin.values())}, or move more classes "
+                "into that split with task.split."
+            )
+        self.classes = sorted(c for cs in self.groups.values() for c in cs)
+        self.class_index = {c: i for i, c in enumerate(self.classes)}
+        self.rows = {c: torch.tensor(rows[c]) for c in self.classes}
+        self.group_names = sorted(self.groups)
+
+    def sample(self, rng: random.Random) -> Episode:
+        group = self.groups[rng.choice(self.group_names)]
+        classes = rng.sample(group, self.n_way)  # random order = labels permuted per episode
+        support, query = [], []
+        for c in classes:
+            picked = self.rows[c][rng.sample(range(len(self.rows[c])), self.k_shot + self.n_query)]
+            support.append(picked[: self.k_shot])
+            query.append(picked[self.k_shot :])
+        labels = torch.arange(self.n_way)
+        return Episode(
+            support_x=trim_padding(self.tokens[torch.cat(support)]),
+            support_y=labels.repeat_interleave(self.k_shot),
+            query_x=trim_padding(self.tokens[torch.cat(query)]),
+            query_y=labels.repeat_interleave(self.n_query),
+            class_ids=torch.tensor([self.class_index[c] for c in classes]),
+        )
+
+    def fixed_episodes(self, count: int, seed: int) -> list[Episode]:
+        """The same `count` episodes for every run and algorithm that uses this seed."""
+        rng = random.Random(seed)
+        return [self.sample(rng) for _ in range(count)]
+
+
+def split_rows(keys_per_row: list[str], split: MetaSplit) -> dict[str, list[int]]:
+    """Row indices of each meta-split."""
+    where = {key: name for name in SPLITS for key in getattr(split, name)}
+    rows: dict[str, list[int]] = {name: [] for name in SPLITS}
+    for index, key in enumerate(keys_per_row):
+        rows[where[key]].append(index)
+    return rows
+
+
+def class_groups(row_classes: list[str], row_groups: list[str] | None) -> dict[str, list[str]]:
+    """Classes an episode may combine: all of them (one group) or those of one domain each."""
+    groups: dict[str, set[str]] = defaultdict(set)
+    for index, cls in enumerate(row_classes):
+        groups["all" if row_groups is None else row_groups[index]].add(cls)
+    return {g: sorted(cs) for g, cs in groups.items()}

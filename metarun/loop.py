@@ -1,0 +1,96 @@
+"""The one training loop: every algorithm's outer optimisation runs through `meta_train`.
+
+Each outer step samples a meta-batch of episodes, asks the algorithm for each task's (meta-)gradient,
+averages them onto the shared parameters and takes one outer optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+from metarun.algorithms import Algorithm, Params
+from metarun.checkpoint import Checkpoints
+from metarun.episodes import Episode, EpisodeSampler
+from metarun.errors import UserError
+from metarun.evaluation import EvalResult, evaluate
+from metarun.reporting import RunReporter
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    outer_steps: int
+    meta_batch_size: int
+    outer_optimizer: str
+    outer_lr: float
+    lr_schedule: str  # "constant" or "cosine"
+    grad_clip: float | None
+    val_interval: int
+
+
+def build_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    if name not in OPTIMIZERS:
+        raise UserError(f"algo.outer_optimizer={name!r} is not valid; use one of {sorted(OPTIMIZERS)}.")
+    return OPTIMIZERS[name](params, lr=lr)
+
+
+def meta_train(
+    algorithm: Algorithm,
+    sampler: EpisodeSampler,
+    val_episodes: list[Episode],
+    settings: TrainSettings,
+    reporter: RunReporter,
+    checkpoints: Checkpoints,
+    rng: random.Random,
+    device: torch.device,
+) -> EvalResult | None:
+    """Meta-train for `outer_steps`, validating every `val_interval` steps; returns the best validation result."""
+    params: Params = {**dict(algorithm.model.named_parameters()), **algorithm.extra_parameters()}
+    optimizer = build_optimizer(settings.outer_optimizer, list(params.values()), settings.outer_lr)
+    if settings.lr_schedule not in ("constant", "cosine"):
+        raise UserError(f"train.lr_schedule={settings.lr_schedule!r} is not valid; use 'constant' or 'cosine'.")
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.outer_steps)
+        if settings.lr_schedule == "cosine"
+        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    )
+    best: EvalResult | None = None
+    algorithm.model.train()
+    for step in range(1, settings.outer_steps + 1):
+        summed: Params = {}
+        stats = []
+        for _ in range(settings.meta_batch_size):
+            grads, task_stats = algorithm.meta_gradient(params, sampler.sample(rng).to(device))
+            stats.append(task_stats)
+            for name, grad in grads.items():
+                if grad is not None:
+                    summed[name] = summed[name] + grad if name in summed else grad
+        loss = sum(s.loss_after for s in stats) / len(stats)
+        if not math.isfinite(loss):
+            raise UserError(
+                f"The meta-training loss became {loss} at outer step {step}; training stopped. The last good "
+                f"checkpoint (step {checkpoints.last_step or 'none yet'}) and the logs are kept in "
+                f"{checkpoints.folder.parent}. Lower algo.outer_lr or algo.inner_lr, or set train.grad_clip."
+            )
+        for name, param in params.items():
+            param.grad = summed[name] / settings.meta_batch_size if name in summed else None
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            list(params.values()), settings.grad_clip if settings.grad_clip else float("inf")
+        )
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        reporter.log_train(step, stats, lr, grad_norm.item())
+        if step % settings.val_interval == 0 or step == settings.outer_steps:
+            result = evaluate(algorithm, params, val_episodes, device)
+            reporter.log_validation(step, result)
+            is_best = best is None or result.mean > best.mean
+            best = result if is_best else best
+            checkpoints.save(step, algorithm, optimizer, result, is_best)
+    return best

@@ -1,0 +1,85 @@
+"""Transformer encoder classifier: token + position embeddings, pre-LN layers, masked mean pooling, linear head."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+PAD_ID = 0
+
+
+def twice_differentiable_attention() -> contextlib.AbstractContextManager:
+    """Pick SDPA's math kernel: the fused CPU flash kernel has no double backward on torch 2.13."""
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.n_heads, self.dropout = n_heads, dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        batch, length, d_model = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=keep[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(attended.transpose(1, 2).reshape(batch, length, d_model))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.attn_norm, self.ff_norm = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.attn = SelfAttention(d_model, n_heads, dropout)
+        self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), keep))
+        return x + self.drop(self.ff(self.ff_norm(x)))
+
+
+class TransformerClassifier(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        n_classes: int,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        d_ff: int = 128,
+        max_len: int = 32,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.token_embedding = nn.Embedding(vocab_size, d_model, padding_idx=PAD_ID)
+        self.position_embedding = nn.Embedding(max_len, d_model)
+        self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
+        self.final_norm = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(d_model, n_classes)
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Masked mean of the final hidden states: one [d_model] vector per sequence."""
+        keep = tokens != PAD_ID
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.drop(self.token_embedding(tokens) + self.position_embedding(positions))
+        for layer in self.layers:
+            x = layer(x, keep)
+        x = self.final_norm(x)
+        weights = keep.unsqueeze(-1).to(x.dtype)
+        return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def forward(self, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
+        features = self.features(tokens)
+        return features if features_only else self.head(features)

@@ -1,0 +1,95 @@
+"""What a run shows: the config as a tree, a live progress bar, TensorBoard scalars and a results table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.tree import Tree
+
+from metarun.algorithms import TaskStats
+from metarun.evaluation import EvalResult
+
+console = Console()
+
+
+def _tree(node, tree: Tree) -> Tree:
+    for key, value in node.items():
+        if isinstance(value, dict):
+            _tree(value, tree.add(f"[bold]{key}"))
+        else:
+            tree.add(f"{key}: [cyan]{value}")
+    return tree
+
+
+def print_config(cfg: DictConfig) -> None:
+    console.print(_tree(OmegaConf.to_container(cfg, resolve=True), Tree("[bold]config")))
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+class RunReporter:
+    """TensorBoard events under `log_dir` and a rich progress bar over the outer steps."""
+
+    def __init__(self, log_dir: Path, total_steps: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir))
+        self.progress = Progress(
+            TextColumn("[bold]meta-train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+        )
+        self.task = self.progress.add_task("meta-train", total=total_steps, status="")
+        self.val_status = ""
+
+    def __enter__(self) -> RunReporter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()  # a run that stops early still flushes its events
+        self.writer.close()
+
+    def log_train(self, step: int, stats: list[TaskStats], lr: float, grad_norm: float) -> None:
+        scalars = {"train/loss_after": _mean([s.loss_after for s in stats]),
+                   "train/acc_after": _mean([s.acc_after for s in stats]),
+                   "train/outer_lr": lr, "train/grad_norm": grad_norm}
+        if stats[0].loss_before is not None:
+            scalars["train/loss_before"] = _mean([s.loss_before for s in stats])
+            scalars["train/acc_before"] = _mean([s.acc_before for s in stats])
+        for k in range(len(stats[0].inner_losses)):
+            scalars[f"inner/loss_step_{k}"] = _mean([s.inner_losses[k] for s in stats])
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+        self.progress.start()  # idempotent: shown from the first step on
+        status = f"loss {scalars['train/loss_after']:.3f} acc {scalars['train/acc_after']:.2f}{self.val_status}"
+        self.progress.update(self.task, completed=step, status=status)
+
+    def log_validation(self, step: int, result: EvalResult) -> None:
+        self.writer.add_scalar("val/acc", result.mean, step)
+        self.writer.add_scalar("val/acc_ci95", result.ci95, step)
+        self.val_status = f" | val {result}"
+
+    def log_hparams(self, hparams: dict, metrics: dict) -> None:
+        self.writer.add_hparams(hparams, metrics, run_name=".")
+
+
+def print_results(title: str, rows: list[tuple[str, EvalResult]]) -> None:
+    table = Table(title=title)
+    table.add_column("split")
+    table.add_column("accuracy % (95% CI)", justify="right")
+    table.add_column("episodes", justify="right")
+    for name, result in rows:
+        table.add_row(name, str(result), str(result.episodes))
+    console.print(table)

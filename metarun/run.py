@@ -1,0 +1,160 @@
+"""One run, start to end: data -> meta-splits -> tokenizer -> episodes -> model -> algorithm -> loop -> test."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from metarun.algorithms import Algorithm
+from metarun.checkpoint import Checkpoints
+from metarun.data import Corpus, load_local
+from metarun.episodes import SPLITS, Episode, EpisodeSampler, class_groups, split_keys, split_rows, trim_padding
+from metarun.errors import UserError, brief
+from metarun.evaluation import EvalResult, evaluate, mean_with_ci
+from metarun.loop import TrainSettings, meta_train
+from metarun.reporting import RunReporter, print_config, print_results
+from metarun.tokenizer import encode, fit_tokenizer
+
+SPLIT_BY = ("class", "domain")
+NOT_CONSTRUCTOR_ARGS = ("name", "vocab_size", "outer_optimizer", "outer_lr", "eps")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda was asked for, but this machine has no CUDA device; use device=cpu or device=auto.")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"device.name={name!r} is not valid; use auto, cpu or cuda.")
+    return torch.device(name)
+
+
+def build(node: DictConfig, **kwargs):
+    """Instantiate a config group's `_target_`, leaving out the keys that describe rather than construct."""
+    return instantiate({k: v for k, v in node.items() if k not in NOT_CONSTRUCTOR_ARGS}, **kwargs)
+
+
+def make_samplers(corpus: Corpus, tokens: torch.Tensor, task: DictConfig, rows: dict[str, list[int]]):
+    by_domain = task.split_by == "domain"
+    row_classes = corpus.class_keys(by_domain)
+    samplers = {}
+    for name in SPLITS:
+        index = rows[name]
+        groups = class_groups([row_classes[i] for i in index], [corpus.domains[i] for i in index] if by_domain else None)
+        samplers[name] = EpisodeSampler(
+            tokens[index], [row_classes[i] for i in index], groups, task.n_way, task.k_shot, task.n_query,
+            split_name=name, drop_small_classes=task.drop_small_classes,
+        )  # fmt: skip
+    return samplers
+
+
+def fixed_task_episodes(task: DictConfig, data: DictConfig, tokenizer) -> list[tuple[str, Episode]]:
+    """The ARSC protocol: adapt on a held-out domain's own train file, score its whole test file."""
+    episodes = []
+    columns = {k: data[k] for k in ("text_column", "label_column") if k in data}
+    for spec in task.eval_tasks:
+        support, query = load_local(spec.train, **columns), load_local(spec.test, **columns)
+        labels = sorted(set(support.labels))
+        if len(labels) != task.n_way:
+            raise UserError(
+                f"Evaluation task {spec.name!r}: {spec.train} has {len(labels)} labels ({brief(labels)}), but "
+                f"task.n_way={task.n_way}; set task.n_way={len(labels)}."
+            )
+        unknown = sorted(set(query.labels) - set(labels))
+        if unknown:
+            raise UserError(f"Evaluation task {spec.name!r}: {spec.test} has labels {brief(unknown)} absent from {spec.train}.")
+        ids = {label: i for i, label in enumerate(labels)}
+        episodes.append((spec.name, Episode(
+            support_x=trim_padding(encode(tokenizer, support.texts)),
+            support_y=torch.tensor([ids[l] for l in support.labels]),
+            query_x=trim_padding(encode(tokenizer, query.texts)),
+            query_y=torch.tensor([ids[l] for l in query.labels]),
+            class_ids=torch.arange(len(labels)),
+        )))  # fmt: skip
+    return episodes
+
+
+def run(cfg: DictConfig, output_dir: Path) -> float:
+    """Meta-train, validate, test the best checkpoint; returns the best validation accuracy (for sweepers)."""
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        raise UserError(f"These settings need a value: {brief(sorted(missing))}; give them on the command line, e.g. {sorted(missing)[0]}=...")
+    if cfg.task.split_by not in SPLIT_BY:
+        raise UserError(f"task.split_by={cfg.task.split_by!r} is not valid; use one of {SPLIT_BY}.")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    print_config(cfg)
+    device = resolve_device(cfg.device.name)
+    torch.manual_seed(cfg.seed)
+
+    corpus: Corpus = build(cfg.data)
+    keys = corpus.labels if cfg.task.split_by == "class" else corpus.require_domains()
+    split = split_keys(keys, cfg.task.split.val, cfg.task.split.test, cfg.task.split.seed)
+    rows = split_rows(keys, split)
+    tokenizer = fit_tokenizer([corpus.texts[i] for i in rows["train"]], cfg.model.vocab_size, cfg.model.max_len)
+    tokenizer.save(str(output_dir / "tokenizer.json"))
+    samplers = make_samplers(corpus, encode(tokenizer, corpus.texts), cfg.task, rows)
+    (output_dir / "splits.json").write_text(json.dumps({n: getattr(split, n) for n in SPLITS}, indent=1))
+
+    model = build(cfg.model, vocab_size=tokenizer.get_vocab_size(), n_classes=cfg.task.n_way).to(device)
+    extra = {"n_train_classes": len(samplers["train"].classes)} if "n_train_classes" in cfg.algo else {}
+    algorithm: Algorithm = build(cfg.algo, model=model, **extra)
+    val_episodes = samplers["val"].fixed_episodes(cfg.eval.val_episodes, cfg.eval.seed)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    checkpoints = Checkpoints(output_dir / "checkpoints", config)
+
+    with RunReporter(output_dir / "tensorboard", cfg.train.outer_steps) as reporter:
+        started = time.perf_counter()
+        best_val = None
+        if algorithm.meta_trains:
+            settings = TrainSettings(
+                cfg.train.outer_steps, cfg.train.meta_batch_size, cfg.algo.outer_optimizer, cfg.algo.outer_lr,
+                cfg.train.lr_schedule, cfg.train.grad_clip, cfg.eval.val_interval,
+            )  # fmt: skip
+            best_val = meta_train(
+                algorithm, samplers["train"], val_episodes, settings, reporter, checkpoints, random.Random(cfg.seed), device
+            )
+        train_seconds = time.perf_counter() - started
+        best_step = checkpoints.load_best(algorithm)
+        params = {**dict(model.named_parameters()), **algorithm.extra_parameters()}
+        if best_val is None:
+            best_val = evaluate(algorithm, params, val_episodes, device)
+        started = time.perf_counter()
+        if cfg.task.eval_tasks:
+            per_task = [(name, evaluate(algorithm, params, [ep], device)) for name, ep in fixed_task_episodes(cfg.task, cfg.data, tokenizer)]
+            test = mean_with_ci([r.mean for _, r in per_task])
+        else:
+            per_task = []
+            test = evaluate(algorithm, params, samplers["test"].fixed_episodes(cfg.eval.test_episodes, cfg.eval.seed + 1), device)
+        test_seconds = time.perf_counter() - started
+        metrics = {
+            "test_acc": test.mean, "test_ci95": test.ci95, "test_episodes": test.episodes,
+            "val_acc": best_val.mean, "val_ci95": best_val.ci95, "val_episodes": best_val.episodes,
+            "best_step": best_step, "per_task_acc": {name: r.mean for name, r in per_task},
+            "algo": cfg.algo.name, "model": cfg.model.name, "task": cfg.task.name, "data": cfg.data.name,
+            "n_way": cfg.task.n_way, "k_shot": cfg.task.k_shot, "seed": cfg.seed,
+        }  # fmt: skip
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        timing = {"meta_train_seconds": train_seconds, "test_seconds": test_seconds}
+        (output_dir / "timing.json").write_text(json.dumps(timing, indent=1))
+        reporter.log_hparams(hparams(cfg), {"hparam/test_acc": test.mean, "hparam/val_acc": best_val.mean})
+
+    title = f"{cfg.algo.name} · {cfg.model.name} · {cfg.task.name} {cfg.task.n_way}-way {cfg.task.k_shot}-shot · {cfg.data.name}"
+    print_results(title, [("meta-val (best)", best_val), ("meta-test", test), *per_task])
+    return best_val.mean
+
+
+def hparams(cfg: DictConfig) -> dict:
+    """The run's settings as flat scalars for TensorBoard's HParams tab."""
+    flat = {}
+    for group in ("algo", "model", "task", "data", "train"):
+        for key, value in cfg[group].items():
+            if isinstance(value, (int, float, str, bool)) and not key.startswith("_"):
+                flat[f"{group}.{key}"] = value
+    flat["seed"] = cfg.seed
+    return flat
