@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from metarun.algorithms import Algorithm, Params
+from metarun.algorithms import Algorithm, Params, TaskStats
 from metarun.checkpoint import Checkpoints
 from metarun.episodes import Episode, EpisodeSampler
 from metarun.errors import UserError
@@ -39,6 +39,22 @@ def build_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.o
     return OPTIMIZERS[name](params, lr=lr)
 
 
+def accumulate_meta_gradient(algorithm: Algorithm, params: Params, episodes: list[Episode]) -> list[TaskStats]:
+    """Set each trained tensor's `.grad` (the model's and the algorithm's own) to the mean of the tasks'
+    (meta-)gradients; returns the tasks' stats."""
+    summed: Params = {}
+    stats = []
+    for episode in episodes:
+        grads, task_stats = algorithm.meta_gradient(params, episode)
+        stats.append(task_stats)
+        for name, grad in grads.items():
+            if grad is not None:
+                summed[name] = summed[name] + grad if name in summed else grad
+    for name, param in {**params, **algorithm.extra_parameters()}.items():
+        param.grad = summed[name] / len(episodes) if name in summed else None
+    return stats
+
+
 def meta_train(
     algorithm: Algorithm,
     sampler: EpisodeSampler,
@@ -50,8 +66,9 @@ def meta_train(
     device: torch.device,
 ) -> EvalResult | None:
     """Meta-train for `outer_steps`, validating every `val_interval` steps; returns the best validation result."""
-    params: Params = {**dict(algorithm.model.named_parameters()), **algorithm.extra_parameters()}
-    optimizer = build_optimizer(settings.outer_optimizer, list(params.values()), settings.outer_lr)
+    params: Params = dict(algorithm.model.named_parameters())
+    trained = [*params.values(), *algorithm.extra_parameters().values()]
+    optimizer = build_optimizer(settings.outer_optimizer, trained, settings.outer_lr)
     if settings.lr_schedule not in ("constant", "cosine"):
         raise UserError(f"train.lr_schedule={settings.lr_schedule!r} is not valid; use 'constant' or 'cosine'.")
     schedule = (
@@ -62,31 +79,23 @@ def meta_train(
     best: EvalResult | None = None
     algorithm.model.train()
     for step in range(1, settings.outer_steps + 1):
-        summed: Params = {}
-        stats = []
-        for _ in range(settings.meta_batch_size):
-            grads, task_stats = algorithm.meta_gradient(params, sampler.sample(rng).to(device))
-            stats.append(task_stats)
-            for name, grad in grads.items():
-                if grad is not None:
-                    summed[name] = summed[name] + grad if name in summed else grad
-        loss = sum(s.loss_after for s in stats) / len(stats)
-        if not math.isfinite(loss):
-            raise UserError(
-                f"The meta-training loss became {loss} at outer step {step}; training stopped. The last good "
-                f"checkpoint (step {checkpoints.last_step or 'none yet'}) and the logs are kept in "
-                f"{checkpoints.folder.parent}. Lower algo.outer_lr or algo.inner_lr, or set train.grad_clip."
-            )
-        for name, param in params.items():
-            param.grad = summed[name] / settings.meta_batch_size if name in summed else None
+        episodes = [sampler.sample(rng).to(device) for _ in range(settings.meta_batch_size)]
+        stats = accumulate_meta_gradient(algorithm, params, episodes)
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            list(params.values()), settings.grad_clip if settings.grad_clip else float("inf")
-        )
+            trained, settings.grad_clip if settings.grad_clip else float("inf")
+        ).item()
+        loss = sum(s.loss_after for s in stats) / len(stats)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise UserError(
+                f"Meta-training diverged at outer step {step} (loss {loss}, gradient norm {grad_norm}) and "
+                f"stopped before applying that step. The last good checkpoint (step {checkpoints.last_step or 'none yet'}) "
+                f"and the logs are kept in {checkpoints.folder.parent}. Lower algo.outer_lr or algo.inner_lr."
+            )
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
-        reporter.log_train(step, stats, lr, grad_norm.item())
+        reporter.log_train(step, stats, lr, grad_norm)
         if step % settings.val_interval == 0 or step == settings.outer_steps:
             result = evaluate(algorithm, params, val_episodes, device)
             reporter.log_validation(step, result)

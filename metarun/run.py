@@ -121,7 +121,7 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
             )
         train_seconds = time.perf_counter() - started
         best_step = checkpoints.load_best(algorithm)
-        params = {**dict(model.named_parameters()), **algorithm.extra_parameters()}
+        params = dict(model.named_parameters())
         if best_val is None:
             best_val = evaluate(algorithm, params, val_episodes, device)
         started = time.perf_counter()

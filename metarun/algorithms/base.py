@@ -76,15 +76,13 @@ class Algorithm:
         """The weights each task starts adapting from: the head meta-learned, zeroed, or freshly drawn."""
         if self.head_init == "learned":
             return params
-        weight, bias = params["head.weight"], params["head.bias"]
+        weight, bias = params["head.weight"].detach(), params["head.bias"].detach()
         if self.head_init == "zero":
-            return {**params, "head.weight": torch.zeros_like(weight), "head.bias": torch.zeros_like(bias)}
-        bound = 1.0 / math.sqrt(weight.shape[1])  # nn.Linear's default initialisation
-        return {
-            **params,
-            "head.weight": torch.empty_like(weight).uniform_(-bound, bound),
-            "head.bias": torch.empty_like(bias).uniform_(-bound, bound),
-        }
+            head = torch.zeros_like(weight), torch.zeros_like(bias)
+        else:
+            bound = 1.0 / math.sqrt(weight.shape[1])  # nn.Linear's default initialisation
+            head = torch.empty_like(weight).uniform_(-bound, bound), torch.empty_like(bias).uniform_(-bound, bound)
+        return {**params, "head.weight": head[0].requires_grad_(), "head.bias": head[1].requires_grad_()}
 
     def inner_loop(
         self, params: Params, tokens: torch.Tensor, labels: torch.Tensor, steps: int, create_graph: bool = False

@@ -1,8 +1,9 @@
 """Embedded synthetic text: deterministic, instant, offline, and only solvable from K shots by a learner.
 
-Each class is a handful of made-up cue words; an utterance mixes two of its class's cues into shared
-English filler and a word of its domain's style. Filler dominates, so a model must first learn which
-words carry the label before a few examples are enough: exactly what meta-training should teach.
+Each class is a combination of made-up cue words drawn from one shared pool, so every word serves several
+classes and no word means one class; an utterance mixes its class's cues into plentiful English filler and a
+word of its domain's style. Filler dominates, so a model must first learn which words carry the label and how
+to compare them before a few examples are enough: exactly what meta-training should teach.
 """
 
 from __future__ import annotations
@@ -38,27 +39,33 @@ def generate_synthetic(
     classes_per_domain: int = 12,
     examples_per_class: int = 40,
     label_sets: str = "own",
-    cues_per_class: int = 4,
-    cues_per_text: int = 2,
-    filler_range: tuple[int, int] = (6, 10),
+    cue_vocab: int = 200,
+    cues_per_class: int = 3,
+    cues_per_text: int = 3,
+    filler_range: tuple[int, int] = (10, 16),
+    filler_vocab: int = 60,
 ) -> Corpus:
     """Generate a corpus; `label_sets="own"` gives each domain its own classes, `"shared"` one label set
     whose cue words differ by domain (like sentiment across product categories)."""
     if label_sets not in ("own", "shared"):
         raise UserError(f"data.label_sets={label_sets!r} is not valid; use 'own' or 'shared'.")
+    if cues_per_class > cue_vocab:
+        raise UserError(f"data.cues_per_class={cues_per_class} exceeds data.cue_vocab={cue_vocab}; lower it.")
+    if not 1 <= filler_vocab <= len(FILLER):
+        raise UserError(f"data.filler_vocab={filler_vocab} is not valid; use 1 to {len(FILLER)}.")
     rng = random.Random(seed)
-    n_cue_sets = n_domains * classes_per_domain
-    pool = _pseudo_words(rng, n_cue_sets * cues_per_class + n_domains * 3 + classes_per_domain)
-    rng.shuffle(pool)
-    style_words = [pool.pop() for _ in range(n_domains * 3)]
+    filler = FILLER[:filler_vocab]
+    words = _pseudo_words(rng, cue_vocab + n_domains * 3 + classes_per_domain)
+    rng.shuffle(words)
+    cue_pool, style_words = words[:cue_vocab], words[cue_vocab : cue_vocab + 3 * n_domains]
     # in shared label sets one cue per label is universal across domains; the rest are domain-specific
-    universal = [pool.pop() for _ in range(classes_per_domain)]
+    universal = words[cue_vocab + 3 * n_domains :]
     texts, labels, domains = [], [], []
     for d in range(n_domains):
         domain = f"domain_{d:02d}"
         styles = style_words[3 * d : 3 * d + 3]
         for c in range(classes_per_domain):
-            cues = [pool.pop() for _ in range(cues_per_class)]
+            cues = rng.sample(cue_pool, cues_per_class)
             if label_sets == "shared":
                 cues[0] = universal[c]
                 label = f"label_{c:02d}"
@@ -66,7 +73,7 @@ def generate_synthetic(
                 label = f"{STYLES[d % len(STYLES)]}_{d:02d}_{c:02d}"
             for _ in range(examples_per_class):
                 words = rng.choices(cues, k=cues_per_text) + [rng.choice(styles)]
-                words += rng.choices(FILLER, k=rng.randint(*filler_range))
+                words += rng.choices(filler, k=rng.randint(*filler_range))
                 rng.shuffle(words)
                 texts.append(" ".join(words))
                 labels.append(label)

@@ -1,0 +1,47 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the suite may wait on the network
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from metarun.episodes import Episode  # noqa: E402
+from metarun.model import TransformerClassifier  # noqa: E402
+
+CLINC150 = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
+
+
+def tiny_model(dtype=torch.float64, n_classes: int = 3, seed: int = 0) -> TransformerClassifier:
+    torch.manual_seed(seed)
+    model = TransformerClassifier(vocab_size=30, n_classes=n_classes, d_model=8, n_layers=2, n_heads=2, d_ff=16,
+                                  max_len=10, dropout=0.0)  # fmt: skip
+    return model.to(dtype)
+
+
+def random_episode(n_way: int = 3, k_shot: int = 2, n_query: int = 3, seed: int = 0) -> Episode:
+    """Random token ids with ragged lengths (the tail padded), labels 0..N-1."""
+    g = torch.Generator().manual_seed(seed)
+
+    def tokens(rows: int) -> torch.Tensor:
+        x = torch.randint(2, 30, (rows, 10), generator=g)
+        lengths = torch.randint(3, 11, (rows,), generator=g)
+        x[torch.arange(10)[None, :] >= lengths[:, None]] = 0
+        return x
+
+    labels = torch.arange(n_way)
+    return Episode(tokens(n_way * k_shot), labels.repeat_interleave(k_shot), tokens(n_way * n_query),
+                   labels.repeat_interleave(n_query), torch.arange(n_way))  # fmt: skip
+
+
+@pytest.fixture
+def model64() -> TransformerClassifier:
+    return tiny_model()
+
+
+@pytest.fixture
+def episode() -> Episode:
+    return random_episode()

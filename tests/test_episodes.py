@@ -1,0 +1,112 @@
+import random
+
+import pytest
+import torch
+
+from metarun.data import generate_synthetic
+from metarun.episodes import EpisodeSampler, class_groups, split_keys, split_rows
+from metarun.errors import UserError
+from metarun.tokenizer import encode, fit_tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return generate_synthetic(n_domains=4, classes_per_domain=8, examples_per_class=20)
+
+
+def samplers(corpus, by_domain, n_way=5, k_shot=2, n_query=3, val=0.25, test=0.25):
+    keys = corpus.domains if by_domain else corpus.labels
+    split = split_keys(keys, val, test, seed=0)
+    rows = split_rows(keys, split)
+    tokens = encode(fit_tokenizer([corpus.texts[i] for i in rows["train"]], 500, 24), corpus.texts)
+    classes = corpus.class_keys(by_domain)
+    out = {}
+    for name, index in rows.items():
+        groups = class_groups([classes[i] for i in index], [corpus.domains[i] for i in index] if by_domain else None)
+        out[name] = EpisodeSampler(tokens[index], [classes[i] for i in index], groups, n_way, k_shot, n_query, name)
+    return split, out, tokens
+
+
+@pytest.mark.parametrize("by_domain", [False, True])
+def test_meta_splits_are_disjoint_and_cover_every_key(corpus, by_domain):
+    split, sampled, _ = samplers(corpus, by_domain)
+    train, val, test = set(split.train), set(split.val), set(split.test)
+    assert not (train & val or train & test or val & test)
+    keys = set(corpus.domains if by_domain else corpus.labels)
+    assert train | val | test == keys
+    seen = {name: set(s.classes) for name, s in sampled.items()}
+    assert not (seen["train"] & seen["test"] or seen["train"] & seen["val"] or seen["val"] & seen["test"])
+
+
+def test_test_keys_follow_the_documented_sample():
+    keys = [f"intent_{i:03d}" for i in range(150)]
+    split = split_keys(keys, val=15, test=50, seed=0)
+    assert split.test == sorted(random.Random(0).sample(sorted(keys), 50))
+    assert len(split.val) == 15 and len(split.train) == 85
+
+
+@pytest.mark.parametrize("by_domain", [False, True])
+def test_episode_shape_classes_and_disjoint_support_query(corpus, by_domain):
+    _, sampled, _ = samplers(corpus, by_domain)
+    sampler = sampled["train"]
+    rng = random.Random(3)
+    for _ in range(20):
+        episode = sampler.sample(rng)
+        assert episode.n_way == 5 and len(set(episode.class_ids.tolist())) == 5
+        assert torch.bincount(episode.support_y).tolist() == [2] * 5
+        assert torch.bincount(episode.query_y).tolist() == [3] * 5
+        classes = [sampler.classes[i] for i in episode.class_ids]
+        if by_domain:  # one domain per episode
+            assert len({c.split("/")[0] for c in classes}) == 1
+        support = {tuple(r.tolist()) for r in episode.support_x}
+        query = {tuple(r.tolist()) for r in episode.query_x}
+        assert len(support) == 10 and len(query) == 15
+
+
+def test_support_and_query_rows_are_disjoint_and_of_the_labelled_class(corpus):
+    keys = corpus.labels
+    tokens = torch.arange(2, len(keys) + 2).unsqueeze(1)  # each row's one token is its row number + 2
+    sampler = EpisodeSampler(tokens, keys, class_groups(keys, None), 5, 3, 7, "train")
+    rng = random.Random(0)
+    for _ in range(50):
+        episode = sampler.sample(rng)
+        support, query = (episode.support_x[:, 0] - 2).tolist(), (episode.query_x[:, 0] - 2).tolist()
+        assert not set(support) & set(query) and len(set(support + query)) == len(support + query)
+        for row, label in zip(support + query, torch.cat([episode.support_y, episode.query_y]).tolist()):
+            assert keys[row] == sampler.classes[episode.class_ids[label]]
+
+
+def test_labels_are_permuted_per_episode(corpus):
+    _, sampled, _ = samplers(corpus, by_domain=False)
+    rng = random.Random(0)
+    orders = {tuple(sampled["train"].sample(rng).class_ids.tolist()) for _ in range(20)}
+    assert any(list(o) != sorted(o) for o in orders)
+
+
+def test_same_seed_gives_the_same_episodes(corpus):
+    _, sampled, _ = samplers(corpus, by_domain=False)
+    first = sampled["test"].fixed_episodes(5, seed=7)
+    again = sampled["test"].fixed_episodes(5, seed=7)
+    other = sampled["test"].fixed_episodes(5, seed=8)
+    for a, b in zip(first, again):
+        assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)
+        assert torch.equal(a.class_ids, b.class_ids)
+    assert any(not torch.equal(a.class_ids, b.class_ids) for a, b in zip(first, other))
+
+
+def test_n_way_larger_than_the_split_is_refused(corpus):
+    with pytest.raises(UserError, match=r"task.n_way=9 is larger than the 8 usable classes"):
+        samplers(corpus, by_domain=True, n_way=9)
+
+
+def test_classes_too_small_for_k_plus_q_are_named_and_can_be_dropped(corpus):
+    keys = corpus.labels
+    tokens = torch.ones(len(keys), 4, dtype=torch.long)
+    rows = [i for i, k in enumerate(keys) if not (k == keys[0] and i % 2)]  # halve the first class
+    classes = [keys[i] for i in rows]
+    groups = class_groups(classes, None)
+    with pytest.raises(UserError, match=keys[0]) as error:
+        EpisodeSampler(tokens[rows], classes, groups, 5, 5, 10, "train")
+    assert "task.drop_small_classes=true" in str(error.value)
+    sampler = EpisodeSampler(tokens[rows], classes, groups, 5, 5, 10, "train", drop_small_classes=True)
+    assert keys[0] not in sampler.classes and len(sampler.classes) == len(set(keys)) - 1

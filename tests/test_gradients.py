@@ -1,0 +1,130 @@
+"""Every algorithm's (meta-)gradient against an independent computation: finite differences or a naive reference."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from conftest import random_episode, tiny_model
+from metarun.algorithms import MAML, Reptile
+from metarun.loop import accumulate_meta_gradient
+from metarun.model import twice_differentiable_attention
+
+INNER_LR, INNER_STEPS = 0.3, 2
+
+
+def naive_maml_loss(model, params, episode, create_graph=True):
+    """MAML's meta-loss written out by hand: two unrolled SGD steps, then the query loss."""
+    fast = dict(params)
+    for _ in range(INNER_STEPS):
+        support_loss = F.cross_entropy(functional_call(model, fast, (episode.support_x,)), episode.support_y)
+        grads = torch.autograd.grad(support_loss, list(fast.values()), create_graph=create_graph)
+        fast = {name: p - INNER_LR * g for (name, p), g in zip(fast.items(), grads)}
+    return F.cross_entropy(functional_call(model, fast, (episode.query_x,)), episode.query_y), fast
+
+
+def meta_gradient(algorithm, model, episode):
+    params = dict(model.named_parameters())
+    grads, _ = algorithm.meta_gradient(params, episode)
+    return {n: grads[n] for n in params}
+
+
+def test_maml_meta_gradient_matches_finite_differences(model64, episode):
+    grads = meta_gradient(MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR), model64, episode)
+    params = {n: p.detach() for n, p in model64.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):  # random directions through all parameters at once
+        direction = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()}
+
+        def loss_at(scale):
+            shifted = {n: (p + scale * direction[n]).requires_grad_() for n, p in params.items()}
+            return naive_maml_loss(model64, shifted, episode, create_graph=False)[0].item()
+
+        eps = 1e-5
+        numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+        analytic = sum((grads[n] * direction[n]).sum() for n in params).item()
+        assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+
+def test_maml_meta_gradient_matches_naive_unrolled_reference(model64, episode):
+    grads = meta_gradient(MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR), model64, episode)
+    params = dict(model64.named_parameters())
+    with twice_differentiable_attention():
+        loss, _ = naive_maml_loss(model64, params, episode)
+    reference = torch.autograd.grad(loss, list(params.values()))
+    for (name, _), ref in zip(params.items(), reference):
+        torch.testing.assert_close(grads[name], ref, rtol=1e-9, atol=1e-12)
+
+
+def test_first_order_maml_is_the_query_gradient_at_the_adapted_weights(model64, episode):
+    params = dict(model64.named_parameters())
+    grads = meta_gradient(MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR, first_order=True), model64, episode)
+    _, fast = naive_maml_loss(model64, params, episode, create_graph=False)
+    fast = {n: p.detach().requires_grad_() for n, p in fast.items()}
+    query_loss = F.cross_entropy(functional_call(model64, fast, (episode.query_x,)), episode.query_y)
+    reference = torch.autograd.grad(query_loss, list(fast.values()))
+    for name, ref in zip(fast, reference):
+        torch.testing.assert_close(grads[name], ref, rtol=1e-9, atol=1e-12)
+    second_order = meta_gradient(MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR), model64, episode)
+    differs = any(not torch.allclose(grads[n], second_order[n]) for n in grads)
+    assert differs, "first- and second-order gradients coincide: the test would not tell them apart"
+
+
+@pytest.mark.parametrize("inner_optimizer", ["sgd", "adam"])
+def test_reptile_outer_step_interpolates_towards_the_mean_adapted_weights(inner_optimizer):
+    model, eps, steps, lr = tiny_model(), 0.5, 3, 0.05
+    episodes = [random_episode(seed=s) for s in range(3)]
+    theta = {n: p.detach().clone() for n, p in model.named_parameters()}
+    adapted = []  # theta' per task, by an ordinary module + torch.optim loop
+    for episode in episodes:
+        clone = copy.deepcopy(model)
+        inner = (torch.optim.SGD if inner_optimizer == "sgd" else torch.optim.Adam)(clone.parameters(), lr=lr)
+        for _ in range(steps):
+            inner.zero_grad()
+            F.cross_entropy(clone(episode.support_x), episode.support_y).backward()
+            inner.step()
+        adapted.append({n: p.detach() for n, p in clone.named_parameters()})
+
+    algorithm = Reptile(model, inner_steps=steps, inner_lr=lr, inner_optimizer=inner_optimizer)
+    params = dict(model.named_parameters())
+    outer = torch.optim.SGD(params.values(), lr=eps)
+    accumulate_meta_gradient(algorithm, params, episodes)
+    outer.step()
+    for name, param in params.items():
+        mean_adapted = sum(a[name] for a in adapted) / len(adapted)
+        expected = theta[name] + eps * (mean_adapted - theta[name])
+        torch.testing.assert_close(param.detach(), expected, rtol=1e-7, atol=1e-10)
+    assert any(not torch.equal(params[n].detach(), theta[n]) for n in theta)
+
+
+def test_loop_averages_task_gradients_over_the_meta_batch(model64):
+    episodes = [random_episode(seed=s) for s in range(2)]
+    algorithm = MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR)
+    per_task = [meta_gradient(algorithm, model64, e) for e in episodes]
+    params = dict(model64.named_parameters())
+    accumulate_meta_gradient(algorithm, params, episodes)
+    for name, param in params.items():
+        torch.testing.assert_close(param.grad, (per_task[0][name] + per_task[1][name]) / 2)
+
+
+def test_second_order_through_attention_runs_on_cpu_float32():
+    """The trap: SDPA's fused CPU kernel has no double backward; metarun's MAML must still work."""
+    model, episode = tiny_model(torch.float32), random_episode()
+    params = dict(model.named_parameters())
+    with pytest.raises(RuntimeError, match="not implemented"):
+        naive_maml_loss(model, params, episode)[0].backward()  # default kernels: the trap is real here
+    grads = meta_gradient(MAML(model, inner_steps=INNER_STEPS, inner_lr=INNER_LR), model, episode)
+    attention = "layers.0.attn.qkv.weight"
+    assert torch.isfinite(grads[attention]).all() and grads[attention].abs().sum() > 0
+    with twice_differentiable_attention():
+        reference = torch.autograd.grad(naive_maml_loss(model, params, episode)[0], [params[attention]])[0]
+    torch.testing.assert_close(grads[attention], reference, rtol=1e-4, atol=1e-6)
+
+
+def test_maml_refuses_a_non_differentiable_inner_optimizer(model64):
+    from metarun.errors import UserError
+
+    with pytest.raises(UserError, match="inner_optimizer='adam'"):
+        MAML(model64, inner_optimizer="adam")
