@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,7 +38,12 @@ def resolve_device(name: str) -> torch.device:
 
 def build(node: DictConfig, **kwargs):
     """Instantiate a config group's `_target_`, leaving out the keys that describe rather than construct."""
-    return instantiate({k: v for k, v in node.items() if k not in NOT_CONSTRUCTOR_ARGS}, **kwargs)
+    try:
+        return instantiate({k: v for k, v in node.items() if k not in NOT_CONSTRUCTOR_ARGS}, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, UserError):  # Hydra wraps it; the user needs the original message
+            raise error.__cause__ from None
+        raise
 
 
 def make_samplers(corpus: Corpus, tokens: torch.Tensor, task: DictConfig, rows: dict[str, list[int]]):

@@ -11,7 +11,7 @@ from metarun.run import run
 
 TINY_BUDGET = [
     "data=synthetic", "data.examples_per_class=12", "task.n_query=3", "train.outer_steps=2",
-    "train.meta_batch_size=2", "eval.val_interval=1", "eval.val_episodes=2", "eval.test_episodes=3",
+    "train.meta_batch_size=1", "eval.val_interval=2", "eval.val_episodes=1", "eval.test_episodes=3",
     "algo.eval_inner_steps=1", "device=cpu",
 ]  # fmt: skip
 MODELS, ALGOS, TASKS = ("tiny", "small", "base"), ("maml", "fomaml", "reptile", "finetune", "scratch"), ("fewshot_cls", "domain_adapt")

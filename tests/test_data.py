@@ -88,3 +88,10 @@ def test_tokenizer_fitted_on_train_text_still_splits_unseen_words():
     tokenizer = fit_tokenizer(["kavo ribetu please", "dana mobe thanks"] * 20, vocab_size=200, max_len=8)
     ids = encode(tokenizer, ["mabeka please"])[0].tolist()
     assert ids[-1] == 0 and 1 not in ids  # padded to max_len, and no unknown token for an unseen word
+
+
+def test_tokenizer_ids_do_not_depend_on_hash_order():
+    texts = generate_synthetic(n_domains=2, classes_per_domain=5, examples_per_class=10).texts
+    vocabularies = [fit_tokenizer(texts, vocab_size=300, max_len=16).get_vocab() for _ in range(4)]
+    assert all(v == vocabularies[0] for v in vocabularies)
+    assert vocabularies[0]["[PAD]"] == 0 and vocabularies[0]["[UNK]"] == 1

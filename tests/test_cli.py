@@ -1,0 +1,143 @@
+"""The `metarun` command end to end, as a user runs it: outputs, sweeps, determinism and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CLINC150
+
+METARUN = str(Path(sys.executable).with_name("metarun"))
+FAST = [
+    "train.outer_steps=3", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=4",
+    "eval.test_episodes=6", "algo.inner_steps=1", "algo.eval_inner_steps=2", "device=cpu",
+]  # fmt: skip
+
+
+def metarun(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([METARUN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def run_ok(run_dir, *args):
+    result = metarun(*FAST, f"hydra.run.dir={run_dir}", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_finds_its_configs_from_any_working_directory(tmp_path):
+    result = metarun("--info", "searchpath", cwd=tmp_path)
+    assert result.returncode == 0
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    assert f"file://{conf}" in result.stdout
+
+
+def test_synthetic_run_writes_everything_a_user_looks_for(tmp_path):
+    result = run_ok(tmp_path / "run")
+    run = tmp_path / "run"
+    for path in (".hydra/config.yaml", "tokenizer.json", "checkpoints/best.pt", "checkpoints/last.pt",
+                 "metrics.json", "splits.json"):  # fmt: skip
+        assert (run / path).is_file(), path
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_episodes"] == 6 and metrics["algo"] == "maml"
+    assert "meta-test" in result.stdout and "accuracy % (95% CI)" in result.stdout
+    best = torch.load(run / "checkpoints/best.pt")
+    assert best["step"] == metrics["best_step"] and best["step"] in (2, 3)
+
+
+def test_tensorboard_gets_the_promised_scalars_and_hparams(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_ok(tmp_path / "run", "algo.inner_steps=2")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss_before", "train/acc_before", "train/loss_after", "train/acc_after", "train/outer_lr",
+                "train/grad_norm", "inner/loss_step_0", "inner/loss_step_1", "val/acc"):  # fmt: skip
+        assert tag in tags, tag
+    assert len(events.Scalars("train/loss_after")) == 3
+    hparams = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload().summary_metadata
+    assert any("_hparams_" in tag for tag in hparams)
+
+
+@pytest.mark.skipif(not CLINC150.is_dir(), reason="../shared/data/clinc150 is not beside this checkout")
+def test_clinc150_run(tmp_path):
+    run_ok(tmp_path / "run", "data=clinc150", "task.split.test=50", "task.split.val=15")
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())
+    assert len(splits["test"]) == 50 and len(splits["train"]) == 85
+
+
+def test_multirun_gives_each_run_its_own_folder(tmp_path):
+    result = metarun("-m", *FAST, "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    folders = sorted(p.parent.name for p in tmp_path.glob("*/metrics.json"))
+    assert len(folders) == 2 and folders[0].startswith("0_") and folders[1].startswith("1_")
+    assert "seed=0" in folders[0] and "seed=1" in folders[1]
+
+
+def test_same_seed_same_config_gives_identical_metrics(tmp_path):
+    run_ok(tmp_path / "a")
+    run_ok(tmp_path / "b")
+    assert (tmp_path / "a/metrics.json").read_text() == (tmp_path / "b/metrics.json").read_text()
+
+
+def bad_input(tmp_path, *args, code=2):
+    result = metarun(*FAST, f"hydra.run.dir={tmp_path / 'run'}", *args)
+    assert result.returncode == code, (result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    return " ".join(result.stderr.split())
+
+
+def test_unknown_option_names_the_valid_ones(tmp_path):
+    message = bad_input(tmp_path, "algo=nope", code=1)
+    assert "Could not find 'algo/nope'" in message and "maml" in message and "reptile" in message
+
+
+def test_n_way_larger_than_the_split(tmp_path):
+    message = bad_input(tmp_path, "task.n_way=40")
+    assert "task.n_way=40 is larger than the" in message
+
+
+def test_k_shot_plus_queries_larger_than_a_class(tmp_path):
+    message = bad_input(tmp_path, "task.k_shot=30", "task.n_query=15")
+    assert "task.k_shot + task.n_query = 30 + 15 = 45" in message and "task.drop_small_classes=true" in message
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "columns", "blank text"])
+def test_bad_data_files(tmp_path, problem):
+    path = tmp_path / "data.jsonl"
+    rows = [{"text": f"example {i}", "label": f"c{i % 10}"} for i in range(200)]
+    if problem == "columns":
+        rows = [{"utterance": r["text"], "label": r["label"]} for r in rows]
+    if problem == "blank text":
+        rows[7]["text"] = ""
+    if problem != "missing":
+        path.write_text("" if problem == "empty" else "".join(json.dumps(r) + "\n" for r in rows))
+    message = bad_input(tmp_path, "data=local", f"data.files={path}")
+    expected = {"missing": "not found", "empty": "are empty", "columns": "lacks the column(s) 'text'",
+                "blank text": "have empty text (rows 7)"}[problem]  # fmt: skip
+    assert expected in message and str(path) in message or "rows 7" in message
+
+
+def test_local_data_without_files_says_which_setting(tmp_path):
+    assert "data.files" in bad_input(tmp_path, "data=local")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda(tmp_path):
+    assert "device=cuda was asked for, but this machine has no CUDA device" in bad_input(tmp_path, "device=cuda")
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    message = bad_input(tmp_path, "algo.outer_lr=1e8", "train.grad_clip=null", "eval.val_interval=1",
+                        "train.outer_steps=20", "train.lr_schedule=constant")  # fmt: skip
+    assert "diverged at outer step" in message
+    step = int(message.split("diverged at outer step ")[1].split()[0])
+    last = torch.load(tmp_path / "run/checkpoints/last.pt")
+    assert last["step"] == step - 1
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
