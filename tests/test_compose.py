@@ -37,3 +37,31 @@ def test_experiment_presets_compose_and_run(tmp_path, experiment):
     cfg = compose_config(f"experiment={experiment}")
     run(cfg, tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["task"] == "domain_adapt"
+
+
+def test_fixed_evaluation_tasks_adapt_on_their_train_file_and_score_the_whole_test_file(tmp_path):
+    """The ARSC protocol: each held-out domain brings its own small train file and a test file."""
+    from metarun.data import generate_synthetic
+
+    corpus = generate_synthetic(examples_per_class=12)
+    specs = []
+    for domain in ("domain_08", "domain_09"):
+        rows = [i for i, d in enumerate(corpus.domains) if d == domain and corpus.labels[i].endswith(("_00", "_01", "_02", "_03", "_04"))]
+        files = {}
+        for part, keep in (("train", lambda k: k < 2), ("test", lambda k: k >= 2)):
+            seen = {}
+            lines = []
+            for i in rows:
+                seen[corpus.labels[i]] = seen.get(corpus.labels[i], -1) + 1
+                if keep(seen[corpus.labels[i]]):
+                    lines.append(json.dumps({"text": corpus.texts[i], "label": corpus.labels[i]}))
+            files[part] = tmp_path / f"{domain}.{part}.jsonl"
+            files[part].write_text("\n".join(lines) + "\n")
+        specs.append(f"{{name:{domain},train:'{files['train']}',test:'{files['test']}'}}")
+    cfg = compose_config("task=domain_adapt", f"task.eval_tasks=[{','.join(specs)}]", "data.examples_per_class=12")
+    run(cfg, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert sorted(metrics["per_task_acc"]) == ["domain_08", "domain_09"] and metrics["test_episodes"] == 2
+    assert metrics["test_acc"] == sum(metrics["per_task_acc"].values()) / 2
+    for acc in metrics["per_task_acc"].values():
+        assert acc * 50 == round(acc * 50)  # scored on all 50 test rows (5 labels x 10)
