@@ -32,6 +32,14 @@ class TrainSettings:
     grad_clip: float | None
     val_interval: int
 
+    def __post_init__(self) -> None:
+        for key in ("train.outer_steps", "train.meta_batch_size", "eval.val_interval"):
+            value = getattr(self, key.split(".")[1])
+            if value < 1:
+                raise UserError(f"{key}={value} is not valid; it must be a whole number of at least 1.")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise UserError(f"train.lr_schedule={self.lr_schedule!r} is not valid; use 'constant' or 'cosine'.")
+
 
 def build_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
     if name not in OPTIMIZERS:
@@ -69,8 +77,6 @@ def meta_train(
     params: Params = dict(algorithm.model.named_parameters())
     trained = [*params.values(), *algorithm.extra_parameters().values()]
     optimizer = build_optimizer(settings.outer_optimizer, trained, settings.outer_lr)
-    if settings.lr_schedule not in ("constant", "cosine"):
-        raise UserError(f"train.lr_schedule={settings.lr_schedule!r} is not valid; use 'constant' or 'cosine'.")
     schedule = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.outer_steps)
         if settings.lr_schedule == "cosine"
