@@ -14,7 +14,7 @@ TINY_BUDGET = [
     "train.meta_batch_size=1", "eval.val_interval=2", "eval.val_episodes=1", "eval.test_episodes=3",
     "algo.eval_inner_steps=1", "device=cpu",
 ]  # fmt: skip
-MODELS, ALGOS, TASKS = ("tiny", "small", "base"), ("maml", "fomaml", "reptile", "finetune", "scratch"), ("fewshot_cls", "domain_adapt")
+MODELS, ALGOS, TASKS = ("tiny", "small", "base"), ("maml", "fomaml", "reptile", "protonet", "finetune", "scratch"), ("fewshot_cls", "domain_adapt")
 
 
 def compose_config(*overrides):

@@ -128,3 +128,26 @@ def test_maml_refuses_a_non_differentiable_inner_optimizer(model64):
 
     with pytest.raises(UserError, match="inner_optimizer='adam'"):
         MAML(model64, inner_optimizer="adam")
+
+
+def test_protonet_prototypes_distances_and_gradient(model64, episode):
+    from metarun.algorithms import ProtoNet
+
+    algorithm = ProtoNet(model64)
+    params = dict(model64.named_parameters())
+    support = model64(episode.support_x, features_only=True)
+    means = torch.stack([support[episode.support_y == k].mean(0) for k in range(episode.n_way)])
+    adapted = algorithm.adapt(params, episode.support_x, episode.support_y)
+    torch.testing.assert_close(adapted["head.weight"], 2 * means)
+    query = model64(episode.query_x, features_only=True)
+    negative_sq_distances = -torch.cdist(query, means) ** 2
+    logits = algorithm.logits(adapted, episode.query_x)
+    torch.testing.assert_close(logits.log_softmax(-1), negative_sq_distances.log_softmax(-1))  # same up to a per-query constant
+
+    grads, _ = algorithm.meta_gradient(params, episode)
+    reference_loss = F.cross_entropy(negative_sq_distances, episode.query_y)
+    names = [n for n in params if not n.startswith("head.")]
+    reference = torch.autograd.grad(reference_loss, [params[n] for n in names])
+    assert set(grads) == set(names)
+    for name, ref in zip(names, reference):
+        torch.testing.assert_close(grads[name], ref, rtol=1e-9, atol=1e-12)
