@@ -86,6 +86,9 @@ class EpisodeSampler:
         split_name: str,
         drop_small_classes: bool = False,
     ) -> None:
+        for key, value, least in (("n_way", n_way, 2), ("k_shot", k_shot, 1), ("n_query", n_query, 1)):
+            if value < least:
+                raise UserError(f"task.{key}={value} is not valid; it must be a whole number of at least {least}.")
         self.tokens, self.n_way, self.k_shot, self.n_query = tokens, n_way, k_shot, n_query
         rows = defaultdict(list)
         for index, key in enumerate(row_classes):

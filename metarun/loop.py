@@ -94,8 +94,9 @@ def meta_train(
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise UserError(
                 f"Meta-training diverged at outer step {step} (loss {loss}, gradient norm {grad_norm}) and "
-                f"stopped before applying that step. The last good checkpoint (step {checkpoints.last_step or 'none yet'}) "
-                f"and the logs are kept in {checkpoints.folder.parent}. Lower algo.outer_lr or algo.inner_lr."
+                "stopped before applying that step. The last good checkpoint "
+                f"(step {checkpoints.last_step or 'none yet'}) and the logs are kept in {checkpoints.folder.parent}. "
+                "Lower algo.outer_lr or algo.inner_lr."
             )
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()

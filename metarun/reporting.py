@@ -62,9 +62,12 @@ class RunReporter:
         self.writer.close()
 
     def log_train(self, step: int, stats: list[TaskStats], lr: float, grad_norm: float) -> None:
-        scalars = {"train/loss_after": _mean([s.loss_after for s in stats]),
-                   "train/acc_after": _mean([s.acc_after for s in stats]),
-                   "train/outer_lr": lr, "train/grad_norm": grad_norm}
+        scalars = {
+            "train/loss_after": _mean([s.loss_after for s in stats]),
+            "train/acc_after": _mean([s.acc_after for s in stats]),
+            "train/outer_lr": lr,
+            "train/grad_norm": grad_norm,
+        }
         if stats[0].loss_before is not None:
             scalars["train/loss_before"] = _mean([s.loss_before for s in stats])
             scalars["train/acc_before"] = _mean([s.acc_before for s in stats])

@@ -11,13 +11,14 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from tokenizers import Tokenizer
 
 from metarun.algorithms import Algorithm
 from metarun.checkpoint import Checkpoints
 from metarun.data import Corpus, load_local
 from metarun.episodes import SPLITS, Episode, EpisodeSampler, class_groups, split_keys, split_rows, trim_padding
 from metarun.errors import UserError, brief
-from metarun.evaluation import EvalResult, evaluate, mean_with_ci
+from metarun.evaluation import evaluate, mean_with_ci
 from metarun.loop import TrainSettings, meta_train
 from metarun.reporting import RunReporter, print_config, print_results
 from metarun.tokenizer import encode, fit_tokenizer
@@ -30,7 +31,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda was asked for, but this machine has no CUDA device; use device=cpu or device=auto.")
+        raise UserError(
+            "device=cuda was asked for, but this machine has no CUDA device; use device=cpu or device=auto."
+        )
     if name not in ("cpu", "cuda"):
         raise UserError(f"device.name={name!r} is not valid; use auto, cpu or cuda.")
     return torch.device(name)
@@ -52,7 +55,9 @@ def make_samplers(corpus: Corpus, tokens: torch.Tensor, task: DictConfig, rows: 
     samplers = {}
     for name in SPLITS:
         index = rows[name]
-        groups = class_groups([row_classes[i] for i in index], [corpus.domains[i] for i in index] if by_domain else None)
+        groups = class_groups(
+            [row_classes[i] for i in index], [corpus.domains[i] for i in index] if by_domain else None
+        )
         samplers[name] = EpisodeSampler(
             tokens[index], [row_classes[i] for i in index], groups, task.n_way, task.k_shot, task.n_query,
             split_name=name, drop_small_classes=task.drop_small_classes,
@@ -74,45 +79,59 @@ def fixed_task_episodes(task: DictConfig, data: DictConfig, tokenizer) -> list[t
             )
         unknown = sorted(set(query.labels) - set(labels))
         if unknown:
-            raise UserError(f"Evaluation task {spec.name!r}: {spec.test} has labels {brief(unknown)} absent from {spec.train}.")
+            raise UserError(
+                f"Evaluation task {spec.name!r}: {spec.test} has labels {brief(unknown)} absent from {spec.train}."
+            )
         ids = {label: i for i, label in enumerate(labels)}
         episodes.append((spec.name, Episode(
             support_x=trim_padding(encode(tokenizer, support.texts)),
-            support_y=torch.tensor([ids[l] for l in support.labels]),
+            support_y=torch.tensor([ids[label] for label in support.labels]),
             query_x=trim_padding(encode(tokenizer, query.texts)),
-            query_y=torch.tensor([ids[l] for l in query.labels]),
+            query_y=torch.tensor([ids[label] for label in query.labels]),
             class_ids=torch.arange(len(labels)),
         )))  # fmt: skip
     return episodes
 
 
-def run(cfg: DictConfig, output_dir: Path) -> float:
-    """Meta-train, validate, test the best checkpoint; returns the best validation accuracy (for sweepers)."""
-    missing = OmegaConf.missing_keys(cfg)
-    if missing:
-        raise UserError(f"These settings need a value: {brief(sorted(missing))}; give them on the command line, e.g. {sorted(missing)[0]}=...")
-    if cfg.task.split_by not in SPLIT_BY:
-        raise UserError(f"task.split_by={cfg.task.split_by!r} is not valid; use one of {SPLIT_BY}.")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    print_config(cfg)
-    device = resolve_device(cfg.device.name)
-    torch.manual_seed(cfg.seed)
-
+def prepare_episodes(cfg: DictConfig, output_dir: Path) -> tuple[Tokenizer, dict[str, EpisodeSampler]]:
+    """Load the data, split it, fit the tokenizer on meta-train text, and build one sampler per split."""
     corpus: Corpus = build(cfg.data)
     keys = corpus.labels if cfg.task.split_by == "class" else corpus.require_domains()
     split = split_keys(keys, cfg.task.split.val, cfg.task.split.test, cfg.task.split.seed)
     rows = split_rows(keys, split)
     tokenizer = fit_tokenizer([corpus.texts[i] for i in rows["train"]], cfg.model.vocab_size, cfg.model.max_len)
     tokenizer.save(str(output_dir / "tokenizer.json"))
-    samplers = make_samplers(corpus, encode(tokenizer, corpus.texts), cfg.task, rows)
     (output_dir / "splits.json").write_text(json.dumps({n: getattr(split, n) for n in SPLITS}, indent=1))
+    return tokenizer, make_samplers(corpus, encode(tokenizer, corpus.texts), cfg.task, rows)
 
+
+def evaluation_episodes(cfg: DictConfig, sampler: EpisodeSampler, tokenizer: Tokenizer) -> list[tuple[str, Episode]]:
+    """The fixed evaluation tasks when given, else `eval.test_episodes` seeded meta-test episodes."""
+    if cfg.task.eval_tasks:
+        return fixed_task_episodes(cfg.task, cfg.data, tokenizer)
+    return [("meta-test", e) for e in sampler.fixed_episodes(cfg.eval.test_episodes, cfg.eval.seed + 1)]
+
+
+def run(cfg: DictConfig, output_dir: Path) -> float:
+    """Meta-train, validate, test the best checkpoint; returns the best validation accuracy (for sweepers)."""
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        raise UserError(
+            f"These settings need a value: {brief(sorted(missing))}; give them on the command line, "
+            f"e.g. {sorted(missing)[0]}=..."
+        )
+    if cfg.task.split_by not in SPLIT_BY:
+        raise UserError(f"task.split_by={cfg.task.split_by!r} is not valid; use one of {SPLIT_BY}.")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    print_config(cfg)
+    device = resolve_device(cfg.device.name)
+    torch.manual_seed(cfg.seed)
+    tokenizer, samplers = prepare_episodes(cfg, output_dir)
     model = build(cfg.model, vocab_size=tokenizer.get_vocab_size(), n_classes=cfg.task.n_way).to(device)
     extra = {"n_train_classes": len(samplers["train"].classes)} if "n_train_classes" in cfg.algo else {}
     algorithm: Algorithm = build(cfg.algo, model=model, **extra)
     val_episodes = samplers["val"].fixed_episodes(cfg.eval.val_episodes, cfg.eval.seed)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    checkpoints = Checkpoints(output_dir / "checkpoints", config)
+    checkpoints = Checkpoints(output_dir / "checkpoints", OmegaConf.to_container(cfg, resolve=True))
 
     with RunReporter(output_dir / "tensorboard", cfg.train.outer_steps) as reporter:
         started = time.perf_counter()
@@ -123,21 +142,27 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
                 cfg.train.lr_schedule, cfg.train.grad_clip, cfg.eval.val_interval,
             )  # fmt: skip
             best_val = meta_train(
-                algorithm, samplers["train"], val_episodes, settings, reporter, checkpoints, random.Random(cfg.seed), device
+                algorithm,
+                samplers["train"],
+                val_episodes,
+                settings,
+                reporter,
+                checkpoints,
+                random.Random(cfg.seed),
+                device,
             )
         train_seconds = time.perf_counter() - started
         best_step = checkpoints.load_best(algorithm)
         params = dict(model.named_parameters())
-        if best_val is None:
-            best_val = evaluate(algorithm, params, val_episodes, device)
+        best_val = best_val or evaluate(algorithm, params, val_episodes, device)
         started = time.perf_counter()
-        if cfg.task.eval_tasks:
-            per_task = [(name, evaluate(algorithm, params, [ep], device)) for name, ep in fixed_task_episodes(cfg.task, cfg.data, tokenizer)]
+        named = evaluation_episodes(cfg, samplers["test"], tokenizer)
+        if cfg.task.eval_tasks:  # one score per fixed task; the interval is over tasks
+            per_task = [(name, evaluate(algorithm, params, [episode], device)) for name, episode in named]
             test = mean_with_ci([r.mean for _, r in per_task])
         else:
-            per_task = []
-            test = evaluate(algorithm, params, samplers["test"].fixed_episodes(cfg.eval.test_episodes, cfg.eval.seed + 1), device)
-        test_seconds = time.perf_counter() - started
+            per_task, test = [], evaluate(algorithm, params, [e for _, e in named], device)
+        timing = {"meta_train_seconds": train_seconds, "test_seconds": time.perf_counter() - started}
         metrics = {
             "test_acc": test.mean, "test_ci95": test.ci95, "test_episodes": test.episodes,
             "val_acc": best_val.mean, "val_ci95": best_val.ci95, "val_episodes": best_val.episodes,
@@ -146,11 +171,11 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
             "n_way": cfg.task.n_way, "k_shot": cfg.task.k_shot, "seed": cfg.seed,
         }  # fmt: skip
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        timing = {"meta_train_seconds": train_seconds, "test_seconds": test_seconds}
         (output_dir / "timing.json").write_text(json.dumps(timing, indent=1))
         reporter.log_hparams(hparams(cfg), {"hparam/test_acc": test.mean, "hparam/val_acc": best_val.mean})
 
-    title = f"{cfg.algo.name} · {cfg.model.name} · {cfg.task.name} {cfg.task.n_way}-way {cfg.task.k_shot}-shot · {cfg.data.name}"
+    task = f"{cfg.task.name} {cfg.task.n_way}-way {cfg.task.k_shot}-shot"
+    title = f"{cfg.algo.name} · {cfg.model.name} · {task} · {cfg.data.name}"
     print_results(title, [("meta-val (best)", best_val), ("meta-test", test), *per_task])
     return best_val.mean
 

@@ -25,4 +25,3 @@ def fit_tokenizer(texts: list[str], vocab_size: int, max_len: int) -> Tokenizer:
 def encode(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
     """All texts as one [rows, max_len] tensor of token ids, padded with 0."""
     return torch.tensor([e.ids for e in tokenizer.encode_batch(texts)], dtype=torch.long)
-

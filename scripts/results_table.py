@@ -1,6 +1,6 @@
 """Print a Markdown table of the runs under a folder: one row per run, from its metrics.json and timing.json.
 
-    python scripts/results_table.py outputs/readme_quickstart
+python scripts/results_table.py outputs/readme_quickstart
 """
 
 from __future__ import annotations

@@ -11,10 +11,13 @@ from metarun.run import run
 
 TINY_BUDGET = [
     "data=synthetic", "data.examples_per_class=12", "task.n_query=3", "train.outer_steps=2",
-    "train.meta_batch_size=1", "eval.val_interval=2", "eval.val_episodes=1", "eval.test_episodes=3",
-    "algo.eval_inner_steps=1", "device=cpu",
+    "train.meta_batch_size=1", "eval.val_interval=2", "eval.val_episodes=1", "eval.test_episodes=3", "device=cpu",
 ]  # fmt: skip
-MODELS, ALGOS, TASKS = ("tiny", "small", "base"), ("maml", "fomaml", "reptile", "protonet", "finetune", "scratch"), ("fewshot_cls", "domain_adapt")
+MODELS, ALGOS, TASKS = (
+    ("tiny", "small", "base"),
+    ("maml", "fomaml", "reptile", "protonet", "finetune", "scratch"),
+    ("fewshot_cls", "domain_adapt"),
+)
 
 
 def compose_config(*overrides):
@@ -24,7 +27,8 @@ def compose_config(*overrides):
 
 @pytest.mark.parametrize("model,algo,task", list(itertools.product(MODELS, ALGOS, TASKS)))
 def test_combination_runs(tmp_path, model, algo, task):
-    inner = ["algo.inner_steps=1"] if algo in ("maml", "fomaml", "reptile") else []
+    inner = {"protonet": []}.get(algo, ["algo.eval_inner_steps=1"])  # protonet adapts without steps
+    inner += ["algo.inner_steps=1"] if algo in ("maml", "fomaml", "reptile") else []
     val = run(compose_config(f"model={model}", f"algo={algo}", f"task={task}", *inner), tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0.0 <= val <= 1.0 and metrics["val_acc"] == val
@@ -46,7 +50,11 @@ def test_fixed_evaluation_tasks_adapt_on_their_train_file_and_score_the_whole_te
     corpus = generate_synthetic(examples_per_class=12)
     specs = []
     for domain in ("domain_08", "domain_09"):
-        rows = [i for i, d in enumerate(corpus.domains) if d == domain and corpus.labels[i].endswith(("_00", "_01", "_02", "_03", "_04"))]
+        rows = [
+            i
+            for i, d in enumerate(corpus.domains)
+            if d == domain and corpus.labels[i].endswith(("_00", "_01", "_02", "_03", "_04"))
+        ]
         files = {}
         for part, keep in (("train", lambda k: k < 2), ("test", lambda k: k >= 2)):
             seen = {}

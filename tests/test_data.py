@@ -28,10 +28,10 @@ def test_synthetic_is_deterministic_fast_and_has_both_label_layouts():
     assert time.perf_counter() - started < 1.0
     assert own == generate_synthetic(seed=3) and own.texts != generate_synthetic(seed=4).texts
     assert len(set(own.labels)) == 120 and len(set(own.domains)) == 10
-    per_domain = {d: {l for l, dd in zip(own.labels, own.domains) if dd == d} for d in set(own.domains)}
+    per_domain = {d: {lab for lab, dd in zip(own.labels, own.domains) if dd == d} for d in set(own.domains)}
     assert all(not (a & b) for x, a in per_domain.items() for y, b in per_domain.items() if x != y)
     shared = generate_synthetic(seed=3, label_sets="shared", classes_per_domain=6)
-    shared_sets = {d: {l for l, dd in zip(shared.labels, shared.domains) if dd == d} for d in set(shared.domains)}
+    shared_sets = {d: {lab for lab, dd in zip(shared.labels, shared.domains) if dd == d} for d in set(shared.domains)}
     assert len({frozenset(s) for s in shared_sets.values()}) == 1 and len(shared_sets) == 10
 
 

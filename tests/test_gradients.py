@@ -140,9 +140,11 @@ def test_protonet_prototypes_distances_and_gradient(model64, episode):
     adapted = algorithm.adapt(params, episode.support_x, episode.support_y)
     torch.testing.assert_close(adapted["head.weight"], 2 * means)
     query = model64(episode.query_x, features_only=True)
-    negative_sq_distances = -torch.cdist(query, means) ** 2
+    negative_sq_distances = -(torch.cdist(query, means) ** 2)
     logits = algorithm.logits(adapted, episode.query_x)
-    torch.testing.assert_close(logits.log_softmax(-1), negative_sq_distances.log_softmax(-1))  # same up to a per-query constant
+    torch.testing.assert_close(
+        logits.log_softmax(-1), negative_sq_distances.log_softmax(-1)
+    )  # same up to a per-query constant
 
     grads, _ = algorithm.meta_gradient(params, episode)
     reference_loss = F.cross_entropy(negative_sq_distances, episode.query_y)

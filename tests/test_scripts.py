@@ -1,4 +1,6 @@
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 from test_compose import compose_config
@@ -11,6 +13,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 def load(name):
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
 
@@ -22,3 +25,38 @@ def test_results_table_has_one_row_per_run(tmp_path):
     assert len(rows) == 2
     assert rows[0].startswith("| maml | tiny | fewshot_cls 5-way 1-shot | synthetic | ")
     assert rows[1].startswith("| scratch |") and "| 3 |" in rows[1]
+
+
+def test_benchmark_runs_a_matrix_writes_the_table_and_resumes(tmp_path):
+    benchmark = load("benchmark")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{benchmark.README_BEGIN}\nold table\n{benchmark.README_END}\n\nafter\n")
+    argv = ["--data", "synthetic", "--families", "fewshot_cls", "--shots", "1", "--algos", "protonet,scratch",
+            "--test-episodes", "4", "--out", str(tmp_path / "bench"), "--readme", str(readme),
+            "train.outer_steps=2", "eval.val_interval=2", "eval.val_episodes=2", "model=tiny"]  # fmt: skip
+    table = benchmark.main(argv)
+    assert [(r["family"], r["shots"], r["algo"]) for r in table] == [
+        ("fewshot_cls", 1, "protonet"),
+        ("fewshot_cls", 1, "scratch"),
+    ]
+    saved = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
+    assert saved["rows"] == table and saved["header"]["test_episodes"] == 4
+    text = readme.read_text()
+    assert "old table" not in text and "| fewshot_cls | 1 | protonet |" in text and text.endswith("after\n")
+
+    runs = tmp_path / "bench" / "runs"
+    kept = (runs / "fewshot_cls_1shot_scratch_seed0" / "metrics.json").stat().st_mtime_ns
+    (runs / "fewshot_cls_1shot_protonet_seed0" / "metrics.json").unlink()  # a half-finished matrix
+    again = benchmark.main(argv)
+    assert (runs / "fewshot_cls_1shot_scratch_seed0" / "metrics.json").stat().st_mtime_ns == kept
+    assert (runs / "fewshot_cls_1shot_protonet_seed0" / "metrics.json").is_file()
+    accuracy = [(r["algo"], r["test_acc"], r["test_ci95"]) for r in table]
+    assert [(r["algo"], r["test_acc"], r["test_ci95"]) for r in again] == accuracy  # the rerun cell is deterministic
+
+
+def test_benchmark_averages_over_seeds():
+    benchmark = load("benchmark")
+    cell = lambda seed: benchmark.Cell("fewshot_cls", 1, "maml", seed)  # noqa: E731
+    metrics = lambda acc, ci: {"test_acc": acc, "test_ci95": ci, "test_episodes": 600, "meta_train_seconds": 60.0}  # noqa: E731
+    (row,) = benchmark.aggregate([(cell(0), metrics(0.6, 0.02)), (cell(1), metrics(0.8, 0.04))])
+    assert row["seeds"] == 2 and abs(row["test_acc"] - 0.7) < 1e-12 and abs(row["test_ci95"] - 0.03) < 1e-12

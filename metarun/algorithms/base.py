@@ -57,7 +57,9 @@ class Algorithm:
         if head_init not in HEAD_INITS:
             raise UserError(f"algo.head_init={head_init!r} is not valid; use one of {HEAD_INITS}.")
         if inner_steps < 0 or eval_inner_steps < 0:
-            raise UserError(f"algo.inner_steps={inner_steps} and algo.eval_inner_steps={eval_inner_steps} must be >= 0.")
+            raise UserError(
+                f"algo.inner_steps={inner_steps} and algo.eval_inner_steps={eval_inner_steps} must be >= 0."
+            )
         self.model = model
         self.inner_steps, self.inner_lr, self.eval_inner_steps = inner_steps, inner_lr, eval_inner_steps
         self.inner_optimizer, self.head_init = inner_optimizer, head_init
@@ -95,7 +97,11 @@ class Algorithm:
         names = list(params)
         if not create_graph:
             params = {n: p.detach().requires_grad_() for n, p in params.items()}
-        moments = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()} if self.inner_optimizer == "adam" else {}
+        moments = (
+            {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
+            if self.inner_optimizer == "adam"
+            else {}
+        )
         losses = []
         for step in range(1, steps + 1):
             loss = F.cross_entropy(self.logits(params, tokens), labels)

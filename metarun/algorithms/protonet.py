@@ -36,4 +36,6 @@ class ProtoNet(Algorithm):
         loss = F.cross_entropy(query_logits, episode.query_y)
         names = [n for n in params if not n.startswith("head.")]  # the prototype head replaces the model's
         grads = torch.autograd.grad(loss, [params[n] for n in names])
-        return dict(zip(names, grads)), TaskStats(loss_after=loss.item(), acc_after=accuracy(query_logits, episode.query_y))
+        return dict(zip(names, grads)), TaskStats(
+            loss_after=loss.item(), acc_after=accuracy(query_logits, episode.query_y)
+        )

@@ -29,10 +29,14 @@ class SupervisedBaseline(Algorithm):
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
         width = max(episode.support_x.shape[1], episode.query_x.shape[1])
-        tokens = trim_padding(torch.cat([F.pad(x, (0, width - x.shape[1])) for x in (episode.support_x, episode.query_x)]))
+        tokens = trim_padding(
+            torch.cat([F.pad(x, (0, width - x.shape[1])) for x in (episode.support_x, episode.query_x)])
+        )
         labels = episode.class_ids[torch.cat([episode.support_y, episode.query_y])]
         features = self.logits(params, tokens, features_only=True)
-        logits = F.linear(features, self.pretrain_head["pretrain_head.weight"], self.pretrain_head["pretrain_head.bias"])
+        logits = F.linear(
+            features, self.pretrain_head["pretrain_head.weight"], self.pretrain_head["pretrain_head.bias"]
+        )
         loss = F.cross_entropy(logits, labels)
         names = [n for n in params if not n.startswith("head.")]  # the N-way head is only used after pre-training
         wrt = {**{n: params[n] for n in names}, **self.pretrain_head}

@@ -33,7 +33,7 @@ class Corpus:
         """Each row's class: its label, or `domain/label` when classes live inside domains."""
         if not by_domain:
             return list(self.labels)
-        return [f"{d}/{l}" for d, l in zip(self.require_domains(), self.labels)]
+        return [f"{domain}/{label}" for domain, label in zip(self.require_domains(), self.labels)]
 
     def require_domains(self) -> list[str]:
         if self.domains is None:

@@ -38,7 +38,9 @@ def load_local(
         raise UserError("data.files is empty; give at least one JSONL, CSV or Parquet file.")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise UserError(f"Data file(s) not found: {brief(missing)}. Check data.files (paths resolve from {Path.cwd()}).")
+        raise UserError(
+            f"Data file(s) not found: {brief(missing)}. Check data.files (paths resolve from {Path.cwd()})."
+        )
     empty = [str(p) for p in paths if p.stat().st_size == 0]
     if empty:
         raise UserError(f"Data file(s) are empty: {brief(empty)}; each file needs labelled rows.")

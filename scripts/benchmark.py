@@ -1,0 +1,164 @@
+"""Run a matrix of metarun runs and write one results table (Markdown and JSON).
+
+One row per (task family, shots, algorithm): mean test accuracy with its 95% CI over the test episodes,
+averaged over seeds where several were run, and meta-training wall time. Finished cells (a metrics.json in
+their run folder) are read, not rerun, so a half-finished matrix resumes where it stopped.
+
+    python scripts/benchmark.py                       # the default matrix on CLINC150
+    python scripts/benchmark.py --quick               # a smoke check in minutes
+    python scripts/benchmark.py --readme README.md    # also rewrite the README's results section
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+METARUN = str(Path(sys.executable).with_name("metarun"))
+FAMILY_PRESETS = {"clinc150": {"fewshot_cls": "clinc150_intents", "domain_adapt": "clinc150_domains"}}
+README_BEGIN, README_END = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
+console = Console()
+
+
+@dataclass(frozen=True)
+class Cell:
+    family: str
+    shots: int
+    algo: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}_{self.shots}shot_{self.algo}_seed{self.seed}"
+
+
+def cell_overrides(cell: Cell, args: argparse.Namespace) -> list[str]:
+    preset = FAMILY_PRESETS.get(args.data, {}).get(cell.family)
+    base = [f"experiment={preset}"] if preset else [f"task={cell.family}", f"data={args.data}"]
+    return [*base, f"algo={cell.algo}", f"model={args.model}", f"task.k_shot={cell.shots}", f"seed={cell.seed}",
+            f"eval.test_episodes={args.test_episodes}", *args.override]  # fmt: skip
+
+
+def run_cell(cell: Cell, args: argparse.Namespace, folder: Path) -> dict:
+    """The cell's metrics, from its finished run folder or from a new metarun run."""
+    if not (folder / "metrics.json").is_file():
+        command = [METARUN, *cell_overrides(cell, args), f"hydra.run.dir={folder}"]
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "benchmark.log", "w") as log:
+            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise SystemExit(f"cell {cell.name} failed (exit {done.returncode}); see {folder / 'benchmark.log'}")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["meta_train_seconds"] = json.loads((folder / "timing.json").read_text())["meta_train_seconds"]
+    return metrics
+
+
+def aggregate(results: list[tuple[Cell, dict]]) -> list[dict]:
+    rows = {}
+    for cell, m in results:
+        rows.setdefault((cell.family, cell.shots, cell.algo), []).append(m)
+    table = []
+    for (family, shots, algo), runs in rows.items():
+        n = len(runs)
+        table.append({
+            "family": family, "shots": shots, "algo": algo, "seeds": n,
+            "test_acc": sum(r["test_acc"] for r in runs) / n, "test_ci95": sum(r["test_ci95"] for r in runs) / n,
+            "test_episodes": runs[0]["test_episodes"],
+            "meta_train_seconds": sum(r["meta_train_seconds"] for r in runs) / n,
+        })  # fmt: skip
+    return table
+
+
+def markdown(table: list[dict], header: dict) -> str:
+    lines = [
+        f"Command: `{header['command']}`  ",
+        f"Ran on: {header['machine']}, torch {header['torch']}, {header['date']}; model `{header['model']}`, "
+        f"data `{header['data']}`, {header['test_episodes']} test episodes per run (5-way, 15 queries per class).",
+        "",
+        "| task family | shots | algo | test accuracy % (95% CI) | seeds | meta-training time per run |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for row in table:
+        lines.append(
+            f"| {row['family']} | {row['shots']} | {row['algo']} | {100 * row['test_acc']:.1f} ± "
+            f"{100 * row['test_ci95']:.1f} | {row['seeds']} | {row['meta_train_seconds'] / 60:.1f} min |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def rewrite_readme(readme: Path, body: str) -> None:
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{readme} has no {README_BEGIN} ... {README_END} section to rewrite")
+    before, rest = text.split(README_BEGIN, 1)
+    after = rest.split(README_END, 1)[1]
+    readme.write_text(f"{before}{README_BEGIN}\n{body}{README_END}{after}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    split = lambda text: [s for s in text.split(",") if s]  # noqa: E731
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", type=split, default=["fewshot_cls", "domain_adapt"])
+    parser.add_argument("--shots", type=lambda t: [int(s) for s in split(t)], default=[1, 5])
+    parser.add_argument("--algos", type=split, default=["maml", "fomaml", "reptile", "protonet", "finetune", "scratch"])
+    parser.add_argument("--model", default="small")
+    parser.add_argument("--data", default="clinc150")
+    parser.add_argument("--seeds", type=lambda t: [int(s) for s in split(t)], default=[0])
+    parser.add_argument("--test-episodes", type=int, default=600)
+    parser.add_argument("--quick", action="store_true", help="tiny model and budget: a smoke check of the matrix")
+    parser.add_argument("--out", type=Path, default=Path("outputs/benchmark"))
+    parser.add_argument("--readme", type=Path, help="rewrite this README's benchmark section with the table")
+    parser.add_argument(
+        "override", nargs="*", help="extra metarun overrides for every cell, e.g. train.outer_steps=500"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.model, args.test_episodes = "tiny", min(args.test_episodes, 100)
+        args.override = ["train.outer_steps=40", "eval.val_interval=20", "eval.val_episodes=20", *args.override]
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    cells = [Cell(*c) for c in itertools.product(args.families, args.shots, args.algos, args.seeds)]
+    results = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("benchmark", total=len(cells))
+        for cell in cells:
+            progress.update(task, description=f"running {cell.name}")
+            results.append((cell, run_cell(cell, args, args.out / "runs" / cell.name)))
+            progress.advance(task)
+    import torch
+
+    header = {
+        "command": shlex.join(["python", "scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} CPU threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "model": args.model, "data": args.data,
+        "test_episodes": args.test_episodes,
+    }  # fmt: skip
+    table = aggregate(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmark.json").write_text(json.dumps({"header": header, "rows": table}, indent=1))
+    body = markdown(table, header)
+    (args.out / "benchmark.md").write_text(body)
+    if args.readme:
+        rewrite_readme(args.readme, body)
+    console.print(body)
+    return table
+
+
+if __name__ == "__main__":
+    main()
