@@ -105,13 +105,6 @@ def prepare_episodes(cfg: DictConfig, output_dir: Path) -> tuple[Tokenizer, dict
     return tokenizer, make_samplers(corpus, encode(tokenizer, corpus.texts), cfg.task, rows)
 
 
-def evaluation_episodes(cfg: DictConfig, sampler: EpisodeSampler, tokenizer: Tokenizer) -> list[tuple[str, Episode]]:
-    """The fixed evaluation tasks when given, else `eval.test_episodes` seeded meta-test episodes."""
-    if cfg.task.eval_tasks:
-        return fixed_task_episodes(cfg.task, cfg.data, tokenizer)
-    return [("meta-test", e) for e in sampler.fixed_episodes(cfg.eval.test_episodes, cfg.eval.seed + 1)]
-
-
 def run(cfg: DictConfig, output_dir: Path) -> float:
     """Meta-train, validate, test the best checkpoint; returns the best validation accuracy (for sweepers)."""
     missing = OmegaConf.missing_keys(cfg)
@@ -156,12 +149,13 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
         params = dict(model.named_parameters())
         best_val = best_val or evaluate(algorithm, params, val_episodes, device)
         started = time.perf_counter()
-        named = evaluation_episodes(cfg, samplers["test"], tokenizer)
         if cfg.task.eval_tasks:  # one score per fixed task; the interval is over tasks
-            per_task = [(name, evaluate(algorithm, params, [episode], device)) for name, episode in named]
+            fixed = fixed_task_episodes(cfg.task, cfg.data, tokenizer)
+            per_task = [(name, evaluate(algorithm, params, [episode], device)) for name, episode in fixed]
             test = mean_with_ci([r.mean for _, r in per_task])
         else:
-            per_task, test = [], evaluate(algorithm, params, [e for _, e in named], device)
+            test_episodes = samplers["test"].fixed_episodes(cfg.eval.test_episodes, cfg.eval.seed + 1)
+            per_task, test = [], evaluate(algorithm, params, test_episodes, device)
         timing = {"meta_train_seconds": train_seconds, "test_seconds": time.perf_counter() - started}
         metrics = {
             "test_acc": test.mean, "test_ci95": test.ci95, "test_episodes": test.episodes,

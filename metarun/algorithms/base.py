@@ -19,6 +19,13 @@ from metarun.errors import UserError
 
 Params = dict[str, torch.Tensor]
 HEAD = ("head.weight", "head.bias")
+
+
+def encoder_names(params: Params) -> list[str]:
+    """Every parameter name but the N-way head's: what algorithms that replace the head meta-learn."""
+    return [n for n in params if n not in HEAD]
+
+
 HEAD_INITS = ("learned", "zero", "random")
 INNER_OPTIMIZERS = ("sgd", "adam")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy
+from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy, encoder_names
 from metarun.episodes import Episode
 
 
@@ -34,7 +34,7 @@ class ProtoNet(Algorithm):
         adapted = self.adapt(params, episode.support_x, episode.support_y)
         query_logits = self.logits(adapted, episode.query_x)
         loss = F.cross_entropy(query_logits, episode.query_y)
-        names = [n for n in params if not n.startswith("head.")]  # the prototype head replaces the model's
+        names = encoder_names(params)  # the prototype head replaces the model's
         grads = torch.autograd.grad(loss, [params[n] for n in names])
         return dict(zip(names, grads)), TaskStats(
             loss_after=loss.item(), acc_after=accuracy(query_logits, episode.query_y)

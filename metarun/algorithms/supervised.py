@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy
+from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy, encoder_names
 from metarun.episodes import Episode, trim_padding
 
 
@@ -38,7 +38,7 @@ class SupervisedBaseline(Algorithm):
             features, self.pretrain_head["pretrain_head.weight"], self.pretrain_head["pretrain_head.bias"]
         )
         loss = F.cross_entropy(logits, labels)
-        names = [n for n in params if not n.startswith("head.")]  # the N-way head is only used after pre-training
+        names = encoder_names(params)  # the N-way head is only used after pre-training
         wrt = {**{n: params[n] for n in names}, **self.pretrain_head}
         grads = torch.autograd.grad(loss, list(wrt.values()))
         return dict(zip(wrt, grads)), TaskStats(loss_after=loss.item(), acc_after=accuracy(logits, labels))
