@@ -153,3 +153,32 @@ def test_protonet_prototypes_distances_and_gradient(model64, episode):
     assert set(grads) == set(names)
     for name, ref in zip(names, reference):
         torch.testing.assert_close(grads[name], ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("head_init", ["learned", "zero"])
+def test_memory_light_maml_gives_the_same_meta_gradient(model64, episode, head_init):
+    params = dict(model64.named_parameters())
+    store, _ = MAML(model64, inner_steps=3, inner_lr=INNER_LR, head_init=head_init).meta_gradient(params, episode)
+    light = MAML(model64, inner_steps=3, inner_lr=INNER_LR, head_init=head_init, memory="recompute")
+    recomputed, _ = light.meta_gradient(params, episode)
+    assert set(recomputed) == set(store) and len(store) >= len(params) - 2
+    for name, grad in store.items():
+        torch.testing.assert_close(recomputed[name], grad, rtol=1e-9, atol=1e-12)
+
+
+def test_memory_light_maml_replays_dropout_masks():
+    model, episode = tiny_model(), random_episode()
+    for module in model.modules():  # dropout everywhere: recomputation must redraw the same masks
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.3
+        if hasattr(module, "dropout"):
+            module.dropout = 0.3
+    grads = {}
+    for memory in ("store", "recompute"):
+        torch.manual_seed(7)
+        grads[memory] = meta_gradient(MAML(model, inner_steps=2, inner_lr=INNER_LR, memory=memory), model, episode)
+    for name, grad in grads["store"].items():
+        torch.testing.assert_close(grads["recompute"][name], grad, rtol=1e-9, atol=1e-12)
+    torch.manual_seed(8)
+    other_masks = meta_gradient(MAML(model, inner_steps=2, inner_lr=INNER_LR), model, episode)
+    assert any(not torch.allclose(other_masks[n], grads["store"][n]) for n in other_masks), "dropout was inactive"

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from metarun.algorithms.recompute import recomputed_sgd_step
 from metarun.episodes import Episode
 from metarun.errors import UserError
 
@@ -94,14 +95,23 @@ class Algorithm:
         return {**params, "head.weight": head[0].requires_grad_(), "head.bias": head[1].requires_grad_()}
 
     def inner_loop(
-        self, params: Params, tokens: torch.Tensor, labels: torch.Tensor, steps: int, create_graph: bool = False
+        self,
+        params: Params,
+        tokens: torch.Tensor,
+        labels: torch.Tensor,
+        steps: int,
+        create_graph: bool = False,
+        recompute: bool = False,
     ) -> tuple[Params, list[float]]:
         """`steps` gradient steps on (tokens, labels); differentiable through every step iff `create_graph`.
 
         Without `create_graph` the fast weights are detached leaves after every step, so no graph
         builds up across steps and the returned weights are ready for a first-order gradient.
+        With `recompute` (SGD only) each differentiable step keeps its weights, not its graph.
         """
         names = list(params)
+        if create_graph and recompute:
+            return self._recomputed_inner_loop(params, tokens, labels, steps)
         if not create_graph:
             params = {n: p.detach().requires_grad_() for n, p in params.items()}
         moments = (
@@ -121,6 +131,19 @@ class Algorithm:
                 updated[name] = params[name] - self.inner_lr * grad
             params = updated if create_graph else {n: p.detach().requires_grad_() for n, p in updated.items()}
         return params, losses
+
+    def _recomputed_inner_loop(
+        self, params: Params, tokens: torch.Tensor, labels: torch.Tensor, steps: int
+    ) -> tuple[Params, list[float]]:
+        names, values, losses = list(params), list(params.values()), []
+
+        def support_loss(weights: list[torch.Tensor]) -> torch.Tensor:
+            return F.cross_entropy(self.logits(dict(zip(names, weights)), tokens), labels)
+
+        for _ in range(steps):
+            loss, values = recomputed_sgd_step(support_loss, self.inner_lr, values)
+            losses.append(loss.item())
+        return dict(zip(names, values)), losses
 
     def adapt(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor) -> Params:
         """Evaluation-time adaptation on a support set: `eval_inner_steps` steps, no graph kept."""

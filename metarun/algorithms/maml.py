@@ -16,23 +16,35 @@ from metarun.episodes import Episode
 from metarun.errors import UserError
 from metarun.model import twice_differentiable_attention
 
+# store: keep every inner step's graph (fastest); recompute: keep only its weights, rebuild it going backward
+MEMORY_MODES = ("store", "recompute")
+
 
 class MAML(Algorithm):
-    def __init__(self, *args, first_order: bool = False, **kwargs) -> None:
+    def __init__(self, *args, first_order: bool = False, memory: str = "store", **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if memory not in MEMORY_MODES:
+            raise UserError(f"algo.memory={memory!r} is not valid; use one of {MEMORY_MODES}.")
         if not first_order and self.inner_optimizer != "sgd":
             raise UserError(
                 f"algo.inner_optimizer={self.inner_optimizer!r} cannot be differentiated through by second-order "
                 "MAML; use algo.inner_optimizer=sgd, or algo=fomaml."
             )
-        self.first_order = first_order
+        self.first_order, self.memory = first_order, memory
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
         start = self.initial_params(params)
         second_order = not self.first_order
-        with twice_differentiable_attention() if second_order else contextlib.nullcontext():
+        # recompute differentiates twice only inside its own backward, which picks the kernel itself
+        twice = second_order and self.memory == "store"
+        with twice_differentiable_attention() if twice else contextlib.nullcontext():
             fast, losses = self.inner_loop(
-                start, episode.support_x, episode.support_y, self.inner_steps, create_graph=second_order
+                start,
+                episode.support_x,
+                episode.support_y,
+                self.inner_steps,
+                create_graph=second_order,
+                recompute=self.memory == "recompute",
             )
             query_logits = self.logits(fast, episode.query_x)
         query_loss = F.cross_entropy(query_logits, episode.query_y)
