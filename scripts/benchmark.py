@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 METARUN = str(Path(sys.executable).with_name("metarun"))
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 FAMILY_PRESETS = {"clinc150": {"fewshot_cls": "clinc150_intents", "domain_adapt": "clinc150_domains"}}
 README_BEGIN, README_END = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
 console = Console()
@@ -43,11 +44,19 @@ class Cell:
         return f"{self.family}_{self.shots}shot_{self.algo}_seed{self.seed}"
 
 
+def cell_preset(cell: Cell, data: str) -> str | None:
+    """The cell's `experiment=` preset: `<family preset>_<k>shot` where one exists, else the family's own."""
+    family = FAMILY_PRESETS.get(data, {}).get(cell.family)
+    per_shot = f"{family}_{cell.shots}shot"
+    return per_shot if family and (EXPERIMENTS / f"{per_shot}.yaml").is_file() else family
+
+
 def cell_overrides(cell: Cell, args: argparse.Namespace) -> list[str]:
-    preset = FAMILY_PRESETS.get(args.data, {}).get(cell.family)
+    preset = cell_preset(cell, args.data)
     base = [f"experiment={preset}"] if preset else [f"task={cell.family}", f"data={args.data}"]
+    budget = [f"train.outer_steps={args.outer_steps}"] if args.outer_steps else []
     return [*base, f"algo={cell.algo}", f"model={args.model}", f"task.k_shot={cell.shots}", f"seed={cell.seed}",
-            f"eval.test_episodes={args.test_episodes}", *args.override]  # fmt: skip
+            f"eval.test_episodes={args.test_episodes}", *budget, *args.override]  # fmt: skip
 
 
 def run_cell(cell: Cell, args: argparse.Namespace, folder: Path) -> dict:
@@ -84,7 +93,8 @@ def markdown(table: list[dict], header: dict) -> str:
     lines = [
         f"Command: `{header['command']}`  ",
         f"Ran on: {header['machine']}, torch {header['torch']}, {header['date']}; model `{header['model']}`, "
-        f"data `{header['data']}`, {header['test_episodes']} test episodes per run (5-way, 15 queries per class).",
+        f"data `{header['data']}`, {header['test_episodes']} test episodes per run (5-way, 15 queries per class).  ",
+        f"One cell by hand (the last one): `{header['one_cell']}`",
         "",
         "| task family | shots | algo | test accuracy % (95% CI) | seeds | meta-training time per run |",
         "| --- | ---: | --- | ---: | ---: | ---: |",
@@ -116,6 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default="clinc150")
     parser.add_argument("--seeds", type=lambda t: [int(s) for s in split(t)], default=[0])
     parser.add_argument("--test-episodes", type=int, default=600)
+    parser.add_argument("--outer-steps", type=int, help="meta-training budget per run (default: the preset's)")
     parser.add_argument("--quick", action="store_true", help="tiny model and budget: a smoke check of the matrix")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmark"))
     parser.add_argument("--readme", type=Path, help="rewrite this README's benchmark section with the table")
@@ -124,8 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.model, args.test_episodes = "tiny", min(args.test_episodes, 100)
-        args.override = ["train.outer_steps=40", "eval.val_interval=20", "eval.val_episodes=20", *args.override]
+        args.model, args.test_episodes, args.outer_steps = "tiny", min(args.test_episodes, 100), args.outer_steps or 40
+        args.override = ["eval.val_interval=20", "eval.val_episodes=20", *args.override]
     return args
 
 
@@ -148,6 +159,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "model": args.model, "data": args.data,
         "test_episodes": args.test_episodes,
+        "one_cell": shlex.join(["metarun", *cell_overrides(cells[-1], args)]),
     }  # fmt: skip
     table = aggregate(results)
     args.out.mkdir(parents=True, exist_ok=True)

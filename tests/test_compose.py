@@ -73,3 +73,15 @@ def test_fixed_evaluation_tasks_adapt_on_their_train_file_and_score_the_whole_te
     assert metrics["test_acc"] == sum(metrics["per_task_acc"].values()) / 2
     for acc in metrics["per_task_acc"].values():
         assert acc * 50 == round(acc * 50)  # scored on all 50 test rows (5 labels x 10)
+
+
+@pytest.mark.parametrize(
+    "experiment, task, shots, held_out",
+    [("clinc150_intents", "fewshot_cls", 1, 50), ("clinc150_intents_5shot", "fewshot_cls", 5, 50),
+     ("clinc150_domains", "domain_adapt", 1, 2), ("clinc150_domains_5shot", "domain_adapt", 5, 2)],
+)  # fmt: skip
+def test_clinc150_benchmark_cells_have_one_preset_each(experiment, task, shots, held_out):
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}", "algo=maml"])
+    assert (cfg.data.name, cfg.task.name, cfg.task.k_shot, cfg.task.split.test) == ("clinc150", task, shots, held_out)
+    assert cfg.model.name == "small" and cfg.algo.name == "maml"

@@ -60,3 +60,14 @@ def test_benchmark_averages_over_seeds():
     metrics = lambda acc, ci: {"test_acc": acc, "test_ci95": ci, "test_episodes": 600, "meta_train_seconds": 60.0}  # noqa: E731
     (row,) = benchmark.aggregate([(cell(0), metrics(0.6, 0.02)), (cell(1), metrics(0.8, 0.04))])
     assert row["seeds"] == 2 and abs(row["test_acc"] - 0.7) < 1e-12 and abs(row["test_ci95"] - 0.03) < 1e-12
+
+
+def test_benchmark_picks_the_per_shot_preset_and_budget():
+    benchmark = load("benchmark")
+    args = benchmark.parse_args(["--outer-steps", "7"])
+    five, one = (benchmark.Cell("fewshot_cls", k, "maml", 0) for k in (5, 1))
+    assert benchmark.cell_preset(five, "clinc150") == "clinc150_intents_5shot"
+    assert benchmark.cell_preset(one, "clinc150") == "clinc150_intents"  # the family preset is 1-shot
+    assert benchmark.cell_preset(one, "synthetic") is None
+    overrides = benchmark.cell_overrides(five, args)
+    assert overrides[0] == "experiment=clinc150_intents_5shot" and "train.outer_steps=7" in overrides

@@ -7,6 +7,7 @@ explicit values: differentiable (MAML), detached (first-order, Reptile) or fresh
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +30,7 @@ def encoder_names(params: Params) -> list[str]:
 
 HEAD_INITS = ("learned", "zero", "random")
 INNER_OPTIMIZERS = ("sgd", "adam")
+INNER_SCOPES = ("all", "head")  # what the inner loop adapts: every parameter, or the head alone (ANIL)
 
 
 @dataclass
@@ -59,18 +61,21 @@ class Algorithm:
         eval_inner_steps: int = 10,
         inner_optimizer: str = "sgd",
         head_init: str = "learned",
+        inner_scope: str = "all",
     ) -> None:
         if inner_optimizer not in INNER_OPTIMIZERS:
             raise UserError(f"algo.inner_optimizer={inner_optimizer!r} is not valid; use one of {INNER_OPTIMIZERS}.")
         if head_init not in HEAD_INITS:
             raise UserError(f"algo.head_init={head_init!r} is not valid; use one of {HEAD_INITS}.")
+        if inner_scope not in INNER_SCOPES:
+            raise UserError(f"algo.inner_scope={inner_scope!r} is not valid; use one of {INNER_SCOPES}.")
         if inner_steps < 0 or eval_inner_steps < 0:
             raise UserError(
                 f"algo.inner_steps={inner_steps} and algo.eval_inner_steps={eval_inner_steps} must be >= 0."
             )
         self.model = model
         self.inner_steps, self.inner_lr, self.eval_inner_steps = inner_steps, inner_lr, eval_inner_steps
-        self.inner_optimizer, self.head_init = inner_optimizer, head_init
+        self.inner_optimizer, self.head_init, self.inner_scope = inner_optimizer, head_init, inner_scope
 
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
         return functional_call(self.model, params, (tokens,), {"features_only": features_only})
@@ -108,10 +113,32 @@ class Algorithm:
         Without `create_graph` the fast weights are detached leaves after every step, so no graph
         builds up across steps and the returned weights are ready for a first-order gradient.
         With `recompute` (SGD only) each differentiable step keeps its weights, not its graph.
+        With `inner_scope="head"` only the head adapts, on features computed once (ANIL).
         """
-        names = list(params)
+        if self.inner_scope == "head":
+            features = self.logits(params, tokens, features_only=True)
+            features = features if create_graph else features.detach()
+            head, losses = self._gradient_steps(
+                {n: params[n] for n in HEAD},
+                lambda p: F.linear(features, p["head.weight"], p["head.bias"]),
+                labels,
+                steps,
+                create_graph,
+            )
+            return {**params, **head}, losses
         if create_graph and recompute:
             return self._recomputed_inner_loop(params, tokens, labels, steps)
+        return self._gradient_steps(params, lambda p: self.logits(p, tokens), labels, steps, create_graph)
+
+    def _gradient_steps(
+        self,
+        params: Params,
+        logits_of: Callable[[Params], torch.Tensor],
+        labels: torch.Tensor,
+        steps: int,
+        create_graph: bool,
+    ) -> tuple[Params, list[float]]:
+        names = list(params)
         if not create_graph:
             params = {n: p.detach().requires_grad_() for n, p in params.items()}
         moments = (
@@ -121,7 +148,7 @@ class Algorithm:
         )
         losses = []
         for step in range(1, steps + 1):
-            loss = F.cross_entropy(self.logits(params, tokens), labels)
+            loss = F.cross_entropy(logits_of(params), labels)
             grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
             losses.append(loss.item())
             updated = {}
@@ -151,17 +178,20 @@ class Algorithm:
         return {n: p.detach() for n, p in adapted.items()}
 
     def query_stats(self, start: Params, end_logits: torch.Tensor, episode: Episode, losses: list[float]) -> TaskStats:
-        """Query loss and accuracy at the starting weights and at the adapted weights (given as logits)."""
-        with torch.no_grad():
-            start_logits = self.logits(start, episode.query_x)
-            end_logits = end_logits.detach()
-        return TaskStats(
+        """Query loss and accuracy at the adapted weights (given as logits), and at the starting weights when
+        the head is meta-learned (a zeroed or fresh head scores chance there: not worth a forward pass)."""
+        end_logits = end_logits.detach()
+        stats = TaskStats(
             loss_after=F.cross_entropy(end_logits, episode.query_y).item(),
             acc_after=accuracy(end_logits, episode.query_y),
-            loss_before=F.cross_entropy(start_logits, episode.query_y).item(),
-            acc_before=accuracy(start_logits, episode.query_y),
             inner_losses=losses,
         )
+        if self.head_init == "learned":
+            with torch.no_grad():
+                start_logits = self.logits(start, episode.query_x)
+            stats.loss_before = F.cross_entropy(start_logits, episode.query_y).item()
+            stats.acc_before = accuracy(start_logits, episode.query_y)
+        return stats
 
 
 def _adam_direction(

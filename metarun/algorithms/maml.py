@@ -30,6 +30,11 @@ class MAML(Algorithm):
                 f"algo.inner_optimizer={self.inner_optimizer!r} cannot be differentiated through by second-order "
                 "MAML; use algo.inner_optimizer=sgd, or algo=fomaml."
             )
+        if memory == "recompute" and self.inner_scope == "head":
+            raise UserError(
+                "algo.memory=recompute needs algo.inner_scope=all; a head-only inner loop is already light, "
+                "use algo.memory=store."
+            )
         self.first_order, self.memory = first_order, memory
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
