@@ -50,6 +50,12 @@ def build_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.o
 def accumulate_meta_gradient(algorithm: Algorithm, params: Params, episodes: list[Episode]) -> list[TaskStats]:
     """Set each trained tensor's `.grad` (the model's and the algorithm's own) to the mean of the tasks'
     (meta-)gradients; returns the tasks' stats."""
+    trained = {**params, **algorithm.extra_parameters()}
+    if algorithm.batched:
+        mean, stats = algorithm.batched_meta_gradient(params, episodes)
+        for name, param in trained.items():
+            param.grad = mean.get(name)
+        return stats
     summed: Params = {}
     stats = []
     for episode in episodes:
@@ -58,7 +64,7 @@ def accumulate_meta_gradient(algorithm: Algorithm, params: Params, episodes: lis
         for name, grad in grads.items():
             if grad is not None:
                 summed[name] = summed[name] + grad if name in summed else grad
-    for name, param in {**params, **algorithm.extra_parameters()}.items():
+    for name, param in trained.items():
         param.grad = summed[name] / len(episodes) if name in summed else None
     return stats
 

@@ -1,6 +1,8 @@
 """Every algorithm's (meta-)gradient against an independent computation: finite differences or a naive reference."""
 
 import copy
+import functools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from torch.func import functional_call
 from conftest import random_episode, tiny_model
 from metarun.algorithms import MAML, Reptile
 from metarun.loop import accumulate_meta_gradient
-from metarun.model import twice_differentiable_attention
+from metarun.model import LayerNorm, twice_differentiable_attention, vmap_safe_layer_norm
 
 INNER_LR, INNER_STEPS = 0.3, 2
 
@@ -182,3 +184,60 @@ def test_memory_light_maml_replays_dropout_masks():
     torch.manual_seed(8)
     other_masks = meta_gradient(MAML(model, inner_steps=2, inner_lr=INNER_LR), model, episode)
     assert any(not torch.allclose(other_masks[n], grads["store"][n]) for n in other_masks), "dropout was inactive"
+
+
+@pytest.mark.parametrize("head_init", ["learned", "zero"])
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile"])
+def test_batched_tasks_give_the_task_by_task_meta_gradient(algo, head_init):
+    """vmap over the meta-batch (ragged token widths padded to one) equals the per-task loop."""
+    episodes = [random_episode(seed=s) for s in range(3)]
+    episodes[1] = replace(episodes[1], support_x=episodes[1].support_x[:, :7])  # ragged widths across tasks
+    grads = {}
+    for batch_tasks in (False, True):
+        model = tiny_model()
+        make = Reptile if algo == "reptile" else functools.partial(MAML, first_order=algo == "fomaml")
+        algorithm = make(model, inner_steps=2, inner_lr=INNER_LR, head_init=head_init, batch_tasks=batch_tasks)
+        assert algorithm.batched == batch_tasks
+        params = dict(model.named_parameters())
+        stats = accumulate_meta_gradient(algorithm, params, episodes)
+        grads[batch_tasks] = {n: p.grad for n, p in params.items()}
+        assert len(stats) == 3 and len(stats[0].inner_losses) == 2
+    assert (grads[True]["head.weight"] is None) == (head_init == "zero")
+    for name, grad in grads[False].items():
+        if grad is None:
+            assert grads[True][name] is None
+        else:
+            torch.testing.assert_close(grads[True][name], grad, rtol=1e-9, atol=1e-12)
+
+
+def test_fused_layer_norm_is_differentiated_twice_wrongly_under_vmap():
+    """Why the batched path writes LayerNorm out: if this starts failing, torch fixed it and the
+    workaround in metarun.model can go."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 6, dtype=torch.float64, generator=g)
+    params = {n: torch.randn(*shape, dtype=torch.float64, generator=g, requires_grad=True)
+              for n, shape in (("proj", (6, 6)), ("weight", (6,)), ("bias", (6,)))}  # fmt: skip
+    layer_norm = LayerNorm(6, dtype=torch.float64)
+
+    def second_order(norm):  # one differentiable inner step per task, batched vs looped
+        def loss(p, rows):
+            return norm(rows @ p["proj"], {"weight": p["weight"], "bias": p["bias"]}).pow(3).sum()
+
+        def task(p, rows):
+            inner = torch.func.grad(loss)(p, rows)
+            return loss({n: p[n] - 0.1 * inner[n] for n in p}, rows)
+
+        batched = torch.func.vmap(task, in_dims=(None, 0))(params, x).sum()
+        looped = sum(task(params, rows) for rows in x)
+        return [
+            torch.cat([g.flatten() for g in torch.autograd.grad(v, list(params.values()))]) for v in (batched, looped)
+        ]
+
+    def norm(h, affine):
+        return torch.func.functional_call(layer_norm, affine, (h,))
+
+    fused = second_order(norm)
+    with vmap_safe_layer_norm():
+        written_out = second_order(norm)
+    assert not torch.allclose(*fused, rtol=1e-3)
+    torch.testing.assert_close(*written_out, rtol=1e-9, atol=1e-9)

@@ -31,6 +31,7 @@ def encoder_names(params: Params) -> list[str]:
 HEAD_INITS = ("learned", "zero", "random")
 INNER_OPTIMIZERS = ("sgd", "adam")
 INNER_SCOPES = ("all", "head")  # what the inner loop adapts: every parameter, or the head alone (ANIL)
+BATCH_TASKS = ("auto", True, False)  # auto: batched on CUDA, task by task on CPU
 
 
 @dataclass
@@ -49,9 +50,11 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 class Algorithm:
-    """Public surface: `meta_gradient` (one task's contribution to the outer step) and `adapt`."""
+    """Public surface: `meta_gradient` (one task's contribution to the outer step), `adapt`, and for the
+    algorithms that can batch their tasks, `batched_meta_gradient` (the whole meta-batch's mean at once)."""
 
     meta_trains = True  # False: the loop skips meta-training (the `scratch` baseline)
+    can_batch_tasks = False  # whether `batched_meta_gradient` exists for this algorithm
 
     def __init__(
         self,
@@ -62,6 +65,7 @@ class Algorithm:
         inner_optimizer: str = "sgd",
         head_init: str = "learned",
         inner_scope: str = "all",
+        batch_tasks: str | bool = "auto",
     ) -> None:
         if inner_optimizer not in INNER_OPTIMIZERS:
             raise UserError(f"algo.inner_optimizer={inner_optimizer!r} is not valid; use one of {INNER_OPTIMIZERS}.")
@@ -76,6 +80,29 @@ class Algorithm:
         self.model = model
         self.inner_steps, self.inner_lr, self.eval_inner_steps = inner_steps, inner_lr, eval_inner_steps
         self.inner_optimizer, self.head_init, self.inner_scope = inner_optimizer, head_init, inner_scope
+        self.batched = self._batching(batch_tasks)
+
+    def _batching(self, batch_tasks: str | bool) -> bool:
+        """Whether the loop calls `batched_meta_gradient`: asked for (or auto on CUDA) and possible."""
+        if batch_tasks not in BATCH_TASKS:
+            raise UserError(f"algo.batch_tasks={batch_tasks!r} is not valid; use auto, true or false.")
+        possible = self.can_batch_tasks and self.inner_optimizer == "sgd" and self.inner_scope == "all"
+        if batch_tasks is True and not possible:
+            raise UserError(
+                f"algo.batch_tasks=true is not available for {type(self).__name__} with "
+                f"inner_optimizer={self.inner_optimizer}, inner_scope={self.inner_scope}"
+                f"{', memory=recompute' if getattr(self, 'memory', None) == 'recompute' else ''}; batching needs "
+                "maml, fomaml or reptile with sgd inner steps over all parameters; use algo.batch_tasks=false."
+            )
+        on_cuda = next(self.model.parameters()).is_cuda
+        return possible and (batch_tasks is True or on_cuda)
+
+    def meta_learned_names(self, params: Params) -> list[str]:
+        """The parameters the outer loop trains: all, or all but a head that is reset for every task."""
+        return list(params) if self.head_init == "learned" else encoder_names(params)
+
+    def batched_meta_gradient(self, params: Params, episodes: list[Episode]) -> tuple[Params, list[TaskStats]]:
+        raise NotImplementedError
 
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
         return functional_call(self.model, params, (tokens,), {"features_only": features_only})

@@ -10,8 +10,10 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+from torch.func import grad, grad_and_value
 
 from metarun.algorithms.base import Algorithm, Params, TaskStats
+from metarun.algorithms.batched import over_tasks, sgd_steps, task_start, task_stats
 from metarun.episodes import Episode
 from metarun.errors import UserError
 from metarun.model import twice_differentiable_attention
@@ -22,6 +24,7 @@ MEMORY_MODES = ("store", "recompute")
 
 class MAML(Algorithm):
     def __init__(self, *args, first_order: bool = False, memory: str = "store", **kwargs) -> None:
+        self.first_order, self.memory = first_order, memory  # set first: they decide whether tasks can batch
         super().__init__(*args, **kwargs)
         if memory not in MEMORY_MODES:
             raise UserError(f"algo.memory={memory!r} is not valid; use one of {MEMORY_MODES}.")
@@ -35,7 +38,10 @@ class MAML(Algorithm):
                 "algo.memory=recompute needs algo.inner_scope=all; a head-only inner loop is already light, "
                 "use algo.memory=store."
             )
-        self.first_order, self.memory = first_order, memory
+
+    @property
+    def can_batch_tasks(self) -> bool:
+        return self.memory == "store"
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
         start = self.initial_params(params)
@@ -55,6 +61,37 @@ class MAML(Algorithm):
         query_loss = F.cross_entropy(query_logits, episode.query_y)
         # first order: the query gradient at the adapted weights stands in for the meta-gradient
         wrt = params if second_order else fast
-        names = [n for n in params if start[n] is params[n]]  # a per-episode head is not meta-learned
+        names = self.meta_learned_names(params)
         grads = torch.autograd.grad(query_loss, [wrt[n] for n in names], allow_unused=True)
         return dict(zip(names, grads)), self.query_stats(start, query_logits, episode, losses)
+
+    def batched_meta_gradient(self, params: Params, episodes: list[Episode]) -> tuple[Params, list[TaskStats]]:
+        names = self.meta_learned_names(params)
+        base = {n: p.detach() for n, p in params.items()}
+
+        def query_loss(fast: Params, query_x, query_y):
+            logits = self.logits(fast, query_x)
+            return F.cross_entropy(logits, query_y), logits
+
+        if self.first_order:
+
+            def task(base, support_x, support_y, query_x, query_y):
+                fast, inner = sgd_steps(self, task_start(self, base), support_x, support_y, self.inner_steps)
+                grads, (_, logits) = grad_and_value(query_loss, has_aux=True)(fast, query_x, query_y)
+                return {n: grads[n] for n in names}, logits, inner
+
+            grads, logits, inner = over_tasks(task, episodes, base)
+            return {n: g.mean(0) for n, g in grads.items()}, task_stats(logits, inner, episodes)
+
+        def task(meta, base, support_x, support_y, query_x, query_y):
+            start = task_start(self, {**base, **meta})
+            fast, inner = sgd_steps(self, start, support_x, support_y, self.inner_steps)
+            loss, logits = query_loss(fast, query_x, query_y)
+            return loss, (logits, inner)
+
+        def mean_loss(meta: Params):
+            losses, aux = over_tasks(task, episodes, meta, base)
+            return losses.mean(), aux
+
+        grads, (logits, inner) = grad(mean_loss, has_aux=True)({n: base[n] for n in names})
+        return grads, task_stats(logits, inner, episodes)

@@ -9,14 +9,27 @@ from __future__ import annotations
 import torch
 
 from metarun.algorithms.base import Algorithm, Params, TaskStats
+from metarun.algorithms.batched import over_tasks, sgd_steps, task_start, task_stats
 from metarun.episodes import Episode
 
 
 class Reptile(Algorithm):
+    can_batch_tasks = True
+
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
         start = self.initial_params(params)
         fast, losses = self.inner_loop(start, episode.support_x, episode.support_y, self.inner_steps)
-        pseudo_grads = {n: params[n].detach() - fast[n].detach() for n in params if start[n] is params[n]}
+        pseudo_grads = {n: params[n].detach() - fast[n].detach() for n in self.meta_learned_names(params)}
         with torch.no_grad():
             query_logits = self.logits(fast, episode.query_x)
         return pseudo_grads, self.query_stats(start, query_logits, episode, losses)
+
+    def batched_meta_gradient(self, params: Params, episodes: list[Episode]) -> tuple[Params, list[TaskStats]]:
+        names = self.meta_learned_names(params)
+
+        def task(base, support_x, support_y, query_x, query_y):
+            fast, inner = sgd_steps(self, task_start(self, base), support_x, support_y, self.inner_steps)
+            return {n: base[n] - fast[n] for n in names}, self.logits(fast, query_x), inner
+
+        pseudo_grads, logits, inner = over_tasks(task, episodes, {n: p.detach() for n, p in params.items()})
+        return {n: g.mean(0) for n, g in pseudo_grads.items()}, task_stats(logits, inner, episodes)
