@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -69,6 +70,12 @@ def accumulate_meta_gradient(algorithm: Algorithm, params: Params, episodes: lis
     return stats
 
 
+@dataclass
+class TrainResult:
+    best: EvalResult | None = None  # the best validation result
+    step_seconds: list[float] = field(default_factory=list)  # each outer step's wall time, validation excluded
+
+
 def meta_train(
     algorithm: Algorithm,
     sampler: EpisodeSampler,
@@ -78,8 +85,8 @@ def meta_train(
     checkpoints: Checkpoints,
     rng: random.Random,
     device: torch.device,
-) -> EvalResult | None:
-    """Meta-train for `outer_steps`, validating every `val_interval` steps; returns the best validation result."""
+) -> TrainResult:
+    """Meta-train for `outer_steps`, validating every `val_interval` steps."""
     params: Params = dict(algorithm.model.named_parameters())
     trained = [*params.values(), *algorithm.extra_parameters().values()]
     optimizer = build_optimizer(settings.outer_optimizer, trained, settings.outer_lr)
@@ -88,9 +95,10 @@ def meta_train(
         if settings.lr_schedule == "cosine"
         else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     )
-    best: EvalResult | None = None
+    result = TrainResult()
     algorithm.model.train()
     for step in range(1, settings.outer_steps + 1):
+        started = time.perf_counter()
         episodes = [sampler.sample(rng).to(device) for _ in range(settings.meta_batch_size)]
         stats = accumulate_meta_gradient(algorithm, params, episodes)
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -109,10 +117,11 @@ def meta_train(
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
         reporter.log_train(step, stats, lr, grad_norm)
+        result.step_seconds.append(time.perf_counter() - started)
         if step % settings.val_interval == 0 or step == settings.outer_steps:
-            result = evaluate(algorithm, params, val_episodes, device)
-            reporter.log_validation(step, result)
-            is_best = best is None or result.mean > best.mean
-            best = result if is_best else best
-            checkpoints.save(step, algorithm, optimizer, result, is_best)
-    return best
+            val = evaluate(algorithm, params, val_episodes, device)
+            reporter.log_validation(step, val)
+            is_best = result.best is None or val.mean > result.best.mean
+            result.best = val if is_best else result.best
+            checkpoints.save(step, algorithm, optimizer, val, is_best)
+    return result

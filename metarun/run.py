@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import time
 from pathlib import Path
 
@@ -128,13 +129,13 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
 
     with RunReporter(output_dir / "tensorboard", cfg.train.outer_steps) as reporter:
         started = time.perf_counter()
-        best_val = None
+        best_val, step_seconds = None, []
         if algorithm.meta_trains:
             settings = TrainSettings(
                 cfg.train.outer_steps, cfg.train.meta_batch_size, cfg.algo.outer_optimizer, cfg.algo.outer_lr,
                 cfg.train.lr_schedule, cfg.train.grad_clip, cfg.eval.val_interval,
             )  # fmt: skip
-            best_val = meta_train(
+            trained = meta_train(
                 algorithm,
                 samplers["train"],
                 val_episodes,
@@ -144,6 +145,7 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
                 random.Random(cfg.seed),
                 device,
             )
+            best_val, step_seconds = trained.best, trained.step_seconds
         train_seconds = time.perf_counter() - started
         best_step = checkpoints.load_best(algorithm)
         params = dict(model.named_parameters())
@@ -156,7 +158,11 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
         else:
             test_episodes = samplers["test"].fixed_episodes(cfg.eval.test_episodes, cfg.eval.seed + 1)
             per_task, test = [], evaluate(algorithm, params, test_episodes, device)
-        timing = {"meta_train_seconds": train_seconds, "test_seconds": time.perf_counter() - started}
+        timing = {
+            "meta_train_seconds": train_seconds,
+            "outer_step_median_seconds": statistics.median(step_seconds) if step_seconds else None,
+            "test_seconds": time.perf_counter() - started,
+        }
         metrics = {
             "test_acc": test.mean, "test_ci95": test.ci95, "test_episodes": test.episodes,
             "val_acc": best_val.mean, "val_ci95": best_val.ci95, "val_episodes": best_val.episodes,

@@ -25,10 +25,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from metarun.reporting import rewrite_readme_section
+
 METARUN = str(Path(sys.executable).with_name("metarun"))
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 FAMILY_PRESETS = {"clinc150": {"fewshot_cls": "clinc150_intents", "domain_adapt": "clinc150_domains"}}
-README_BEGIN, README_END = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
 console = Console()
 
 
@@ -107,15 +108,6 @@ def markdown(table: list[dict], header: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rewrite_readme(readme: Path, body: str) -> None:
-    text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise SystemExit(f"{readme} has no {README_BEGIN} ... {README_END} section to rewrite")
-    before, rest = text.split(README_BEGIN, 1)
-    after = rest.split(README_END, 1)[1]
-    readme.write_text(f"{before}{README_BEGIN}\n{body}{README_END}{after}")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     split = lambda text: [s for s in text.split(",") if s]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -167,7 +159,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     body = markdown(table, header)
     (args.out / "benchmark.md").write_text(body)
     if args.readme:
-        rewrite_readme(args.readme, body)
+        rewrite_readme_section(args.readme, "benchmark", body)
     console.print(body)
     return table
 

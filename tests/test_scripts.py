@@ -30,7 +30,7 @@ def test_results_table_has_one_row_per_run(tmp_path):
 def test_benchmark_runs_a_matrix_writes_the_table_and_resumes(tmp_path):
     benchmark = load("benchmark")
     readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\n{benchmark.README_BEGIN}\nold table\n{benchmark.README_END}\n\nafter\n")
+    readme.write_text("# title\n\n<!-- benchmark:begin -->\nold table\n<!-- benchmark:end -->\n\nafter\n")
     argv = ["--data", "synthetic", "--families", "fewshot_cls", "--shots", "1", "--algos", "protonet,scratch",
             "--test-episodes", "4", "--out", str(tmp_path / "bench"), "--readme", str(readme),
             "train.outer_steps=2", "eval.val_interval=2", "eval.val_episodes=2", "model=tiny"]  # fmt: skip

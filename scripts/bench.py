@@ -1,0 +1,398 @@
+"""Speed and memory of one meta-training outer step: metarun against `higher` and a naive unrolled reference.
+
+    python scripts/bench.py                          # the reference workload: maml, fomaml, reptile
+    python scripts/bench.py --models small,base --inner-steps 1,5,10,20
+    python scripts/bench.py --memory                 # second order, store vs recompute, model=base, 1..20 steps
+    python scripts/bench.py --loop                   # a real `metarun` run's outer step vs the pure meta-step
+    python scripts/bench.py --readme README.md       # also rewrite the README's bench section
+
+Before anything is timed, every implementation's meta-gradient is compared with the naive reference on the
+same weights and tasks; a difference above --tolerance stops the benchmark. Each (implementation, setting)
+is then timed in its own subprocess (so its peak memory is its own): warm-up steps, then --steps timed outer
+steps, in --rounds rounds interleaved across implementations. Needs the `bench` extra for `higher`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from metarun.algorithms import MAML, Reptile
+from metarun.episodes import Episode
+from metarun.loop import accumulate_meta_gradient
+from metarun.model import TransformerClassifier, twice_differentiable_attention
+from metarun.reporting import rewrite_readme_section
+
+ALGOS = ("maml", "fomaml", "reptile")
+PEERS = ("higher", "naive")
+MODELS = {  # the issue's reference workload, and conf/model's small and base at the same vocabulary
+    "reference": dict(d_model=128, n_layers=2, n_heads=4, d_ff=256, max_len=32),
+    "small": dict(d_model=128, n_layers=4, n_heads=4, d_ff=256, max_len=32),
+    "base": dict(d_model=256, n_layers=6, n_heads=8, d_ff=1024, max_len=32),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    impl: str  # metarun | metarun-recompute | higher | naive | forward-backward
+    algo: str
+    model: str = "reference"
+    inner_steps: int = 5
+    vocab: int = 8000
+    n_way: int = 5
+    k_shot: int = 5
+    n_query: int = 15
+    meta_batch: int = 4
+    inner_lr: float = 0.1
+    outer_lr: float = 1e-3
+
+
+def make_model(s: Setting, dtype=torch.float32) -> TransformerClassifier:
+    torch.manual_seed(0)
+    return TransformerClassifier(s.vocab, s.n_way, dropout=0.0, **MODELS[s.model]).to(dtype)
+
+
+def make_episodes(s: Setting, seed: int = 0) -> list[Episode]:
+    """Random token ids, lengths 8..max_len with the rest padded; labels 0..N-1."""
+    g = torch.Generator().manual_seed(seed)
+    max_len = MODELS[s.model]["max_len"]
+
+    def tokens(rows: int) -> torch.Tensor:
+        x = torch.randint(1, s.vocab, (rows, max_len), generator=g)
+        lengths = torch.randint(8, max_len + 1, (rows,), generator=g)
+        x[torch.arange(max_len)[None, :] >= lengths[:, None]] = 0
+        return x
+
+    labels = torch.arange(s.n_way)
+    return [
+        Episode(
+            tokens(s.n_way * s.k_shot),
+            labels.repeat_interleave(s.k_shot),
+            tokens(s.n_way * s.n_query),
+            labels.repeat_interleave(s.n_query),
+            labels,
+        )  # fmt: skip
+        for _ in range(s.meta_batch)
+    ]
+
+
+# --- implementations: each sets .grad on the model's parameters to the meta-batch's mean meta-gradient ---
+
+
+def metarun_gradient(s: Setting):
+    """What `metarun` runs: the algorithm's meta-gradient through the loop's own accumulation."""
+    settings = dict(inner_steps=s.inner_steps, inner_lr=s.inner_lr, head_init="learned", batch_tasks=False)
+    memory = "recompute" if s.impl == "metarun-recompute" else "store"
+
+    def step(model, episodes):
+        if s.algo == "reptile":
+            algorithm = Reptile(model, **settings)
+        else:
+            algorithm = MAML(model, first_order=s.algo == "fomaml", memory=memory, **settings)
+        accumulate_meta_gradient(algorithm, dict(model.named_parameters()), episodes)
+
+    return step
+
+
+def naive_gradient(s: Setting):
+    """The textbook unroll: autograd.grad per inner step (create_graph for second order), one task at a time."""
+
+    def step(model, episodes):
+        params = dict(model.named_parameters())
+        total = {n: torch.zeros_like(p) for n, p in params.items()}
+        for e in episodes:
+            fast = {n: p if s.algo == "maml" else p.detach().requires_grad_() for n, p in params.items()}
+            for _ in range(s.inner_steps):
+                loss = F.cross_entropy(functional_call(model, fast, (e.support_x,)), e.support_y)
+                grads = torch.autograd.grad(loss, list(fast.values()), create_graph=s.algo == "maml")
+                fast = {n: p - s.inner_lr * g for (n, p), g in zip(fast.items(), grads)}
+                if s.algo != "maml":
+                    fast = {n: p.detach().requires_grad_() for n, p in fast.items()}
+            if s.algo == "reptile":
+                task = {n: params[n].detach() - fast[n] for n in params}
+            else:
+                query = F.cross_entropy(functional_call(model, fast, (e.query_x,)), e.query_y)
+                wrt = params if s.algo == "maml" else fast
+                task = dict(zip(params, torch.autograd.grad(query, [wrt[n] for n in params])))
+            for n in total:
+                total[n] += task[n]
+        for n, p in params.items():
+            p.grad = total[n] / len(episodes)
+
+    return step
+
+
+def higher_gradient(s: Setting):
+    import higher
+
+    def step(model, episodes):
+        params = list(model.parameters())
+        total = [torch.zeros_like(p) for p in params]
+        inner_opt = torch.optim.SGD(params, lr=s.inner_lr)
+        for e in episodes:
+            with higher.innerloop_ctx(
+                model, inner_opt, copy_initial_weights=False, track_higher_grads=s.algo == "maml"
+            ) as (fmodel, diffopt):
+                for _ in range(s.inner_steps):
+                    diffopt.step(F.cross_entropy(fmodel(e.support_x), e.support_y))
+                if s.algo == "reptile":
+                    task = [p.detach() - f.detach() for p, f in zip(params, fmodel.parameters())]
+                else:
+                    query = F.cross_entropy(fmodel(e.query_x), e.query_y)
+                    wrt = params if s.algo == "maml" else list(fmodel.parameters())
+                    task = torch.autograd.grad(query, wrt)
+            for t, g in zip(total, task):
+                t += g
+        for p, t in zip(params, total):
+            p.grad = t / len(episodes)
+
+    return step
+
+
+IMPLEMENTATIONS = {
+    "metarun": metarun_gradient,
+    "metarun-recompute": metarun_gradient,
+    "higher": higher_gradient,
+    "naive": naive_gradient,
+}
+
+
+def meta_gradient(s: Setting, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    model, episodes = make_model(s, dtype), make_episodes(s)
+    with twice_differentiable_attention() if s.algo == "maml" else contextlib.nullcontext():
+        IMPLEMENTATIONS[s.impl](s)(model, episodes)
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+class GradientMismatch(SystemExit):
+    pass
+
+
+def check_gradient(name: str, candidate: dict, reference: dict, tolerance: float) -> float:
+    """Max abs difference between two meta-gradients; refuses (GradientMismatch) above `tolerance`."""
+    worst = max((candidate[n] - reference[n]).abs().max().item() for n in reference)
+    if not worst <= tolerance:
+        raise GradientMismatch(
+            f"{name}: its meta-gradient differs from the naive reference by {worst:.3g} (max abs), above "
+            f"--tolerance {tolerance:g}; timings of different maths are not comparable, so nothing was timed."
+        )
+    return worst
+
+
+# --- timing, one subprocess per (implementation, setting) ---
+
+
+def memory_status(key: str) -> int:
+    """VmRSS (resident now) or VmHWM (peak resident since the last reset) of this process, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def worker(s: Setting, warmup: int, steps: int) -> dict:
+    """Time `steps` outer steps (meta-gradient + Adam); the forward-backward impl times the unit of work."""
+    torch.manual_seed(0)
+    model, episodes = make_model(s), make_episodes(s)
+    optimizer = torch.optim.Adam(model.parameters(), lr=s.outer_lr)
+    if s.impl == "forward-backward":  # one plain forward+backward over support+query sequences (100 by default)
+        tokens = torch.cat([episodes[0].support_x, episodes[0].query_x])
+        labels = torch.cat([episodes[0].support_y, episodes[0].query_y])
+
+        def outer_step():
+            F.cross_entropy(model(tokens), labels).backward()
+            optimizer.zero_grad(set_to_none=True)
+    else:
+        meta_step = IMPLEMENTATIONS[s.impl](s)
+
+        def outer_step():
+            with twice_differentiable_attention() if s.algo == "maml" else contextlib.nullcontext():
+                meta_step(model, episodes)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    Path("/proc/self/clear_refs").write_text("5")  # restart the peak-RSS count from here (Linux)
+    baseline = memory_status("VmRSS")
+    times = []
+    for i in range(warmup + steps):
+        started = time.perf_counter()
+        outer_step()
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    return {"times": times, "peak_extra_bytes": memory_status("VmHWM") - baseline}
+
+
+def time_in_subprocess(s: Setting, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--worker", json.dumps(asdict(s)), "--warmup", str(args.warmup),
+               "--steps", str(args.steps), "--threads", str(args.threads)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"worker {s} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(settings: list[Setting], args: argparse.Namespace) -> dict[Setting, dict]:
+    """Rounds interleaved across settings; per setting the median step time over all rounds and the max peak."""
+    samples: dict[Setting, dict] = {s: {"times": [], "peak_extra_bytes": 0} for s in settings}
+    for round_ in range(args.rounds):
+        for s in settings:
+            print(f"round {round_ + 1}/{args.rounds}: {s.impl} {s.algo} {s.model} k={s.inner_steps}", flush=True)
+            result = time_in_subprocess(s, args)
+            samples[s]["times"] += result["times"]
+            samples[s]["peak_extra_bytes"] = max(samples[s]["peak_extra_bytes"], result["peak_extra_bytes"])
+    return {s: {"median_s": statistics.median(v["times"]), "peak_extra_mib": v["peak_extra_bytes"] / 2**20}
+            for s, v in samples.items()}  # fmt: skip
+
+
+def speed_table(results: dict[Setting, dict], unit: dict[str, float]) -> list[dict]:
+    rows = []
+    for s, r in results.items():
+        if s.impl == "forward-backward":
+            continue
+        peers = [v["median_s"] for p, v in results.items() if p.impl in PEERS and replace(p, impl=s.impl) == s]
+        rows.append({
+            **asdict(s), **r, "vs_fastest_peer": r["median_s"] / min(peers) if peers else None,
+            "multiple_of_forward_backward": r["median_s"] / unit[s.model],
+        })  # fmt: skip
+    return rows
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    columns = ("algo", "model", "inner steps", "implementation", "time per outer step", "vs fastest peer",
+               "x plain fwd+bwd", "peak extra RSS")  # fmt: skip
+    lines = [header, "", f"| {' | '.join(columns)} |", "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        ratio = f"{r['vs_fastest_peer']:.2f}" if r["vs_fastest_peer"] else "-"
+        lines.append(
+            f"| {r['algo']} | {r['model']} | {r['inner_steps']} | {r['impl']} | {1000 * r['median_s']:.0f} ms | "
+            f"{ratio} | {r['multiple_of_forward_backward']:.1f} | {r['peak_extra_mib']:.0f} MiB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def check_all(settings: list[Setting], tolerance: float) -> None:
+    """Every timed implementation against the naive reference, on the reference model (cheap, same maths)."""
+    checked = {replace(s, model="reference", inner_steps=min(s.inner_steps, 5)) for s in settings}
+    for s in sorted(checked, key=str):
+        if s.impl in ("naive", "forward-backward"):
+            continue
+        worst = check_gradient(str(s), meta_gradient(s), meta_gradient(replace(s, impl="naive")), tolerance)
+        print(f"gradient check {s.impl} {s.algo}: max abs difference {worst:.2e}", flush=True)
+
+
+def loop_overhead(args: argparse.Namespace) -> str:
+    """A real metarun run's median outer step (sampling, logging, progress) against the pure meta-step."""
+    import random
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+
+    from metarun.loop import build_optimizer
+    from metarun.run import build, prepare_episodes, run
+
+    overrides = [*args.loop_overrides, f"train.outer_steps={args.steps + args.warmup}"]
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    out = Path(tempfile.mkdtemp())
+    run(cfg, out / "run")
+    loop_step = json.loads((out / "run" / "timing.json").read_text())["outer_step_median_seconds"]
+
+    torch.manual_seed(cfg.seed)  # the same model, algorithm and episodes as the run, without the loop around them
+    tokenizer, samplers = prepare_episodes(cfg, out)
+    model = build(cfg.model, vocab_size=tokenizer.get_vocab_size(), n_classes=cfg.task.n_way)
+    algorithm = build(cfg.algo, model=model)
+    params = dict(model.named_parameters())
+    optimizer = build_optimizer(cfg.algo.outer_optimizer, list(params.values()), cfg.algo.outer_lr)
+    rng, times = random.Random(cfg.seed), []
+    for i in range(args.steps + args.warmup):
+        episodes = [samplers["train"].sample(rng) for _ in range(cfg.train.meta_batch_size)]
+        started = time.perf_counter()
+        accumulate_meta_gradient(algorithm, params, episodes)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - started)
+    pure = statistics.median(times)
+    return (
+        f"Loop overhead (`{shlex.join(['metarun', *overrides])}`): median outer step {1000 * loop_step:.0f} ms "
+        f"in the full loop vs {1000 * pure:.0f} ms for the pure meta-step: {loop_step / pure:.3f}x.\n"
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    split = lambda text: [s for s in text.split(",") if s]  # noqa: E731
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algos", type=split, default=list(ALGOS))
+    parser.add_argument("--models", type=split, default=["reference"])
+    parser.add_argument("--inner-steps", type=lambda t: [int(x) for x in split(t)], default=[5])
+    parser.add_argument("--memory", action="store_true", help="second order: store vs recompute vs peers")
+    parser.add_argument("--loop", action="store_true", help="full metarun loop vs the pure meta-step")
+    loop_run = ["data=synthetic", "model=small", "algo=maml", "task.k_shot=5", "eval.val_episodes=5",
+                "eval.test_episodes=5", "eval.val_interval=100000"]  # fmt: skip
+    parser.add_argument("--loop-overrides", type=split, default=loop_run)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--tolerance", type=float, default=1e-6)
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    parser.add_argument("--readme", type=Path, help="rewrite this README's bench section with the tables")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory:
+        args.algos, args.models = ["maml"], args.models if args.models != ["reference"] else ["base"]
+        args.inner_steps = args.inner_steps if args.inner_steps != [5] else [1, 5, 10, 20]
+    return args
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        print(json.dumps(worker(Setting(**json.loads(args.worker)), args.warmup, args.steps)))
+        return ""
+    header = (
+        f"Command: `{shlex.join(['python', 'scripts/bench.py', *(argv if argv is not None else sys.argv[1:])])}`  \n"
+        f"Ran on: {platform.machine()}, {args.threads} CPU threads, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}; {args.rounds} rounds x {args.steps} timed steps after {args.warmup} warm-up."
+    )
+    if args.loop:
+        body = f"{header}\n\n{loop_overhead(args)}"
+    else:
+        impls = ["metarun", "metarun-recompute"] if args.memory else ["metarun"]
+        settings = [
+            Setting(impl, algo, model, k)
+            for model in args.models
+            for k in args.inner_steps
+            for algo in args.algos
+            for impl in (*impls, *PEERS)
+        ]
+        check_all(settings, args.tolerance)
+        units = [Setting("forward-backward", "none", model) for model in args.models]
+        results = measure([*units, *settings], args)
+        unit = {s.model: results[s]["median_s"] for s in units}
+        body = markdown(speed_table(results, unit), header)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "loop" if args.loop else "memory" if args.memory else "speed"
+    (args.out / f"{name}.md").write_text(body)
+    if args.readme:
+        rewrite_readme_section(args.readme, f"bench-{name}", body)
+    print(body)
+    return body
+
+
+if __name__ == "__main__":
+    main()
