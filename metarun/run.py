@@ -124,6 +124,7 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
     model = build(cfg.model, vocab_size=tokenizer.get_vocab_size(), n_classes=cfg.task.n_way).to(device)
     extra = {"n_train_classes": len(samplers["train"].classes)} if "n_train_classes" in cfg.algo else {}
     algorithm: Algorithm = build(cfg.algo, model=model, **extra)
+    algorithm.score_start = cfg.train.score_before_adaptation
     val_episodes = samplers["val"].fixed_episodes(cfg.eval.val_episodes, cfg.eval.seed)
     checkpoints = Checkpoints(output_dir / "checkpoints", OmegaConf.to_container(cfg, resolve=True))
 

@@ -321,6 +321,7 @@ def loop_overhead(args: argparse.Namespace) -> str:
         episodes = [samplers["train"].sample(rng) for _ in range(cfg.train.meta_batch_size)]
         started = time.perf_counter()
         accumulate_meta_gradient(algorithm, params, episodes)
+        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.train.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if i >= args.warmup:

@@ -55,6 +55,7 @@ class Algorithm:
 
     meta_trains = True  # False: the loop skips meta-training (the `scratch` baseline)
     can_batch_tasks = False  # whether `batched_meta_gradient` exists for this algorithm
+    score_start = False  # also score the query before adaptation while meta-training (train.score_before_adaptation)
 
     def __init__(
         self,
@@ -206,14 +207,14 @@ class Algorithm:
 
     def query_stats(self, start: Params, end_logits: torch.Tensor, episode: Episode, losses: list[float]) -> TaskStats:
         """Query loss and accuracy at the adapted weights (given as logits), and at the starting weights when
-        the head is meta-learned (a zeroed or fresh head scores chance there: not worth a forward pass)."""
+        asked and the head is meta-learned (a zeroed or fresh head scores chance there)."""
         end_logits = end_logits.detach()
         stats = TaskStats(
             loss_after=F.cross_entropy(end_logits, episode.query_y).item(),
             acc_after=accuracy(end_logits, episode.query_y),
             inner_losses=losses,
         )
-        if self.head_init == "learned":
+        if self.score_start and self.head_init == "learned":
             with torch.no_grad():
                 start_logits = self.logits(start, episode.query_x)
             stats.loss_before = F.cross_entropy(start_logits, episode.query_y).item()
