@@ -117,6 +117,8 @@ def meta_train(
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
         reporter.log_train(step, stats, lr, grad_norm)
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # kernels still queued belong to this step's time
         result.step_seconds.append(time.perf_counter() - started)
         if step % settings.val_interval == 0 or step == settings.outer_steps:
             val = evaluate(algorithm, params, val_episodes, device)

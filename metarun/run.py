@@ -106,6 +106,17 @@ def prepare_episodes(cfg: DictConfig, output_dir: Path) -> tuple[Tokenizer, dict
     return tokenizer, make_samplers(corpus, encode(tokenizer, corpus.texts), cfg.task, rows)
 
 
+def build_algorithm(
+    cfg: DictConfig, tokenizer: Tokenizer, samplers: dict[str, EpisodeSampler], device: torch.device
+) -> Algorithm:
+    """The model (initialised from the current torch seed) on `device`, inside the configured algorithm."""
+    model = build(cfg.model, vocab_size=tokenizer.get_vocab_size(), n_classes=cfg.task.n_way).to(device)
+    extra = {"n_train_classes": len(samplers["train"].classes)} if "n_train_classes" in cfg.algo else {}
+    algorithm: Algorithm = build(cfg.algo, model=model, **extra)
+    algorithm.score_start = cfg.train.score_before_adaptation
+    return algorithm
+
+
 def run(cfg: DictConfig, output_dir: Path) -> float:
     """Meta-train, validate, test the best checkpoint; returns the best validation accuracy (for sweepers)."""
     missing = OmegaConf.missing_keys(cfg)
@@ -121,10 +132,7 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
     device = resolve_device(cfg.device.name)
     torch.manual_seed(cfg.seed)
     tokenizer, samplers = prepare_episodes(cfg, output_dir)
-    model = build(cfg.model, vocab_size=tokenizer.get_vocab_size(), n_classes=cfg.task.n_way).to(device)
-    extra = {"n_train_classes": len(samplers["train"].classes)} if "n_train_classes" in cfg.algo else {}
-    algorithm: Algorithm = build(cfg.algo, model=model, **extra)
-    algorithm.score_start = cfg.train.score_before_adaptation
+    algorithm = build_algorithm(cfg, tokenizer, samplers, device)
     val_episodes = samplers["val"].fixed_episodes(cfg.eval.val_episodes, cfg.eval.seed)
     checkpoints = Checkpoints(output_dir / "checkpoints", OmegaConf.to_container(cfg, resolve=True))
 
@@ -149,7 +157,7 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
             best_val, step_seconds = trained.best, trained.step_seconds
         train_seconds = time.perf_counter() - started
         best_step = checkpoints.load_best(algorithm)
-        params = dict(model.named_parameters())
+        params = dict(algorithm.model.named_parameters())
         best_val = best_val or evaluate(algorithm, params, val_episodes, device)
         started = time.perf_counter()
         if cfg.task.eval_tasks:  # one score per fixed task; the interval is over tasks

@@ -241,3 +241,16 @@ def test_fused_layer_norm_is_differentiated_twice_wrongly_under_vmap():
         written_out = second_order(norm)
     assert not torch.allclose(*fused, rtol=1e-3)
     torch.testing.assert_close(*written_out, rtol=1e-9, atol=1e-9)
+
+
+def test_settings_that_cannot_work_are_refused(model64):
+    from metarun.errors import UserError
+
+    with pytest.raises(UserError, match="inner_scope='head' does not work with Reptile"):
+        Reptile(model64, inner_scope="head")
+    with pytest.raises(UserError, match="memory=recompute needs algo.inner_scope=all"):
+        MAML(model64, inner_scope="head", memory="recompute")
+    with pytest.raises(UserError, match="batch_tasks=true is not available"):
+        MAML(model64, memory="recompute", batch_tasks=True)
+    with pytest.raises(UserError, match="algo.memory='disk' is not valid"):
+        MAML(model64, memory="disk", batch_tasks=True)

@@ -62,12 +62,11 @@ def over_tasks(task_fn: Callable, episodes: list[Episode], *shared):
         )
 
 
-def task_stats(query_logits: torch.Tensor, inner_losses: torch.Tensor, episodes: list[Episode]) -> list[TaskStats]:
-    stats = []
-    for logits, losses, episode in zip(query_logits.detach(), inner_losses.detach(), episodes):
-        stats.append(TaskStats(
-            loss_after=F.cross_entropy(logits, episode.query_y).item(),
-            acc_after=(logits.argmax(-1) == episode.query_y).float().mean().item(),
-            inner_losses=losses.tolist(),
-        ))  # fmt: skip
-    return stats
+def task_stats(
+    algorithm: Algorithm, params: Params, query_logits: torch.Tensor, inner_losses: torch.Tensor, episodes
+) -> list[TaskStats]:
+    """Each task's stats from the batched results, as the task-by-task path reports them."""
+    return [
+        algorithm.query_stats(params, logits, episode, losses.tolist())
+        for logits, losses, episode in zip(query_logits.detach(), inner_losses.detach(), episodes)
+    ]

@@ -24,10 +24,10 @@ MEMORY_MODES = ("store", "recompute")
 
 class MAML(Algorithm):
     def __init__(self, *args, first_order: bool = False, memory: str = "store", **kwargs) -> None:
-        self.first_order, self.memory = first_order, memory  # set first: they decide whether tasks can batch
-        super().__init__(*args, **kwargs)
         if memory not in MEMORY_MODES:
             raise UserError(f"algo.memory={memory!r} is not valid; use one of {MEMORY_MODES}.")
+        self.first_order, self.memory = first_order, memory  # set first: they decide whether tasks can batch
+        super().__init__(*args, **kwargs)
         if not first_order and self.inner_optimizer != "sgd":
             raise UserError(
                 f"algo.inner_optimizer={self.inner_optimizer!r} cannot be differentiated through by second-order "
@@ -81,7 +81,7 @@ class MAML(Algorithm):
                 return {n: grads[n] for n in names}, logits, inner
 
             grads, logits, inner = over_tasks(task, episodes, base)
-            return {n: g.mean(0) for n, g in grads.items()}, task_stats(logits, inner, episodes)
+            return {n: g.mean(0) for n, g in grads.items()}, task_stats(self, params, logits, inner, episodes)
 
         def task(meta, base, support_x, support_y, query_x, query_y):
             start = task_start(self, {**base, **meta})
@@ -94,4 +94,4 @@ class MAML(Algorithm):
             return losses.mean(), aux
 
         grads, (logits, inner) = grad(mean_loss, has_aux=True)({n: base[n] for n in names})
-        return grads, task_stats(logits, inner, episodes)
+        return grads, task_stats(self, params, logits, inner, episodes)

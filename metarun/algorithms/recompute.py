@@ -4,6 +4,7 @@ A differentiable SGD step theta' = theta - lr * g(theta) needs, going backward, 
 Plain MAML keeps every step's activations and gradient graph alive until the meta-backward; here each step
 keeps only theta and rebuilds its graph when the meta-backward reaches it, so memory stays at one
 step's graph plus one set of weights per step (activation checkpointing through the inner loop).
+Forward and recomputation both use the math attention kernel, so dropout draws the same masks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from metarun.model import twice_differentiable_attention
 
@@ -24,7 +26,7 @@ class RecomputedSGDStep(torch.autograd.Function):
         ctx.devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
         ctx.cpu_rng = torch.get_rng_state()  # dropout must draw the same masks when recomputed
         ctx.cuda_rng = [torch.cuda.get_rng_state(d) for d in ctx.devices]
-        with torch.enable_grad():
+        with torch.enable_grad(), twice_differentiable_attention():  # the kernel the backward replays
             leaves = [p.detach().requires_grad_() for p in params]
             loss = loss_fn(leaves)
             grads = torch.autograd.grad(loss, leaves)
@@ -34,6 +36,7 @@ class RecomputedSGDStep(torch.autograd.Function):
         return (loss, *(p.detach() - lr * g for p, g in zip(params, grads)))
 
     @staticmethod
+    @once_differentiable  # v - lr*Hv is exact for one backward; differentiating it again would be silently wrong
     def backward(ctx, _loss_grad, *upstream: torch.Tensor):
         with torch.random.fork_rng(devices=ctx.devices):
             torch.set_rng_state(ctx.cpu_rng)

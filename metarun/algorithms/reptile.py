@@ -11,10 +11,19 @@ import torch
 from metarun.algorithms.base import Algorithm, Params, TaskStats
 from metarun.algorithms.batched import over_tasks, sgd_steps, task_start, task_stats
 from metarun.episodes import Episode
+from metarun.errors import UserError
 
 
 class Reptile(Algorithm):
     can_batch_tasks = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.inner_scope != "all":
+            raise UserError(
+                f"algo.inner_scope={self.inner_scope!r} does not work with Reptile: its update is theta' - theta, "
+                "and an encoder the inner loop does not move would never learn; use algo.inner_scope=all."
+            )
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
         start = self.initial_params(params)
@@ -32,4 +41,4 @@ class Reptile(Algorithm):
             return {n: base[n] - fast[n] for n in names}, self.logits(fast, query_x), inner
 
         pseudo_grads, logits, inner = over_tasks(task, episodes, {n: p.detach() for n, p in params.items()})
-        return {n: g.mean(0) for n, g in pseudo_grads.items()}, task_stats(logits, inner, episodes)
+        return {n: g.mean(0) for n, g in pseudo_grads.items()}, task_stats(self, params, logits, inner, episodes)
