@@ -104,7 +104,7 @@ def meta_train(
         grad_norm = torch.nn.utils.clip_grad_norm_(
             trained, settings.grad_clip if settings.grad_clip else float("inf")
         ).item()
-        loss = sum(s.loss_after for s in stats) / len(stats)
+        loss = sum(s.watched_loss for s in stats) / len(stats)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise UserError(
                 f"Meta-training diverged at outer step {step} (loss {loss}, gradient norm {grad_norm}) and "

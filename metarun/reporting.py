@@ -62,12 +62,10 @@ class RunReporter:
         self.writer.close()
 
     def log_train(self, step: int, stats: list[TaskStats], lr: float, grad_norm: float) -> None:
-        scalars = {
-            "train/loss_after": _mean([s.loss_after for s in stats]),
-            "train/acc_after": _mean([s.acc_after for s in stats]),
-            "train/outer_lr": lr,
-            "train/grad_norm": grad_norm,
-        }
+        scalars = {"train/outer_lr": lr, "train/grad_norm": grad_norm}
+        if stats[0].loss_after is not None:
+            scalars["train/loss_after"] = _mean([s.loss_after for s in stats])
+            scalars["train/acc_after"] = _mean([s.acc_after for s in stats])
         if stats[0].loss_before is not None:
             scalars["train/loss_before"] = _mean([s.loss_before for s in stats])
             scalars["train/acc_before"] = _mean([s.acc_before for s in stats])
@@ -76,7 +74,11 @@ class RunReporter:
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
         self.progress.start()  # idempotent: shown from the first step on
-        status = f"loss {scalars['train/loss_after']:.3f} acc {scalars['train/acc_after']:.2f}{self.val_status}"
+        if "train/loss_after" in scalars:
+            status = f"loss {scalars['train/loss_after']:.3f} acc {scalars['train/acc_after']:.2f}"
+        else:
+            status = f"grad norm {grad_norm:.3f}"
+        status += self.val_status
         self.progress.update(self.task, completed=step, status=status)
 
     def log_validation(self, step: int, result: EvalResult) -> None:

@@ -113,7 +113,7 @@ def build_algorithm(
     model = build(cfg.model, vocab_size=tokenizer.get_vocab_size(), n_classes=cfg.task.n_way).to(device)
     extra = {"n_train_classes": len(samplers["train"].classes)} if "n_train_classes" in cfg.algo else {}
     algorithm: Algorithm = build(cfg.algo, model=model, **extra)
-    algorithm.score_start = cfg.train.score_before_adaptation
+    algorithm.diagnostic_scores = cfg.train.diagnostic_scores
     return algorithm
 
 

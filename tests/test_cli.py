@@ -53,7 +53,7 @@ def test_synthetic_run_writes_everything_a_user_looks_for(tmp_path):
 def test_tensorboard_gets_the_promised_scalars_and_hparams(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_ok(tmp_path / "run", "algo.inner_steps=2", "algo.head_init=learned", "train.score_before_adaptation=true")
+    run_ok(tmp_path / "run", "algo.inner_steps=2", "algo.head_init=learned", "train.diagnostic_scores=true")
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
     for tag in ("train/loss_before", "train/acc_before", "train/loss_after", "train/acc_after", "train/outer_lr",

@@ -254,3 +254,18 @@ def test_settings_that_cannot_work_are_refused(model64):
         MAML(model64, memory="recompute", batch_tasks=True)
     with pytest.raises(UserError, match="algo.memory='disk' is not valid"):
         MAML(model64, memory="disk", batch_tasks=True)
+
+
+@pytest.mark.parametrize("batch_tasks", [False, True])
+def test_reptile_scores_the_query_only_for_the_logs_when_asked(model64, batch_tasks):
+    episodes = [random_episode(seed=s) for s in range(2)]
+    algorithm = Reptile(model64, inner_steps=2, inner_lr=INNER_LR, batch_tasks=batch_tasks)
+    params = dict(model64.named_parameters())
+    plain = accumulate_meta_gradient(algorithm, params, episodes)
+    grads = {n: p.grad for n, p in params.items()}
+    assert plain[0].loss_after is None and plain[0].watched_loss == plain[0].inner_losses[-1]
+    algorithm.diagnostic_scores = True
+    scored = accumulate_meta_gradient(algorithm, params, episodes)
+    assert 0.0 <= scored[0].acc_after <= 1.0 and scored[0].loss_after > 0
+    for name, param in params.items():  # scoring changes nothing in the update
+        torch.testing.assert_close(param.grad, grads[name], rtol=0, atol=0)

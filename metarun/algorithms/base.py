@@ -38,11 +38,18 @@ BATCH_TASKS = ("auto", True, False)  # auto: batched on CUDA, task by task on CP
 class TaskStats:
     """What one task's meta-gradient computation saw: query loss/accuracy before and after adaptation."""
 
-    loss_after: float
-    acc_after: float
+    loss_after: float | None  # None: the query was not scored (Reptile without train.diagnostic_scores)
+    acc_after: float | None
     loss_before: float | None = None
     acc_before: float | None = None
     inner_losses: list[float] = field(default_factory=list)
+
+    @property
+    def watched_loss(self) -> float:
+        """What the loop checks for divergence: the query loss after adaptation, else the last support loss."""
+        if self.loss_after is not None:
+            return self.loss_after
+        return self.inner_losses[-1] if self.inner_losses else 0.0
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -55,7 +62,7 @@ class Algorithm:
 
     meta_trains = True  # False: the loop skips meta-training (the `scratch` baseline)
     can_batch_tasks = False  # whether `batched_meta_gradient` exists for this algorithm
-    score_start = False  # also score the query before adaptation while meta-training (train.score_before_adaptation)
+    diagnostic_scores = False  # forwards that only feed the logs, per task (train.diagnostic_scores)
 
     def __init__(
         self,
@@ -214,7 +221,7 @@ class Algorithm:
             acc_after=accuracy(end_logits, episode.query_y),
             inner_losses=losses,
         )
-        if self.score_start and self.head_init == "learned":
+        if self.diagnostic_scores and self.head_init == "learned":
             with torch.no_grad():
                 start_logits = self.logits(start, episode.query_x)
             stats.loss_before = F.cross_entropy(start_logits, episode.query_y).item()

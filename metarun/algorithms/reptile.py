@@ -29,6 +29,8 @@ class Reptile(Algorithm):
         start = self.initial_params(params)
         fast, losses = self.inner_loop(start, episode.support_x, episode.support_y, self.inner_steps)
         pseudo_grads = {n: params[n].detach() - fast[n].detach() for n in self.meta_learned_names(params)}
+        if not self.diagnostic_scores:  # the update never looks at the query set: scoring it is for the logs only
+            return pseudo_grads, TaskStats(loss_after=None, acc_after=None, inner_losses=losses)
         with torch.no_grad():
             query_logits = self.logits(fast, episode.query_x)
         return pseudo_grads, self.query_stats(start, query_logits, episode, losses)
@@ -38,7 +40,12 @@ class Reptile(Algorithm):
 
         def task(base, support_x, support_y, query_x, query_y):
             fast, inner = sgd_steps(self, task_start(self, base), support_x, support_y, self.inner_steps)
-            return {n: base[n] - fast[n] for n in names}, self.logits(fast, query_x), inner
+            scored = (self.logits(fast, query_x),) if self.diagnostic_scores else ()
+            return {n: base[n] - fast[n] for n in names}, inner, *scored
 
-        pseudo_grads, logits, inner = over_tasks(task, episodes, {n: p.detach() for n, p in params.items()})
-        return {n: g.mean(0) for n, g in pseudo_grads.items()}, task_stats(self, params, logits, inner, episodes)
+        pseudo_grads, inner, *logits = over_tasks(task, episodes, {n: p.detach() for n, p in params.items()})
+        if logits:
+            stats = task_stats(self, params, logits[0], inner, episodes)
+        else:
+            stats = [TaskStats(loss_after=None, acc_after=None, inner_losses=losses.tolist()) for losses in inner]
+        return {n: g.mean(0) for n, g in pseudo_grads.items()}, stats
