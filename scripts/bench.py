@@ -351,6 +351,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--algos", type=split, default=list(ALGOS))
     parser.add_argument("--models", type=split, default=["reference"])
     parser.add_argument("--inner-steps", type=lambda t: [int(x) for x in split(t)], default=[5])
+    parser.add_argument("--meta-batch", type=int, default=4, help="tasks per outer step (peak memory is per task)")
     parser.add_argument("--memory", action="store_true", help="second order: store vs recompute vs peers")
     parser.add_argument("--loop", action="store_true", help="full metarun loop vs the pure meta-step")
     loop_run = ["data=synthetic", "model=small", "algo=maml", "task.k_shot=5", "eval.val_episodes=5",
@@ -380,21 +381,22 @@ def main(argv: list[str] | None = None) -> str:
     header = (
         f"Command: `{shlex.join(['python', 'scripts/bench.py', *(argv if argv is not None else sys.argv[1:])])}`  \n"
         f"Ran on: {platform.machine()}, {args.threads} CPU threads, torch {torch.__version__}, "
-        f"{time.strftime('%Y-%m-%d')}; {args.rounds} rounds x {args.steps} timed steps after {args.warmup} warm-up."
+        f"{time.strftime('%Y-%m-%d')}; meta-batch {args.meta_batch}; {args.rounds} rounds x {args.steps} timed steps "
+        f"after {args.warmup} warm-up."
     )
     if args.loop:
         body = f"{header}\n\n{loop_overhead(args)}"
     else:
         impls = ["metarun", "metarun-recompute"] if args.memory else ["metarun"]
         settings = [
-            Setting(impl, algo, model, k)
+            Setting(impl, algo, model, k, meta_batch=args.meta_batch)
             for model in args.models
             for k in args.inner_steps
             for algo in args.algos
             for impl in (*impls, *PEERS)
         ]
         check_all(settings, args.tolerance)
-        units = [Setting("forward-backward", "none", model) for model in args.models]
+        units = [Setting("forward-backward", "none", model, meta_batch=args.meta_batch) for model in args.models]
         results = measure([*units, *settings], args)
         unit = {s.model: results[s]["median_s"] for s in units}
         body = markdown(speed_table(results, unit), header)
