@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -226,11 +227,15 @@ def worker(s: Setting, warmup: int, steps: int) -> dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    times, baseline = [], 0
+    # not "extra": thread pools (one plain forward+backward) and Adam's state (a step with zero gradients)
+    F.cross_entropy(model(episodes[0].query_x), episodes[0].query_y).backward()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    Path("/proc/self/clear_refs").write_text("5")  # restart the peak-RSS count from here (Linux)
+    baseline, times = memory_status("VmRSS"), []
     for i in range(warmup + steps):
-        if i == min(1, warmup):  # after one warm-up step: one-off thread pools and Adam state are not "extra"
-            Path("/proc/self/clear_refs").write_text("5")  # restart the peak-RSS count from here (Linux)
-            baseline = memory_status("VmRSS")
         started = time.perf_counter()
         outer_step()
         if i >= warmup:
@@ -241,7 +246,9 @@ def worker(s: Setting, warmup: int, steps: int) -> dict:
 def time_in_subprocess(s: Setting, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--worker", json.dumps(asdict(s)), "--warmup", str(args.warmup),
                "--steps", str(args.steps), "--threads", str(args.threads)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
+    # a fixed mmap threshold: freed blocks go back to the OS, so resident memory tracks live memory
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"worker {s} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
