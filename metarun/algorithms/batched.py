@@ -18,8 +18,6 @@ from metarun.algorithms.base import HEAD, Algorithm, Params, TaskStats
 from metarun.episodes import Episode
 from metarun.model import twice_differentiable_attention, vmap_safe_layer_norm
 
-BATCH_TASKS = ("auto", True, False)
-
 
 def stack_episodes(episodes: list[Episode]) -> tuple[torch.Tensor, ...]:
     """[tasks, ...] support tokens, support labels, query tokens, query labels; tokens padded to one width."""
