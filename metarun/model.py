@@ -93,6 +93,10 @@ class TransformerClassifier(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(d_model, n_classes)
 
+    def layer_prefixes(self) -> list[str]:
+        """Parameter-name prefixes of the encoder's layers, bottom to top."""
+        return [f"layers.{i}." for i in range(len(self.layers))]
+
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Masked mean of the final hidden states: one [d_model] vector per sequence."""
         keep = tokens != PAD_ID

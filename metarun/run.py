@@ -22,10 +22,11 @@ from metarun.errors import UserError, brief
 from metarun.evaluation import evaluate, mean_with_ci
 from metarun.loop import TrainSettings, meta_train
 from metarun.reporting import RunReporter, print_config, print_results
-from metarun.tokenizer import encode, fit_tokenizer
+from metarun.tokenizer import encode, make_tokenizer, padding_id
 
 SPLIT_BY = ("class", "domain")
-NOT_CONSTRUCTOR_ARGS = ("name", "vocab_size", "outer_optimizer", "outer_lr", "eps")
+PRECISIONS = ("auto", "fp32", "bf16")
+NOT_CONSTRUCTOR_ARGS = ("name", "vocab_size", "pad_id", "outer_optimizer", "outer_lr", "eps")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,6 +39,15 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise UserError(f"device.name={name!r} is not valid; use auto, cpu or cuda.")
     return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for the model's forward passes: bf16 on CUDA unless asked otherwise; None is float32."""
+    if name not in PRECISIONS:
+        raise UserError(f"device.precision={name!r} is not valid; use one of {PRECISIONS}.")
+    if name == "bf16" or (name == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 def build(node: DictConfig, **kwargs):
@@ -59,8 +69,9 @@ def make_samplers(corpus: Corpus, tokens: torch.Tensor, task: DictConfig, rows: 
         groups = class_groups(
             [row_classes[i] for i in index], [corpus.domains[i] for i in index] if by_domain else None
         )
+        n_query = task.n_query if name != "train" or task.get("meta_train_query") is None else task.meta_train_query
         samplers[name] = EpisodeSampler(
-            tokens[index], [row_classes[i] for i in index], groups, task.n_way, task.k_shot, task.n_query,
+            tokens[index], [row_classes[i] for i in index], groups, task.n_way, task.k_shot, n_query,
             split_name=name, drop_small_classes=task.drop_small_classes,
         )  # fmt: skip
     return samplers
@@ -100,7 +111,7 @@ def prepare_episodes(cfg: DictConfig, output_dir: Path) -> tuple[Tokenizer, dict
     keys = corpus.labels if cfg.task.split_by == "class" else corpus.require_domains()
     split = split_keys(keys, cfg.task.split.val, cfg.task.split.test, cfg.task.split.seed)
     rows = split_rows(keys, split)
-    tokenizer = fit_tokenizer([corpus.texts[i] for i in rows["train"]], cfg.model.vocab_size, cfg.model.max_len)
+    tokenizer = make_tokenizer(cfg.model, [corpus.texts[i] for i in rows["train"]])
     tokenizer.save(str(output_dir / "tokenizer.json"))
     (output_dir / "splits.json").write_text(json.dumps({n: getattr(split, n) for n in SPLITS}, indent=1))
     return tokenizer, make_samplers(corpus, encode(tokenizer, corpus.texts), cfg.task, rows)
@@ -110,10 +121,14 @@ def build_algorithm(
     cfg: DictConfig, tokenizer: Tokenizer, samplers: dict[str, EpisodeSampler], device: torch.device
 ) -> Algorithm:
     """The model (initialised from the current torch seed) on `device`, inside the configured algorithm."""
-    model = build(cfg.model, vocab_size=tokenizer.get_vocab_size(), n_classes=cfg.task.n_way).to(device)
+    sizes = {"vocab_size": tokenizer.get_vocab_size(), "n_classes": cfg.task.n_way}
+    if "pad_id" in cfg.model:  # pretrained models get their tokenizer's padding id back (metarun pads with 0)
+        sizes["pad_id"] = padding_id(tokenizer)
+    model = build(cfg.model, **sizes).to(device)
     extra = {"n_train_classes": len(samplers["train"].classes)} if "n_train_classes" in cfg.algo else {}
     algorithm: Algorithm = build(cfg.algo, model=model, **extra)
     algorithm.diagnostic_scores = cfg.train.diagnostic_scores
+    algorithm.autocast_dtype = resolve_precision(cfg.device.get("precision", "auto"), device)
     return algorithm
 
 

@@ -1,8 +1,10 @@
-"""A BPE subword tokenizer fitted on meta-train text only, so unseen classes' words still split into known pieces."""
+"""Tokenizers: a BPE subword tokenizer fitted on meta-train text only (so unseen classes' words still split
+into known pieces), or a pretrained model's own (metarun.pretrained)."""
 
 from __future__ import annotations
 
 import torch
+from omegaconf import DictConfig
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1
@@ -22,6 +24,28 @@ def fit_tokenizer(texts: list[str], vocab_size: int, max_len: int) -> Tokenizer:
     return tokenizer
 
 
+def make_tokenizer(model: DictConfig, train_texts: list[str]) -> Tokenizer:
+    """The pretrained model's tokenizer when `model.name_or_path` names one, else BPE fitted on `train_texts`."""
+    if model.get("name_or_path"):
+        from metarun.pretrained import pretrained_tokenizer
+
+        return pretrained_tokenizer(model.name_or_path, model.max_len, model.get("package"))
+    return fit_tokenizer(train_texts, model.vocab_size, model.max_len)
+
+
+def padding_id(tokenizer: Tokenizer) -> int:
+    return tokenizer.padding["pad_id"]
+
+
+def swap_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Exchange ids 0 and `pad_id` (its own inverse): metarun pads with 0, the model with its own id."""
+    if pad_id == 0:
+        return tokens
+    return torch.where(tokens == 0, pad_id, torch.where(tokens == pad_id, 0, tokens))
+
+
 def encode(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
-    """All texts as one [rows, max_len] tensor of token ids, padded with 0."""
-    return torch.tensor([e.ids for e in tokenizer.encode_batch(texts)], dtype=torch.long)
+    """All texts as one [rows, max_len] tensor of token ids, padded with 0 whatever the tokenizer's padding id
+    (ids 0 and that id swap places; metarun.pretrained swaps them back)."""
+    tokens = torch.tensor([e.ids for e in tokenizer.encode_batch(texts)], dtype=torch.long)
+    return swap_padding(tokens, padding_id(tokenizer))

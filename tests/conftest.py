@@ -8,11 +8,28 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.func import functional_call  # noqa: E402
 
 from metarun.episodes import Episode  # noqa: E402
 from metarun.model import TransformerClassifier  # noqa: E402
 
 CLINC150 = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
+
+
+INNER_LR, INNER_STEPS = 0.3, 2
+
+
+def naive_maml_loss(model, params, episode, create_graph=True, adapted=None):
+    """MAML's meta-loss written out by hand: two unrolled SGD steps on the `adapted` names (default all),
+    then the query loss."""
+    fast = dict(params)
+    adapted = list(params) if adapted is None else adapted
+    for _ in range(INNER_STEPS):
+        support_loss = F.cross_entropy(functional_call(model, fast, (episode.support_x,)), episode.support_y)
+        grads = torch.autograd.grad(support_loss, [fast[n] for n in adapted], create_graph=create_graph)
+        fast = {**fast, **{name: fast[name] - INNER_LR * g for name, g in zip(adapted, grads)}}
+    return F.cross_entropy(functional_call(model, fast, (episode.query_x,)), episode.query_y), fast
 
 
 def tiny_model(dtype=torch.float64, n_classes: int = 3, seed: int = 0) -> TransformerClassifier:

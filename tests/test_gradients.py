@@ -9,23 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from conftest import random_episode, tiny_model
+from conftest import INNER_LR, INNER_STEPS, naive_maml_loss, random_episode, tiny_model
 from metarun.algorithms import MAML, Reptile
 from metarun.loop import accumulate_meta_gradient
 from metarun.model import LayerNorm, twice_differentiable_attention, vmap_safe_layer_norm
-
-INNER_LR, INNER_STEPS = 0.3, 2
-
-
-def naive_maml_loss(model, params, episode, create_graph=True):
-    """MAML's meta-loss written out by hand: two unrolled SGD steps, then the query loss."""
-    fast = dict(params)
-    for _ in range(INNER_STEPS):
-        support_loss = F.cross_entropy(functional_call(model, fast, (episode.support_x,)), episode.support_y)
-        grads = torch.autograd.grad(support_loss, list(fast.values()), create_graph=create_graph)
-        fast = {name: p - INNER_LR * g for (name, p), g in zip(fast.items(), grads)}
-    return F.cross_entropy(functional_call(model, fast, (episode.query_x,)), episode.query_y), fast
-
 
 def meta_gradient(algorithm, model, episode):
     params = dict(model.named_parameters())
@@ -246,7 +233,7 @@ def test_fused_layer_norm_is_differentiated_twice_wrongly_under_vmap():
 def test_settings_that_cannot_work_are_refused(model64):
     from metarun.errors import UserError
 
-    with pytest.raises(UserError, match="inner_scope='head' does not work with Reptile"):
+    with pytest.raises(UserError, match="inner_scope='head' with algo.outer_scope='all' does not work with Reptile"):
         Reptile(model64, inner_scope="head")
     with pytest.raises(UserError, match="memory=recompute needs algo.inner_scope=all"):
         MAML(model64, inner_scope="head", memory="recompute")

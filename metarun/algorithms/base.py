@@ -23,14 +23,10 @@ Params = dict[str, torch.Tensor]
 HEAD = ("head.weight", "head.bias")
 
 
-def encoder_names(params: Params) -> list[str]:
-    """Every parameter name but the N-way head's: what algorithms that replace the head meta-learn."""
-    return [n for n in params if n not in HEAD]
-
-
 HEAD_INITS = ("learned", "zero", "random")
 INNER_OPTIMIZERS = ("sgd", "adam")
-INNER_SCOPES = ("all", "head")  # what the inner loop adapts: every parameter, or the head alone (ANIL)
+# what a loop trains: every parameter, the top `top_layers` encoder layers and all above them, or the head alone
+SCOPES = ("all", "top", "head")
 BATCH_TASKS = ("auto", True, False)  # auto: batched on CUDA, task by task on CPU
 
 
@@ -60,9 +56,10 @@ class Algorithm:
     """Public surface: `meta_gradient` (one task's contribution to the outer step), `adapt`, and for the
     algorithms that can batch their tasks, `batched_meta_gradient` (the whole meta-batch's mean at once)."""
 
-    meta_trains = True  # False: the loop skips meta-training (the `scratch` baseline)
+    meta_trains = True  # False: the loop skips meta-training (the `scratch` and `prototypes` baselines)
     can_batch_tasks = False  # whether `batched_meta_gradient` exists for this algorithm
     diagnostic_scores = False  # forwards that only feed the logs, per task (train.diagnostic_scores)
+    autocast_dtype: torch.dtype | None = None  # the model's forward under autocast to this dtype (device.precision)
 
     def __init__(
         self,
@@ -73,47 +70,87 @@ class Algorithm:
         inner_optimizer: str = "sgd",
         head_init: str = "learned",
         inner_scope: str = "all",
+        outer_scope: str = "all",
+        top_layers: int = 2,
         batch_tasks: str | bool = "auto",
     ) -> None:
         if inner_optimizer not in INNER_OPTIMIZERS:
             raise UserError(f"algo.inner_optimizer={inner_optimizer!r} is not valid; use one of {INNER_OPTIMIZERS}.")
         if head_init not in HEAD_INITS:
             raise UserError(f"algo.head_init={head_init!r} is not valid; use one of {HEAD_INITS}.")
-        if inner_scope not in INNER_SCOPES:
-            raise UserError(f"algo.inner_scope={inner_scope!r} is not valid; use one of {INNER_SCOPES}.")
+        for key, scope in (("inner_scope", inner_scope), ("outer_scope", outer_scope)):
+            if scope not in SCOPES:
+                raise UserError(f"algo.{key}={scope!r} is not valid; use one of {SCOPES}.")
         if inner_steps < 0 or eval_inner_steps < 0:
             raise UserError(
                 f"algo.inner_steps={inner_steps} and algo.eval_inner_steps={eval_inner_steps} must be >= 0."
             )
         self.model = model
         self.inner_steps, self.inner_lr, self.eval_inner_steps = inner_steps, inner_lr, eval_inner_steps
-        self.inner_optimizer, self.head_init, self.inner_scope = inner_optimizer, head_init, inner_scope
+        self.inner_optimizer, self.head_init = inner_optimizer, head_init
+        self.inner_scope, self.outer_scope, self.top_layers = inner_scope, outer_scope, top_layers
+        names = [n for n, _ in model.named_parameters()]
+        self.inner_names, self.outer_names = self.scope_names(names, inner_scope), self.scope_names(names, outer_scope)
         self.batched = self._batching(batch_tasks)
+
+    def scope_names(self, names: list[str], scope: str) -> list[str]:
+        """The parameter names a scope covers; "top" starts at the first of the top `top_layers` layers and
+        keeps everything registered after it (a final norm, the head)."""
+        if scope == "all":
+            return list(names)
+        if scope == "head":
+            return list(HEAD)
+        layers = self.model.layer_prefixes()
+        if not 0 <= self.top_layers <= len(layers):
+            raise UserError(
+                f"algo.top_layers={self.top_layers} is not valid for a model with {len(layers)} layers; "
+                f"use 0 to {len(layers)}."
+            )
+        if self.top_layers == 0:
+            first = names.index(HEAD[0])
+        else:
+            first = next(i for i, n in enumerate(names) if n.startswith(layers[-self.top_layers]))
+        return names[first:]
 
     def _batching(self, batch_tasks: str | bool) -> bool:
         """Whether the loop calls `batched_meta_gradient`: asked for (or auto on CUDA) and possible."""
         if batch_tasks not in BATCH_TASKS:
             raise UserError(f"algo.batch_tasks={batch_tasks!r} is not valid; use auto, true or false.")
-        possible = self.can_batch_tasks and self.inner_optimizer == "sgd" and self.inner_scope == "all"
+        possible = (
+            self.can_batch_tasks
+            and self.inner_optimizer == "sgd"
+            and self.inner_scope == "all"
+            and getattr(self.model, "batches_tasks", True)
+        )
         if batch_tasks is True and not possible:
             raise UserError(
                 f"algo.batch_tasks=true is not available for {type(self).__name__} with "
                 f"inner_optimizer={self.inner_optimizer}, inner_scope={self.inner_scope}"
                 f"{', memory=recompute' if getattr(self, 'memory', None) == 'recompute' else ''}; batching needs "
-                "maml, fomaml or reptile with sgd inner steps over all parameters; use algo.batch_tasks=false."
+                "maml, fomaml or reptile with sgd inner steps over all parameters of a metarun-built model; use "
+                "algo.batch_tasks=false."
             )
         on_cuda = next(self.model.parameters()).is_cuda
         return possible and (batch_tasks is True or on_cuda)
 
+    @property
+    def learns_head(self) -> bool:
+        """Whether the outer loop trains the N-way head (not when it is reset or rebuilt for every task)."""
+        return self.head_init == "learned"
+
     def meta_learned_names(self, params: Params) -> list[str]:
-        """The parameters the outer loop trains: all, or all but a head that is reset for every task."""
-        return list(params) if self.head_init == "learned" else encoder_names(params)
+        """The parameters the outer loop trains: those in `outer_scope`, less a head that is reset for every task."""
+        return [n for n in self.outer_names if n in params and (self.learns_head or n not in HEAD)]
 
     def batched_meta_gradient(self, params: Params, episodes: list[Episode]) -> tuple[Params, list[TaskStats]]:
         raise NotImplementedError
 
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
-        return functional_call(self.model, params, (tokens,), {"features_only": features_only})
+        if self.autocast_dtype is None:
+            return functional_call(self.model, params, (tokens,), {"features_only": features_only})
+        with torch.autocast(tokens.device.type, dtype=self.autocast_dtype):
+            out = functional_call(self.model, params, (tokens,), {"features_only": features_only})
+        return out.float()  # heads, losses and prototypes outside the model stay in float32
 
     def extra_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters the outer optimizer trains besides the model's (none by default)."""
@@ -148,7 +185,8 @@ class Algorithm:
         Without `create_graph` the fast weights are detached leaves after every step, so no graph
         builds up across steps and the returned weights are ready for a first-order gradient.
         With `recompute` (SGD only) each differentiable step keeps its weights, not its graph.
-        With `inner_scope="head"` only the head adapts, on features computed once (ANIL).
+        With `inner_scope="head"` only the head adapts, on features computed once (ANIL); with "top" only
+        the top layers and what is above them adapt, the rest stays at `params`.
         """
         if self.inner_scope == "head":
             features = self.logits(params, tokens, features_only=True)
@@ -163,6 +201,15 @@ class Algorithm:
             return {**params, **head}, losses
         if create_graph and recompute:
             return self._recomputed_inner_loop(params, tokens, labels, steps)
+        if self.inner_scope == "top":
+            adapted, losses = self._gradient_steps(
+                {n: params[n] for n in self.inner_names},
+                lambda p: self.logits({**params, **p}, tokens),
+                labels,
+                steps,
+                create_graph,
+            )
+            return {**params, **adapted}, losses
         return self._gradient_steps(params, lambda p: self.logits(p, tokens), labels, steps, create_graph)
 
     def _gradient_steps(

@@ -33,10 +33,10 @@ class MAML(Algorithm):
                 f"algo.inner_optimizer={self.inner_optimizer!r} cannot be differentiated through by second-order "
                 "MAML; use algo.inner_optimizer=sgd, or algo=fomaml."
             )
-        if memory == "recompute" and self.inner_scope == "head":
+        if memory == "recompute" and self.inner_scope != "all":
             raise UserError(
-                "algo.memory=recompute needs algo.inner_scope=all; a head-only inner loop is already light, "
-                "use algo.memory=store."
+                f"algo.memory=recompute needs algo.inner_scope=all, not {self.inner_scope!r}; a partial inner loop "
+                "is already lighter, use algo.memory=store."
             )
 
     @property

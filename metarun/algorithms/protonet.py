@@ -1,9 +1,11 @@
-"""Prototypical networks (Snell et al., 2017): classify a query by its squared distance to each class's
-mean support embedding. No inner loop: meta-training shapes the embedding itself.
+"""Prototypical networks (Snell et al., 2017): classify a query by its distance to each class's mean support
+embedding. No inner loop: meta-training shapes the embedding itself.
 
--||f - c_k||^2 = 2 c_k.f - ||c_k||^2 - ||f||^2, and the last term is the same for every class, so the
-prototypes become an ordinary linear head (weight 2c_k, bias -||c_k||^2) with the same softmax: the one
-evaluation path (adapt, then score with the model) serves ProtoNet too.
+Euclidean: -||f - c_k||^2 = 2 c_k.f - ||c_k||^2 - ||f||^2, and the last term is the same for every class, so
+the prototypes become an ordinary linear head (weight 2c_k, bias -||c_k||^2) with the same softmax.
+Cosine: scale * cos(f, c_k) is a linear head (weight scale * c_k/||c_k||) on normalised features.
+Either way the one evaluation path (adapt, then score with the model) serves ProtoNet too.
+`meta_train=false` with cosine distance is the frozen-encoder `prototypes` baseline.
 """
 
 from __future__ import annotations
@@ -11,13 +13,29 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy, encoder_names
+from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy
 from metarun.episodes import Episode
+from metarun.errors import UserError
+
+DISTANCES = ("euclidean", "cosine")
 
 
 class ProtoNet(Algorithm):
-    def __init__(self, *args, **kwargs) -> None:
+    learns_head = False  # the prototypes replace the model's head in every episode
+
+    def __init__(
+        self, *args, distance: str = "euclidean", scale: float = 10.0, meta_train: bool = True, **kwargs
+    ) -> None:
+        if distance not in DISTANCES:
+            raise UserError(f"algo.distance={distance!r} is not valid; use one of {DISTANCES}.")
         super().__init__(*args, inner_steps=0, eval_inner_steps=0, **kwargs)
+        self.distance, self.scale, self.meta_trains = distance, scale, meta_train
+
+    def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
+        if self.distance == "euclidean":
+            return super().logits(params, tokens, features_only)
+        features = F.normalize(super().logits(params, tokens, features_only=True), dim=-1)
+        return features if features_only else F.linear(features, params["head.weight"], params["head.bias"])
 
     def prototypes(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
         """[N, d] mean support embedding of each class."""
@@ -28,13 +46,17 @@ class ProtoNet(Algorithm):
 
     def adapt(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor) -> Params:
         centres = self.prototypes(params, tokens, labels, params["head.weight"].shape[0])
-        return {**params, "head.weight": 2 * centres, "head.bias": -(centres**2).sum(1)}
+        if self.distance == "cosine":
+            weight, bias = self.scale * F.normalize(centres, dim=-1), torch.zeros_like(params["head.bias"])
+        else:
+            weight, bias = 2 * centres, -(centres**2).sum(1)
+        return {**params, "head.weight": weight, "head.bias": bias}
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
         adapted = self.adapt(params, episode.support_x, episode.support_y)
         query_logits = self.logits(adapted, episode.query_x)
         loss = F.cross_entropy(query_logits, episode.query_y)
-        names = encoder_names(params)  # the prototype head replaces the model's
+        names = self.meta_learned_names(params)
         grads = torch.autograd.grad(loss, [params[n] for n in names])
         return dict(zip(names, grads)), TaskStats(
             loss_after=loss.item(), acc_after=accuracy(query_logits, episode.query_y)

@@ -19,10 +19,12 @@ class Reptile(Algorithm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.inner_scope != "all":
+        still = sorted(set(self.meta_learned_names(dict(self.model.named_parameters()))) - set(self.inner_names))
+        if still:
             raise UserError(
-                f"algo.inner_scope={self.inner_scope!r} does not work with Reptile: its update is theta' - theta, "
-                "and an encoder the inner loop does not move would never learn; use algo.inner_scope=all."
+                f"algo.inner_scope={self.inner_scope!r} with algo.outer_scope={self.outer_scope!r} does not work with "
+                f"Reptile: its update is theta' - theta, and parameters the inner loop does not move (e.g. "
+                f"{still[0]}) would never learn; use the same scope for both, or algo.inner_scope=all."
             )
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy, encoder_names
+from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy
 from metarun.episodes import Episode, trim_padding
 
 
 class SupervisedBaseline(Algorithm):
+    learns_head = False  # the N-way head is only used after pre-training
     def __init__(self, *args, pretrain: bool = True, n_train_classes: int = 1, **kwargs) -> None:
         kwargs.setdefault("head_init", "random")
         super().__init__(*args, **kwargs)
@@ -38,7 +39,7 @@ class SupervisedBaseline(Algorithm):
             features, self.pretrain_head["pretrain_head.weight"], self.pretrain_head["pretrain_head.bias"]
         )
         loss = F.cross_entropy(logits, labels)
-        names = encoder_names(params)  # the N-way head is only used after pre-training
+        names = self.meta_learned_names(params)
         wrt = {**{n: params[n] for n in names}, **self.pretrain_head}
         grads = torch.autograd.grad(loss, list(wrt.values()))
         return dict(zip(wrt, grads)), TaskStats(loss_after=loss.item(), acc_after=accuracy(logits, labels))
