@@ -179,4 +179,3 @@ class PretrainedClassifier(nn.Module):
     def forward(self, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
         features = self.features(tokens)
         return features if features_only else self.head(features)
-

@@ -14,6 +14,7 @@ from metarun.algorithms import MAML, Reptile
 from metarun.loop import accumulate_meta_gradient
 from metarun.model import LayerNorm, twice_differentiable_attention, vmap_safe_layer_norm
 
+
 def meta_gradient(algorithm, model, episode):
     params = dict(model.named_parameters())
     grads, _ = algorithm.meta_gradient(params, episode)
@@ -34,6 +35,30 @@ def test_maml_meta_gradient_matches_finite_differences(model64, episode):
         eps = 1e-5
         numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
         analytic = sum((grads[n] * direction[n]).sum() for n in params).item()
+        assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.parametrize(
+    "settings", [{"head_init": "prototypes"}, {"inner_scope": "top", "top_layers": 1}, {"inner_scope": "head"}]
+)
+def test_maml_variants_match_finite_differences_of_their_meta_loss(model64, episode, settings):
+    """Proto-MAML's head (built from the support features, so differentiated too) and partial inner scopes:
+    the meta-gradient against central differences of the meta-loss's value."""
+    algorithm = MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR, **settings)
+    grads, _ = algorithm.meta_gradient(dict(model64.named_parameters()), episode)
+    params = {n: p.detach() for n, p in model64.named_parameters()}
+
+    def meta_loss(shifted):  # values only: inner steps without a graph, then the query loss
+        start = algorithm.initial_params(shifted, episode.support_x, episode.support_y)
+        fast, _ = algorithm.inner_loop(start, episode.support_x, episode.support_y, INNER_STEPS)
+        return F.cross_entropy(algorithm.logits(fast, episode.query_x), episode.query_y).item()
+
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        direction = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()}
+        shifted = lambda scale: {n: (p + scale * direction[n]).requires_grad_() for n, p in params.items()}  # noqa: E731
+        numeric = (meta_loss(shifted(1e-6)) - meta_loss(shifted(-1e-6))) / 2e-6
+        analytic = sum((grads[n] * direction[n]).sum() for n in params if grads.get(n) is not None).item()
         assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8)
 
 
@@ -144,7 +169,7 @@ def test_protonet_prototypes_distances_and_gradient(model64, episode):
         torch.testing.assert_close(grads[name], ref, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("head_init", ["learned", "zero"])
+@pytest.mark.parametrize("head_init", ["learned", "zero", "prototypes"])
 def test_memory_light_maml_gives_the_same_meta_gradient(model64, episode, head_init):
     params = dict(model64.named_parameters())
     store, _ = MAML(model64, inner_steps=3, inner_lr=INNER_LR, head_init=head_init).meta_gradient(params, episode)
@@ -173,7 +198,7 @@ def test_memory_light_maml_replays_dropout_masks():
     assert any(not torch.allclose(other_masks[n], grads["store"][n]) for n in other_masks), "dropout was inactive"
 
 
-@pytest.mark.parametrize("head_init", ["learned", "zero"])
+@pytest.mark.parametrize("head_init", ["learned", "zero", "prototypes"])
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile"])
 def test_batched_tasks_give_the_task_by_task_meta_gradient(algo, head_init):
     """vmap over the meta-batch (ragged token widths padded to one) equals the per-task loop."""
@@ -189,7 +214,7 @@ def test_batched_tasks_give_the_task_by_task_meta_gradient(algo, head_init):
         stats = accumulate_meta_gradient(algorithm, params, episodes)
         grads[batch_tasks] = {n: p.grad for n, p in params.items()}
         assert len(stats) == 3 and len(stats[0].inner_losses) == 2
-    assert (grads[True]["head.weight"] is None) == (head_init == "zero")
+    assert (grads[True]["head.weight"] is None) == (head_init != "learned")
     for name, grad in grads[False].items():
         if grad is None:
             assert grads[True][name] is None

@@ -23,7 +23,7 @@ Params = dict[str, torch.Tensor]
 HEAD = ("head.weight", "head.bias")
 
 
-HEAD_INITS = ("learned", "zero", "random")
+HEAD_INITS = ("learned", "zero", "random", "prototypes")  # prototypes: Proto-MAML (Triantafillou et al., 2020)
 INNER_OPTIMIZERS = ("sgd", "adam")
 # what a loop trains: every parameter, the top `top_layers` encoder layers and all above them, or the head alone
 SCOPES = ("all", "top", "head")
@@ -46,6 +46,18 @@ class TaskStats:
         if self.loss_after is not None:
             return self.loss_after
         return self.inner_losses[-1] if self.inner_losses else 0.0
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
+    """[N, d] mean feature of each class (written with a comparison, not index_add, so it also runs under vmap)."""
+    members = (labels.unsqueeze(1) == torch.arange(n_way, device=labels.device)).to(features.dtype)
+    return members.T @ features / members.sum(0).unsqueeze(1)
+
+
+def cosine_prototype_head(features: torch.Tensor, labels: torch.Tensor, n_way: int, scale: float) -> tuple:
+    """The nearest-prototype-by-cosine classifier as a linear head: weight scale * c_k / ||c_k||, bias 0."""
+    weight = scale * F.normalize(class_means(features, labels, n_way), dim=-1)
+    return weight, torch.zeros(n_way, dtype=features.dtype, device=features.device)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -72,6 +84,7 @@ class Algorithm:
         inner_scope: str = "all",
         outer_scope: str = "all",
         top_layers: int = 2,
+        prototype_scale: float = 10.0,
         batch_tasks: str | bool = "auto",
     ) -> None:
         if inner_optimizer not in INNER_OPTIMIZERS:
@@ -87,7 +100,7 @@ class Algorithm:
             )
         self.model = model
         self.inner_steps, self.inner_lr, self.eval_inner_steps = inner_steps, inner_lr, eval_inner_steps
-        self.inner_optimizer, self.head_init = inner_optimizer, head_init
+        self.inner_optimizer, self.head_init, self.prototype_scale = inner_optimizer, head_init, prototype_scale
         self.inner_scope, self.outer_scope, self.top_layers = inner_scope, outer_scope, top_layers
         names = [n for n, _ in model.named_parameters()]
         self.inner_names, self.outer_names = self.scope_names(names, inner_scope), self.scope_names(names, outer_scope)
@@ -159,13 +172,21 @@ class Algorithm:
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
         raise NotImplementedError
 
-    def initial_params(self, params: Params) -> Params:
-        """The weights each task starts adapting from: the head meta-learned, zeroed, or freshly drawn."""
+    def initial_params(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor) -> Params:
+        """The weights a task starts adapting from: the head meta-learned, zeroed, freshly drawn, or the cosine
+        prototypes of the support set (`tokens`, `labels`; differentiable, so second order sees through them)."""
         if self.head_init == "learned":
             return params
         weight, bias = params["head.weight"].detach(), params["head.bias"].detach()
         if self.head_init == "zero":
             head = torch.zeros_like(weight), torch.zeros_like(bias)
+        elif self.head_init == "prototypes":
+            features = self.logits(params, tokens, features_only=True)
+            head = cosine_prototype_head(features, labels, weight.shape[0], self.prototype_scale)
+            # fresh aliases of the encoder's tensors: the inner steps' gradients must be partial in them, not
+            # also flow through the head they built (the outer gradient still reaches both)
+            aliases = {n: p.view_as(p) for n, p in params.items()}
+            return {**aliases, "head.weight": head[0], "head.bias": head[1].requires_grad_()}
         else:
             bound = 1.0 / math.sqrt(weight.shape[1])  # nn.Linear's default initialisation
             head = torch.empty_like(weight).uniform_(-bound, bound), torch.empty_like(bias).uniform_(-bound, bound)
@@ -256,7 +277,8 @@ class Algorithm:
 
     def adapt(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor) -> Params:
         """Evaluation-time adaptation on a support set: `eval_inner_steps` steps, no graph kept."""
-        adapted, _ = self.inner_loop(self.initial_params(params), tokens, labels, self.eval_inner_steps)
+        start = self.initial_params(params, tokens, labels)
+        adapted, _ = self.inner_loop(start, tokens, labels, self.eval_inner_steps)
         return {n: p.detach() for n, p in adapted.items()}
 
     def query_stats(self, start: Params, end_logits: torch.Tensor, episode: Episode, losses: list[float]) -> TaskStats:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad_and_value, vmap
 
-from metarun.algorithms.base import HEAD, Algorithm, Params, TaskStats
+from metarun.algorithms.base import HEAD, Algorithm, Params, TaskStats, cosine_prototype_head
 from metarun.episodes import Episode
 from metarun.model import twice_differentiable_attention, vmap_safe_layer_norm
 
@@ -29,13 +29,17 @@ def stack_episodes(episodes: list[Episode]) -> tuple[torch.Tensor, ...]:
     return tuple(stack([getattr(e, k) for e in episodes]) for k in ("support_x", "support_y", "query_x", "query_y"))
 
 
-def task_start(algorithm: Algorithm, params: Params) -> Params:
+def task_start(algorithm: Algorithm, params: Params, support_x, support_y) -> Params:
     """Per-task starting weights inside vmap: the head as `algorithm.head_init` says."""
     if algorithm.head_init == "learned":
         return params
     weight, bias = params[HEAD[0]], params[HEAD[1]]
     if algorithm.head_init == "zero":
         return {**params, HEAD[0]: torch.zeros_like(weight), HEAD[1]: torch.zeros_like(bias)}
+    if algorithm.head_init == "prototypes":
+        features = algorithm.logits(params, support_x, features_only=True)
+        head = cosine_prototype_head(features, support_y, weight.shape[0], algorithm.prototype_scale)
+        return {**params, HEAD[0]: head[0], HEAD[1]: head[1]}
     bound = weight.shape[1] ** -0.5  # nn.Linear's default initialisation, drawn per task
     draw = lambda t: (2 * torch.rand_like(t) - 1) * bound  # noqa: E731
     return {**params, HEAD[0]: draw(weight), HEAD[1]: draw(bias)}

@@ -44,11 +44,11 @@ class MAML(Algorithm):
         return self.memory == "store"
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
-        start = self.initial_params(params)
         second_order = not self.first_order
         # recompute differentiates twice only inside its own backward, which picks the kernel itself
         twice = second_order and self.memory == "store"
         with twice_differentiable_attention() if twice else contextlib.nullcontext():
+            start = self.initial_params(params, episode.support_x, episode.support_y)  # Proto-MAML: features too
             fast, losses = self.inner_loop(
                 start,
                 episode.support_x,
@@ -76,7 +76,9 @@ class MAML(Algorithm):
         if self.first_order:
 
             def task(base, support_x, support_y, query_x, query_y):
-                fast, inner = sgd_steps(self, task_start(self, base), support_x, support_y, self.inner_steps)
+                fast, inner = sgd_steps(
+                    self, task_start(self, base, support_x, support_y), support_x, support_y, self.inner_steps
+                )
                 grads, (_, logits) = grad_and_value(query_loss, has_aux=True)(fast, query_x, query_y)
                 return {n: grads[n] for n in names}, logits, inner
 
@@ -84,7 +86,7 @@ class MAML(Algorithm):
             return {n: g.mean(0) for n, g in grads.items()}, task_stats(self, params, logits, inner, episodes)
 
         def task(meta, base, support_x, support_y, query_x, query_y):
-            start = task_start(self, {**base, **meta})
+            start = task_start(self, {**base, **meta}, support_x, support_y)
             fast, inner = sgd_steps(self, start, support_x, support_y, self.inner_steps)
             loss, logits = query_loss(fast, query_x, query_y)
             return loss, (logits, inner)

@@ -3,7 +3,7 @@ embedding. No inner loop: meta-training shapes the embedding itself.
 
 Euclidean: -||f - c_k||^2 = 2 c_k.f - ||c_k||^2 - ||f||^2, and the last term is the same for every class, so
 the prototypes become an ordinary linear head (weight 2c_k, bias -||c_k||^2) with the same softmax.
-Cosine: scale * cos(f, c_k) is a linear head (weight scale * c_k/||c_k||) on normalised features.
+Cosine: prototype_scale * cos(f, c_k) is a linear head (weight scale * c_k/||c_k||) on normalised features.
 Either way the one evaluation path (adapt, then score with the model) serves ProtoNet too.
 `meta_train=false` with cosine distance is the frozen-encoder `prototypes` baseline.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy
+from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy, class_means, cosine_prototype_head
 from metarun.episodes import Episode
 from metarun.errors import UserError
 
@@ -23,13 +23,11 @@ DISTANCES = ("euclidean", "cosine")
 class ProtoNet(Algorithm):
     learns_head = False  # the prototypes replace the model's head in every episode
 
-    def __init__(
-        self, *args, distance: str = "euclidean", scale: float = 10.0, meta_train: bool = True, **kwargs
-    ) -> None:
+    def __init__(self, *args, distance: str = "euclidean", meta_train: bool = True, **kwargs) -> None:
         if distance not in DISTANCES:
             raise UserError(f"algo.distance={distance!r} is not valid; use one of {DISTANCES}.")
         super().__init__(*args, inner_steps=0, eval_inner_steps=0, **kwargs)
-        self.distance, self.scale, self.meta_trains = distance, scale, meta_train
+        self.distance, self.meta_trains = distance, meta_train
 
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
         if self.distance == "euclidean":
@@ -37,18 +35,12 @@ class ProtoNet(Algorithm):
         features = F.normalize(super().logits(params, tokens, features_only=True), dim=-1)
         return features if features_only else F.linear(features, params["head.weight"], params["head.bias"])
 
-    def prototypes(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
-        """[N, d] mean support embedding of each class."""
-        features = self.logits(params, tokens, features_only=True)
-        return torch.zeros(n_way, features.shape[1], dtype=features.dtype, device=features.device).index_add(
-            0, labels, features
-        ) / torch.bincount(labels, minlength=n_way).unsqueeze(1).to(features.dtype)
-
     def adapt(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor) -> Params:
-        centres = self.prototypes(params, tokens, labels, params["head.weight"].shape[0])
+        features, n_way = self.logits(params, tokens, features_only=True), params["head.weight"].shape[0]
         if self.distance == "cosine":
-            weight, bias = self.scale * F.normalize(centres, dim=-1), torch.zeros_like(params["head.bias"])
+            weight, bias = cosine_prototype_head(features, labels, n_way, self.prototype_scale)
         else:
+            centres = class_means(features, labels, n_way)
             weight, bias = 2 * centres, -(centres**2).sum(1)
         return {**params, "head.weight": weight, "head.bias": bias}
 

@@ -28,7 +28,7 @@ class Reptile(Algorithm):
             )
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
-        start = self.initial_params(params)
+        start = self.initial_params(params, episode.support_x, episode.support_y)
         fast, losses = self.inner_loop(start, episode.support_x, episode.support_y, self.inner_steps)
         pseudo_grads = {n: params[n].detach() - fast[n].detach() for n in self.meta_learned_names(params)}
         if not self.diagnostic_scores:  # the update never looks at the query set: scoring it is for the logs only
@@ -41,7 +41,9 @@ class Reptile(Algorithm):
         names = self.meta_learned_names(params)
 
         def task(base, support_x, support_y, query_x, query_y):
-            fast, inner = sgd_steps(self, task_start(self, base), support_x, support_y, self.inner_steps)
+            fast, inner = sgd_steps(
+                self, task_start(self, base, support_x, support_y), support_x, support_y, self.inner_steps
+            )
             scored = (self.logits(fast, query_x),) if self.diagnostic_scores else ()
             return {n: base[n] - fast[n] for n in names}, inner, *scored
 

@@ -17,6 +17,7 @@ from metarun.episodes import Episode, trim_padding
 
 class SupervisedBaseline(Algorithm):
     learns_head = False  # the N-way head is only used after pre-training
+
     def __init__(self, *args, pretrain: bool = True, n_train_classes: int = 1, **kwargs) -> None:
         kwargs.setdefault("head_init", "random")
         super().__init__(*args, **kwargs)
