@@ -48,10 +48,12 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 def evaluate(
     algorithm: Algorithm, params: Params, episodes: Iterable[Episode], device: torch.device, query_batch: int = 512
 ) -> EvalResult:
+    episodes = [e.to(device) for e in episodes]
     accuracies = []
-    with eval_mode(algorithm.model):
+    reused = algorithm.adapts_head_only and len(episodes) > 1
+    tokens = [x for e in episodes for x in (e.support_x, e.query_x)]
+    with eval_mode(algorithm.model), algorithm.cached_features(params, tokens) if reused else contextlib.nullcontext():
         for episode in episodes:
-            episode = episode.to(device)
             adapted = algorithm.adapt(params, episode.support_x, episode.support_y)
             correct = 0
             with torch.no_grad():

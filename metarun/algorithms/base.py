@@ -6,6 +6,7 @@ explicit values: differentiable (MAML), detached (first-order, Reptile) or fresh
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metarun.algorithms.recompute import recomputed_sgd_step
-from metarun.episodes import Episode
+from metarun.episodes import Episode, trim_padding
 from metarun.errors import UserError
 
 Params = dict[str, torch.Tensor]
@@ -72,6 +73,7 @@ class Algorithm:
     can_batch_tasks = False  # whether `batched_meta_gradient` exists for this algorithm
     diagnostic_scores = False  # forwards that only feed the logs, per task (train.diagnostic_scores)
     autocast_dtype: torch.dtype | None = None  # the model's forward under autocast to this dtype (device.precision)
+    _feature_table: dict | None = None  # set inside `cached_features`
 
     def __init__(
         self,
@@ -158,7 +160,34 @@ class Algorithm:
     def batched_meta_gradient(self, params: Params, episodes: list[Episode]) -> tuple[Params, list[TaskStats]]:
         raise NotImplementedError
 
+    @property
+    def adapts_head_only(self) -> bool:
+        """Whether test-time adaptation leaves the encoder as it is, so features can be computed once per text."""
+        return self.inner_scope == "head" or self.eval_inner_steps == 0
+
+    @contextlib.contextmanager
+    def cached_features(self, params: Params, token_batches: list[torch.Tensor], batch_size: int = 256):
+        """Inside: `logits` reads each text's features from a table computed once for all rows of `token_batches`
+        (every model here is `head(features(tokens))`), instead of running the encoder again."""
+        width = max(t.shape[1] for t in token_batches)
+        rows = torch.unique(torch.cat([F.pad(t, (0, width - t.shape[1])) for t in token_batches]), dim=0)
+        with torch.no_grad():
+            features = torch.cat(
+                [
+                    self.logits(params, trim_padding(rows[i : i + batch_size]), True)
+                    for i in range(0, len(rows), batch_size)
+                ]
+            )
+        self._feature_table = {_text_key(row): f for row, f in zip(rows, features)}
+        try:
+            yield
+        finally:
+            self._feature_table = None
+
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
+        if self._feature_table is not None:
+            features = torch.stack([self._feature_table[_text_key(row)] for row in tokens])
+            return features if features_only else F.linear(features, params["head.weight"], params["head.bias"])
         if self.autocast_dtype is None:
             return functional_call(self.model, params, (tokens,), {"features_only": features_only})
         with torch.autocast(tokens.device.type, dtype=self.autocast_dtype):
@@ -296,6 +325,11 @@ class Algorithm:
             stats.loss_before = F.cross_entropy(start_logits, episode.query_y).item()
             stats.acc_before = accuracy(start_logits, episode.query_y)
         return stats
+
+
+def _text_key(row: torch.Tensor) -> tuple[int, ...]:
+    """A token row without its padding: the same text trimmed to different widths gives the same key."""
+    return tuple(row[row != 0].tolist())
 
 
 def _adam_direction(

@@ -1,0 +1,36 @@
+"""Evaluation: features computed once per text give the same scores as running the encoder per episode."""
+
+import pytest
+import torch
+
+from conftest import random_episode, tiny_model
+from metarun.algorithms import MAML, ProtoNet, SupervisedBaseline
+from metarun.evaluation import evaluate
+
+ALGORITHMS = {
+    "protonet": lambda m: ProtoNet(m),
+    "prototypes": lambda m: ProtoNet(m, distance="cosine", meta_train=False),
+    "anil": lambda m: MAML(m, inner_scope="head", head_init="zero", inner_lr=0.5, eval_inner_steps=5),
+    "proto_anil": lambda m: MAML(m, inner_scope="head", head_init="prototypes", inner_lr=0.1, eval_inner_steps=3),
+    "finetune_head": lambda m: SupervisedBaseline(m, inner_scope="head", inner_optimizer="adam", eval_inner_steps=5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_cached_features_score_as_the_encoder_does(name):
+    model = tiny_model(n_classes=3)
+    algorithm = ALGORITHMS[name](model)
+    assert algorithm.adapts_head_only
+    episodes = [random_episode(seed=s) for s in range(6)]
+    params = dict(model.named_parameters())
+    torch.manual_seed(0)
+    cached = evaluate(algorithm, params, episodes, torch.device("cpu"))
+    torch.manual_seed(0)
+    per_episode = [evaluate(algorithm, params, [e], torch.device("cpu")).mean for e in episodes]
+    assert cached.mean == pytest.approx(sum(per_episode) / len(episodes), abs=1e-12)
+    assert algorithm._feature_table is None  # the table lives only as long as the evaluation
+
+
+def test_full_adaptation_does_not_reuse_features():
+    assert not MAML(tiny_model(), inner_scope="all").adapts_head_only
+    assert not MAML(tiny_model(), inner_scope="top", top_layers=1).adapts_head_only
