@@ -122,6 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--outer-steps", type=int, help="meta-training budget per run (default: the preset's)")
     parser.add_argument("--quick", action="store_true", help="tiny model and budget: a smoke check of the matrix")
     parser.add_argument("--out", type=Path, help="default: outputs/benchmark, or outputs/benchmark-<model>")
+    parser.add_argument("--finished-only", action="store_true", help="table the finished cells, run none")
     parser.add_argument("--readme", type=Path, help="rewrite this README's benchmark section with the table")
     parser.add_argument(
         "override", nargs="*", help="extra metarun overrides for every cell, e.g. train.outer_steps=500"
@@ -137,13 +138,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     cells = [Cell(*c) for c in itertools.product(args.families, args.shots, args.algos, args.seeds)]
-    results = []
+    results, missing = [], []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("benchmark", total=len(cells))
         for cell in cells:
-            progress.update(task, description=f"running {cell.name}")
-            results.append((cell, run_cell(cell, args, args.out / "runs" / cell.name)))
+            folder = args.out / "runs" / cell.name
+            if args.finished_only and not (folder / "metrics.json").is_file():
+                missing.append(cell.name)
+            else:
+                progress.update(task, description=f"running {cell.name}")
+                results.append((cell, run_cell(cell, args, folder)))
             progress.advance(task)
     import torch
 
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     table = aggregate(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmark.json").write_text(json.dumps({"header": header, "rows": table}, indent=1))
-    body = markdown(table, header)
+    body = markdown(table, header) + (f"\nNot run yet: {', '.join(missing)}.\n" if missing else "")
     (args.out / "benchmark.md").write_text(body)
     if args.readme:  # one README section per model: `benchmark` (small), `benchmark-minilm`, ...
         rewrite_readme_section(args.readme, "benchmark" if args.model == "small" else f"benchmark-{args.model}", body)

@@ -53,6 +53,11 @@ def test_benchmark_runs_a_matrix_writes_the_table_and_resumes(tmp_path):
     accuracy = [(r["algo"], r["test_acc"], r["test_ci95"]) for r in table]
     assert [(r["algo"], r["test_acc"], r["test_ci95"]) for r in again] == accuracy  # the rerun cell is deterministic
 
+    partial = [a if a != "protonet,scratch" else "protonet,scratch,maml" for a in argv] + ["--finished-only"]
+    assert [r["algo"] for r in benchmark.main(partial)] == ["protonet", "scratch"]  # nothing new ran
+    assert not (runs / "fewshot_cls_1shot_maml_seed0").exists()
+    assert "Not run yet: fewshot_cls_1shot_maml_seed0." in readme.read_text()
+
 
 def test_benchmark_averages_over_seeds():
     benchmark = load("benchmark")
