@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -37,11 +38,11 @@ def _require_transformers():
 
 @functools.cache
 def model_folder(name_or_path: str, package: str | None = None) -> Path:
-    """Where the model's files are: an installed model package's folder, a local folder, else a Hub snapshot."""
-    if package and importlib.util.find_spec(package):
-        return Path(importlib.import_module(package).get_model_path())
+    """Where the model's files are: a local folder, else an installed model package's folder, else a Hub snapshot."""
     if Path(name_or_path).is_dir():
         return Path(name_or_path)
+    if package and importlib.util.find_spec(package):
+        return Path(importlib.import_module(package).get_model_path())
     from huggingface_hub import snapshot_download
 
     try:
@@ -101,8 +102,13 @@ def prescribed_pooling(folder: Path) -> tuple[str, bool]:
     config, modules = folder / "1_Pooling" / "config.json", folder / "modules.json"
     mode = "mean"
     if config.is_file():
-        settings = json.loads(config.read_text())
-        mode = "cls" if settings.get("pooling_mode_cls_token") else "mean"
+        modes = [k.removeprefix("pooling_mode_") for k, on in json.loads(config.read_text()).items() if on is True]
+        mode = {"mean_tokens": "mean", "cls_token": "cls"}.get(modes[0] if len(modes) == 1 else "", "")
+        if not mode:
+            raise UserError(
+                f"{config} asks for pooling {modes}; metarun pools by mean_tokens or cls_token only. Set "
+                "model.pooling=mean or model.pooling=cls to choose one."
+            )
     normalize = modules.is_file() and any(m["type"].endswith("Normalize") for m in json.loads(modules.read_text()))
     return mode, normalize
 
@@ -134,7 +140,14 @@ class PretrainedClassifier(nn.Module):
         folder = model_folder(name_or_path, package)
         config = transformers.AutoConfig.from_pretrained(folder)
         if dropout is not None:  # fine-tuning dropout: hidden states and attention probabilities alike
-            config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+            keys = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+            if not all(hasattr(config, k) for k in keys):
+                raise UserError(
+                    f"model.dropout={dropout} needs a BERT-style config with {keys}; {type(config).__name__} has "
+                    "other names. Leave model.dropout=null to keep the model's own."
+                )
+            for key in keys:
+                setattr(config, key, dropout)
         # SDPA: metarun selects its math kernel whenever it differentiates twice (model.twice_differentiable_attention)
         self.encoder = transformers.AutoModel.from_config(config, attn_implementation="sdpa")
         state = load_weights(folder, sha256)
@@ -154,7 +167,7 @@ class PretrainedClassifier(nn.Module):
         self.normalize = default_normalize if normalize is None else normalize
         if self.pooling not in ("mean", "cls"):
             raise UserError(f"model.pooling={self.pooling!r} is not valid; use mean or cls.")
-        self.pad_id, self.max_len = pad_id, max_len
+        self.pad_id = pad_id  # max_len is the tokenizer's (it truncates); position embeddings are the model's
         self.head = nn.Linear(config.hidden_size, n_classes)
 
     def layer_prefixes(self) -> list[str]:

@@ -41,11 +41,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for the model's forward passes: bf16 on CUDA unless asked otherwise; None is float32."""
+def resolve_precision(name: str, device: torch.device, pretrained: bool) -> torch.dtype | None:
+    """The autocast dtype for the encoder's forward passes, None for float32: `auto` is bf16 for pretrained
+    encoders on CUDA (what they are trained for), float32 otherwise."""
     if name not in PRECISIONS:
         raise UserError(f"device.precision={name!r} is not valid; use one of {PRECISIONS}.")
-    if name == "bf16" or (name == "auto" and device.type == "cuda"):
+    if name == "bf16" or (name == "auto" and pretrained and device.type == "cuda"):
         return torch.bfloat16
     return None
 
@@ -128,7 +129,7 @@ def build_algorithm(
     extra = {"n_train_classes": len(samplers["train"].classes)} if "n_train_classes" in cfg.algo else {}
     algorithm: Algorithm = build(cfg.algo, model=model, **extra)
     algorithm.diagnostic_scores = cfg.train.diagnostic_scores
-    algorithm.autocast_dtype = resolve_precision(cfg.device.get("precision", "auto"), device)
+    algorithm.autocast_dtype = resolve_precision(cfg.device.get("precision", "auto"), device, "pad_id" in cfg.model)
     return algorithm
 
 

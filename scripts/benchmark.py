@@ -128,10 +128,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "override", nargs="*", help="extra metarun overrides for every cell, e.g. train.outer_steps=500"
     )
     args = parser.parse_args(argv)
-    args.out = args.out or Path("outputs/benchmark" if args.model == "small" else f"outputs/benchmark-{args.model}")
     if args.quick:
         args.model, args.test_episodes, args.outer_steps = "tiny", min(args.test_episodes, 100), args.outer_steps or 40
         args.override = ["eval.val_interval=20", "eval.val_episodes=20", *args.override]
+    args.out = args.out or Path("outputs/benchmark" if args.model == "small" else f"outputs/benchmark-{args.model}")
     return args
 
 

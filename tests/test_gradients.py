@@ -38,20 +38,30 @@ def test_maml_meta_gradient_matches_finite_differences(model64, episode):
         assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8)
 
 
+def cosine_prototype_start(model, params, episode, scale=10.0):
+    """Proto-MAML's starting head written out: scale * the unit mean support feature of each class."""
+    support = functional_call(model, params, (episode.support_x,), {"features_only": True})
+    means = torch.stack([support[episode.support_y == k].mean(0) for k in range(episode.n_way)])
+    return {**params, "head.weight": scale * means / means.norm(dim=1, keepdim=True),
+            "head.bias": torch.zeros(episode.n_way, dtype=means.dtype, requires_grad=True)}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "settings", [{"head_init": "prototypes"}, {"inner_scope": "top", "top_layers": 1}, {"inner_scope": "head"}]
 )
-def test_maml_variants_match_finite_differences_of_their_meta_loss(model64, episode, settings):
-    """Proto-MAML's head (built from the support features, so differentiated too) and partial inner scopes:
-    the meta-gradient against central differences of the meta-loss's value."""
+def test_maml_variants_match_finite_differences_of_a_naive_meta_loss(model64, episode, settings):
+    """Proto-MAML (its head built from the support features, so differentiated too; the inner steps' gradients
+    partial in the head) and partial inner scopes, against central differences of a hand-written meta-loss."""
     algorithm = MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR, **settings)
     grads, _ = algorithm.meta_gradient(dict(model64.named_parameters()), episode)
     params = {n: p.detach() for n, p in model64.named_parameters()}
+    adapted = {"head": ["head.weight", "head.bias"], "top": [n for n in params if n.startswith(("layers.1.",
+               "final_norm.", "head."))]}.get(settings.get("inner_scope"))  # fmt: skip
+    start = cosine_prototype_start if "head_init" in settings else lambda m, p, e: p
 
-    def meta_loss(shifted):  # values only: inner steps without a graph, then the query loss
-        start = algorithm.initial_params(shifted, episode.support_x, episode.support_y)
-        fast, _ = algorithm.inner_loop(start, episode.support_x, episode.support_y, INNER_STEPS)
-        return F.cross_entropy(algorithm.logits(fast, episode.query_x), episode.query_y).item()
+    def meta_loss(shifted):  # values only: the inner steps see the start's weights as independent variables
+        initial = {n: p.detach().requires_grad_() for n, p in start(model64, shifted, episode).items()}
+        return naive_maml_loss(model64, initial, episode, False, adapted)[0].item()
 
     g = torch.Generator().manual_seed(2)
     for _ in range(3):
@@ -260,6 +270,8 @@ def test_settings_that_cannot_work_are_refused(model64):
 
     with pytest.raises(UserError, match="inner_scope='head' with algo.outer_scope='all' does not work with Reptile"):
         Reptile(model64, inner_scope="head")
+    with pytest.raises(UserError, match="algo.outer_scope='head' leaves nothing to meta-learn"):
+        MAML(model64, outer_scope="head", head_init="zero")
     with pytest.raises(UserError, match="memory=recompute needs algo.inner_scope=all"):
         MAML(model64, inner_scope="head", memory="recompute")
     with pytest.raises(UserError, match="batch_tasks=true is not available"):

@@ -218,12 +218,14 @@ def test_minilm_runs_offline_with_its_tuned_settings(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["model"] == "minilm"
 
 
-def test_precision_is_bf16_autocast_on_cuda_and_float32_on_cpu_unless_asked():
+def test_precision_is_bf16_autocast_for_pretrained_encoders_on_cuda_unless_asked():
     from metarun.run import resolve_precision
 
-    assert resolve_precision("auto", torch.device("cpu")) is None
-    assert resolve_precision("auto", torch.device("cuda")) is torch.bfloat16
-    assert resolve_precision("fp32", torch.device("cuda")) is None
-    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cpu, pretrained=True) is None
+    assert resolve_precision("auto", cuda, pretrained=True) is torch.bfloat16
+    assert resolve_precision("auto", cuda, pretrained=False) is None  # metarun's own models stay float32
+    assert resolve_precision("fp32", cuda, pretrained=True) is None
+    assert resolve_precision("bf16", cpu, pretrained=False) is torch.bfloat16
     with pytest.raises(UserError, match="device.precision='fp16' is not valid"):
-        resolve_precision("fp16", torch.device("cuda"))
+        resolve_precision("fp16", cuda, pretrained=True)

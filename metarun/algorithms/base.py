@@ -107,6 +107,12 @@ class Algorithm:
         names = [n for n, _ in model.named_parameters()]
         self.inner_names, self.outer_names = self.scope_names(names, inner_scope), self.scope_names(names, outer_scope)
         self.batched = self._batching(batch_tasks)
+        if self.meta_trains and not self.meta_learned_names(dict(model.named_parameters())):
+            raise UserError(
+                f"algo.outer_scope={outer_scope!r} leaves nothing to meta-learn: its only parameters are the head, "
+                f"which {type(self).__name__} with head_init={head_init!r} rebuilds for every task. Use "
+                "algo.outer_scope=all or top."
+            )
 
     def scope_names(self, names: list[str], scope: str) -> list[str]:
         """The parameter names a scope covers; "top" starts at the first of the top `top_layers` layers and
@@ -178,7 +184,7 @@ class Algorithm:
                     for i in range(0, len(rows), batch_size)
                 ]
             )
-        self._feature_table = {_text_key(row): f for row, f in zip(rows, features)}
+        self._feature_table = {_text_key(row): f for row, f in zip(rows.cpu(), features)}
         try:
             yield
         finally:
@@ -186,13 +192,14 @@ class Algorithm:
 
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
         if self._feature_table is not None:
-            features = torch.stack([self._feature_table[_text_key(row)] for row in tokens])
+            features = torch.stack([self._feature_table[_text_key(row)] for row in tokens.cpu()])
             return features if features_only else F.linear(features, params["head.weight"], params["head.bias"])
         if self.autocast_dtype is None:
             return functional_call(self.model, params, (tokens,), {"features_only": features_only})
         with torch.autocast(tokens.device.type, dtype=self.autocast_dtype):
-            out = functional_call(self.model, params, (tokens,), {"features_only": features_only})
-        return out.float()  # heads, losses and prototypes outside the model stay in float32
+            features = functional_call(self.model, params, (tokens,), {"features_only": True})
+        features = features.float()  # the head, losses and prototypes stay in float32, as on the cached path
+        return features if features_only else F.linear(features, params["head.weight"], params["head.bias"])
 
     def extra_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters the outer optimizer trains besides the model's (none by default)."""
@@ -319,7 +326,7 @@ class Algorithm:
             acc_after=accuracy(end_logits, episode.query_y),
             inner_losses=losses,
         )
-        if self.diagnostic_scores and self.head_init == "learned":
+        if self.diagnostic_scores and self.learns_head:
             with torch.no_grad():
                 start_logits = self.logits(start, episode.query_x)
             stats.loss_before = F.cross_entropy(start_logits, episode.query_y).item()

@@ -26,8 +26,8 @@ class ProtoNet(Algorithm):
     def __init__(self, *args, distance: str = "euclidean", meta_train: bool = True, **kwargs) -> None:
         if distance not in DISTANCES:
             raise UserError(f"algo.distance={distance!r} is not valid; use one of {DISTANCES}.")
-        super().__init__(*args, inner_steps=0, eval_inner_steps=0, **kwargs)
         self.distance, self.meta_trains = distance, meta_train
+        super().__init__(*args, inner_steps=0, eval_inner_steps=0, **kwargs)
 
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
         if self.distance == "euclidean":

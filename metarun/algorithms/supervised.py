@@ -20,8 +20,8 @@ class SupervisedBaseline(Algorithm):
 
     def __init__(self, *args, pretrain: bool = True, n_train_classes: int = 1, **kwargs) -> None:
         kwargs.setdefault("head_init", "random")
-        super().__init__(*args, **kwargs)
         self.meta_trains = pretrain
+        super().__init__(*args, **kwargs)
         width = self.model.head.in_features
         head = nn.Linear(width, n_train_classes).to(next(self.model.parameters()).device)
         self.pretrain_head = {"pretrain_head.weight": head.weight, "pretrain_head.bias": head.bias}
