@@ -258,16 +258,14 @@ class Algorithm:
             return {**params, **head}, losses
         if create_graph and recompute:
             return self._recomputed_inner_loop(params, tokens, labels, steps)
-        if self.inner_scope == "top":
-            adapted, losses = self._gradient_steps(
-                {n: params[n] for n in self.inner_names},
-                lambda p: self.logits({**params, **p}, tokens),
-                labels,
-                steps,
-                create_graph,
-            )
-            return {**params, **adapted}, losses
-        return self._gradient_steps(params, lambda p: self.logits(p, tokens), labels, steps, create_graph)
+        adapted, losses = self._gradient_steps(  # "all" or "top": the rest stays at `params`
+            {n: params[n] for n in self.inner_names},
+            lambda p: self.logits({**params, **p}, tokens),
+            labels,
+            steps,
+            create_graph,
+        )
+        return {**params, **adapted}, losses
 
     def _gradient_steps(
         self,
