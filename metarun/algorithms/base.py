@@ -61,6 +61,11 @@ def cosine_prototype_head(features: torch.Tensor, labels: torch.Tensor, n_way: i
     return weight, torch.zeros(n_way, dtype=features.dtype, device=features.device)
 
 
+def head_logits(params: Params, features: torch.Tensor) -> torch.Tensor:
+    """The N-way head applied to features computed outside the model (every model here is head(features))."""
+    return F.linear(features, params[HEAD[0]], params[HEAD[1]])
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1) == labels).float().mean().item()
 
@@ -193,13 +198,13 @@ class Algorithm:
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
         if self._feature_table is not None:
             features = torch.stack([self._feature_table[_text_key(row)] for row in tokens.cpu()])
-            return features if features_only else F.linear(features, params["head.weight"], params["head.bias"])
+            return features if features_only else head_logits(params, features)
         if self.autocast_dtype is None:
             return functional_call(self.model, params, (tokens,), {"features_only": features_only})
         with torch.autocast(tokens.device.type, dtype=self.autocast_dtype):
             features = functional_call(self.model, params, (tokens,), {"features_only": True})
         features = features.float()  # the head, losses and prototypes stay in float32, as on the cached path
-        return features if features_only else F.linear(features, params["head.weight"], params["head.bias"])
+        return features if features_only else head_logits(params, features)
 
     def extra_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters the outer optimizer trains besides the model's (none by default)."""
@@ -250,7 +255,7 @@ class Algorithm:
             features = features if create_graph else features.detach()
             head, losses = self._gradient_steps(
                 {n: params[n] for n in HEAD},
-                lambda p: F.linear(features, p["head.weight"], p["head.bias"]),
+                lambda p: head_logits(p, features),
                 labels,
                 steps,
                 create_graph,

@@ -13,7 +13,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy, class_means, cosine_prototype_head
+from metarun.algorithms.base import (
+    Algorithm,
+    Params,
+    TaskStats,
+    accuracy,
+    class_means,
+    cosine_prototype_head,
+    head_logits,
+)
 from metarun.episodes import Episode
 from metarun.errors import UserError
 
@@ -33,7 +41,7 @@ class ProtoNet(Algorithm):
         if self.distance == "euclidean":
             return super().logits(params, tokens, features_only)
         features = F.normalize(super().logits(params, tokens, features_only=True), dim=-1)
-        return features if features_only else F.linear(features, params["head.weight"], params["head.bias"])
+        return features if features_only else head_logits(params, features)
 
     def adapt(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor) -> Params:
         features, n_way = self.logits(params, tokens, features_only=True), params["head.weight"].shape[0]
