@@ -1,57 +1,246 @@
-"""`checkpoints/last.pt` and `checkpoints/best.pt` (by validation accuracy), written atomically."""
+"""`checkpoints/last.pt` and `checkpoints/best.pt`: written atomically, read only with `weights_only=True`.
+
+A checkpoint holds everything an exact resume needs (weights, optimizer and schedule state, the step, the best
+validation so far, every random generator's state) and what a later load checks against: the run's config, its
+tokenizer and the checkpoint format.
+"""
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import pickle
+import random
+import shutil
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+import metarun
 from metarun.algorithms import Algorithm
+from metarun.errors import UserError, brief
 from metarun.evaluation import EvalResult
+
+FORMAT = 2  # the layout below; a checkpoint of another format is refused
+# settings a resumed run may change: they do not touch the maths of meta-training
+RESUMABLE_CHANGES = ("train.resume", "debug", "device.name")
+STORAGE_FAULTS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied (the folder is not writable)",
+    errno.EPERM: "permission denied (the folder is not writable)",
+}
+
+
+@dataclass
+class TrainState:
+    """Where meta-training stands: the last finished outer step and the best validation so far."""
+
+    step: int = 0
+    best: EvalResult | None = None
+    best_step: int | None = None
+    step_seconds: list[float] = field(default_factory=list)  # this process's outer steps, validation excluded
+
+
+def storage_error(path: Path, error: OSError, run_folder: Path | None = None) -> UserError:
+    why = STORAGE_FAULTS.get(error.errno, error.strerror or str(error))
+    return UserError(
+        f"Could not write {path}: {why}. Files written before are intact and no partial file is left. "
+        "Free some space or make the folder writable, then run again.",
+        run_folder=run_folder,
+    )
+
+
+def write_atomically(path: Path, data: bytes, run_folder: Path | None = None) -> None:
+    """Write beside the target, then rename: a full disk or a kill mid-write never touches the last good file, and
+    a failed write leaves no partial file behind."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(partial, "wb") as file:
+            file.write(data)
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise storage_error(path, error, run_folder) from error
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    write_atomically(path, text.encode())
+
+
+def check_writable(folder: Path) -> None:
+    """The folder exists (made if needed) and takes a file: checked before any work, not after hours of it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test.partial"
+        probe.write_bytes(b"metarun")
+        probe.unlink()
+    except OSError as error:
+        raise storage_error(Path(error.filename or folder), error) from error
+
+
+def _interned(node):
+    """Equal checkpoints give equal bytes: pickle writes a string once per object, so a resumed optimizer's own copy
+    of "step" would otherwise differ, byte for byte, from the shared one of a run that never stopped."""
+    if isinstance(node, str):
+        return sys.intern(node)
+    if isinstance(node, dict):
+        return type(node)((_interned(k), _interned(v)) for k, v in node.items())
+    if isinstance(node, (list, tuple)):
+        return type(node)(_interned(v) for v in node)
+    return node
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    return {k: v for key, value in node.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
 
 
 class Checkpoints:
-    def __init__(self, folder: Path, config: dict) -> None:
-        self.folder, self.config = folder, config
+    def __init__(self, folder: Path, config: dict, tokenizer_json: str) -> None:
+        self.folder = folder
+        self.config = {**config, "train": {**config["train"], "resume": None}}  # the same run, resumed or not
+        self.tokenizer_json = tokenizer_json
+        self.best_step: int | None = None  # the step of the best.pt this run wrote; None: it wrote none
         self.last_step: int | None = None
 
     @property
     def best_path(self) -> Path:
         return self.folder / "best.pt"
 
-    def save(
-        self, step: int, algorithm: Algorithm, optimizer: torch.optim.Optimizer, val: EvalResult, is_best: bool
-    ) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        state = {
-            "step": step,
+    @property
+    def last_path(self) -> Path:
+        return self.folder / "last.pt"
+
+    def prepare(self, algorithm: Algorithm) -> None:
+        """Before training: leftovers of a killed write are gone, and the disk has room for both checkpoints
+        (weights plus Adam's two moments, with a copy in flight)."""
+        for partial in self.folder.glob("*.partial"):
+            partial.unlink()
+        weights = sum(t.numel() * t.element_size() for t in algorithm.model.state_dict().values())
+        needed, free = 9 * weights, shutil.disk_usage(self.folder).free
+        if free < needed:
+            raise UserError(
+                f"{self.folder} has {free / 2**20:.0f} MB free, but this run's checkpoints need about "
+                f"{needed / 2**20:.0f} MB: no space left for them. Free some space or set hydra.run.dir to a "
+                "folder on another disk."
+            )
+
+    def save(self, algorithm: Algorithm, optimizer, schedule, rng: random.Random, state: TrainState,
+             is_best: bool) -> None:  # fmt: skip
+        version, internal, gauss = rng.getstate()
+        payload = {
+            "format": FORMAT,
+            "metarun_version": metarun.__version__,
+            "step": state.step,
             "model": algorithm.model.state_dict(),
             "extra": {n: p.detach() for n, p in algorithm.extra_parameters().items()},
             "optimizer": optimizer.state_dict(),
-            "val_acc": val.mean,
-            "val_ci95": val.ci95,
+            "schedule": schedule.state_dict(),
+            "best": None if state.best is None else vars(state.best),
+            "best_step": state.best_step,
+            "rng": {
+                "python": [version, list(internal), gauss],
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
             "config": self.config,
+            "tokenizer": self.tokenizer_json,
         }
-        _atomic_save(state, self.folder / "last.pt")
         if is_best:
-            _atomic_save(state, self.best_path)
-        self.last_step = step
+            self._write(payload, self.best_path)  # best first: a stop between the two leaves last.pt older
+            self.best_step = state.step
+        self._write(payload, self.last_path)
+        self.last_step = state.step
 
-    def load_best(self, algorithm: Algorithm) -> int | None:
-        """Restore the best weights into the algorithm's model; returns their step, None if none was saved."""
-        if not self.best_path.is_file():
-            return None
-        state = torch.load(self.best_path, map_location=next(algorithm.model.parameters()).device)
-        algorithm.model.load_state_dict(state["model"])
+    def _write(self, payload: dict, path: Path) -> None:
+        buffer = io.BytesIO()
+        torch.save(_interned(payload), buffer)
+        write_atomically(path, buffer.getbuffer(), run_folder=self.folder.parent)
+
+    def resume(self, algorithm: Algorithm, optimizer, schedule, rng: random.Random) -> TrainState:
+        """Restore everything `save` wrote into `last.pt`, after checking it belongs to this run's config."""
+        saved = load_checkpoint(self.last_path, next(algorithm.model.parameters()).device)
+        self._check_same_run(saved)
+        algorithm.model.load_state_dict(saved["model"])
         with torch.no_grad():
             for name, param in algorithm.extra_parameters().items():
-                param.copy_(state["extra"][name])
-        return state["step"]
+                param.copy_(saved["extra"][name])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        version, internal, gauss = saved["rng"]["python"]
+        rng.setstate((version, tuple(internal), gauss))
+        torch.set_rng_state(saved["rng"]["torch"])
+        if saved["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        best = None if saved["best"] is None else EvalResult(**saved["best"])
+        self.best_step, self.last_step = saved["best_step"], saved["step"]
+        return TrainState(saved["step"], best, saved["best_step"])
+
+    def _check_same_run(self, saved: dict) -> None:
+        before, now = _flatten(saved["config"]), _flatten(self.config)
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k)
+                         and k not in RESUMABLE_CHANGES)  # fmt: skip
+        if changed:
+            shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+            raise UserError(
+                f"Cannot resume {self.last_path}: these settings differ from the run's own and would change its "
+                f"results: {shown}{' ...' if len(changed) > 6 else ''}. Resume with the run's overrides (they are in "
+                f"{self.folder.parent / '.hydra' / 'overrides.yaml'}), or start a new run."
+            )
+        if saved["tokenizer"] != self.tokenizer_json:
+            raise UserError(
+                f"Cannot resume {self.last_path}: the tokenizer built from the data now differs from the one the run "
+                "was trained with, so the data changed since. Resume with the same data, or start a new run."
+            )
+
+    def load_best(self, algorithm: Algorithm) -> int | None:
+        """Restore the best weights this run wrote into the model; returns their step, None if it wrote none."""
+        if self.best_step is None:
+            return None
+        saved = load_checkpoint(self.best_path, next(algorithm.model.parameters()).device)
+        if saved["step"] != self.best_step or saved["config"] != self.config:
+            raise UserError(
+                f"{self.best_path} holds step {saved['step']}, but this run's best was step {self.best_step}: "
+                "another process wrote into this run's folder. Start the run again in a folder of its own."
+            )
+        algorithm.model.load_state_dict(saved["model"])
+        with torch.no_grad():
+            for name, param in algorithm.extra_parameters().items():
+                param.copy_(saved["extra"][name])
+        return saved["step"]
 
 
-def _atomic_save(state: dict, path: Path) -> None:
-    """Write beside the target, then rename: a crash mid-write never corrupts the last good file."""
-    partial = path.with_suffix(".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A metarun checkpoint, read with `weights_only=True` (tensors and plain values only: a crafted pickle never
+    runs), or one paragraph saying why it cannot be used."""
+    if not path.is_file():
+        raise UserError(f"No checkpoint at {path}; a run writes checkpoints/last.pt at its first validation.")
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UserError(
+            f"{path} was refused: it holds Python objects other than tensors and plain values, which metarun never "
+            f"writes and will not run ({' '.join(str(error).split()[:12])} ...). Use a checkpoint that metarun wrote."
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise UserError(
+            f"{path} is corrupt or truncated ({' '.join(str(error).split()[:16])}). Delete it; to resume, a run needs "
+            "a complete checkpoints/last.pt (best.pt is a copy of an earlier validation step), else start again."
+        ) from error
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
+        raise UserError(
+            f"{path} is not a metarun checkpoint of format {FORMAT} (found {found!r}; written by metarun "
+            f"{saved.get('metarun_version', 'unknown') if isinstance(saved, dict) else 'unknown'}, this is "
+            f"{metarun.__version__}). Use the metarun version that wrote it, or start a new run."
+        )
+    missing = [k for k in ("model", "config", "tokenizer", "step") if k not in saved]
+    if missing:
+        raise UserError(f"{path} lacks {brief(missing)}; it is not a complete metarun checkpoint.")
+    return saved

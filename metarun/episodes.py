@@ -27,24 +27,39 @@ class MetaSplit:
     test: list[str]
 
 
-def _count(size: float | int, total: int, name: str) -> int:
+def _count(size: float | int, total: int, name: str, noun: str) -> int:
     count = round(size * total) if isinstance(size, float) and size < 1 else int(size)
     if count < 1 or count >= total:
         raise UserError(
-            f"task.split.{name}={size} gives {count} of {total} keys; give a fraction in (0, 1) or a count "
+            f"task.split.{name}={size} gives {count} of {total} {noun}s; give a fraction in (0, 1) or a count "
             f"from 1 to {total - 1}."
         )
     return count
 
 
-def split_keys(keys: list[str], val: float | int, test: float | int, seed: int) -> MetaSplit:
-    """Test keys are `random.Random(seed).sample(sorted(keys), n_test)`; val is drawn the same way from the rest."""
+def split_keys(keys: list[str], val: float | int, test: float | int, seed: int, kind: str = "class") -> MetaSplit:
+    """Test keys are `random.Random(seed).sample(sorted(keys), n_test)`; val is drawn the same way from the rest.
+
+    `kind` ("class" or "domain") says what the keys are, for the error messages."""
+    noun = "label" if kind == "class" else kind
     keys = sorted(set(keys))
-    test_keys = random.Random(seed).sample(keys, _count(test, len(keys), "test"))
+    if len(keys) < len(SPLITS):
+        fix = (
+            "Check that data.label_column names the label column, or give data with more labels"
+            if kind == "class"
+            else "Check that data.domain_column names the domain column, give data with more domains, or use "
+            "task=fewshot_cls to split by label instead"
+        )
+        raise UserError(
+            f"The data has {len(keys)} distinct {noun}(s) ({brief(keys)}), but task.split_by={kind} gives "
+            f"meta-train, meta-val and meta-test {noun}s of their own, so at least {len(SPLITS)} are needed "
+            f"(one per split; more, to form task.n_way-way episodes in each). {fix}."
+        )
+    test_keys = random.Random(seed).sample(keys, _count(test, len(keys), "test", noun))
     rest = sorted(set(keys) - set(test_keys))
-    n_val = _count(val, len(keys), "val")
+    n_val = _count(val, len(keys), "val", noun)
     if n_val >= len(rest):
-        raise UserError(f"task.split (val={val}, test={test}) leaves no meta-training keys out of {len(keys)}.")
+        raise UserError(f"task.split (val={val}, test={test}) leaves no meta-training {noun}s out of {len(keys)}.")
     val_keys = random.Random(seed).sample(rest, n_val)
     train_keys = sorted(set(rest) - set(val_keys))
     return MetaSplit(sorted(train_keys), sorted(val_keys), sorted(test_keys))
@@ -86,9 +101,6 @@ class EpisodeSampler:
         split_name: str,
         drop_small_classes: bool = False,
     ) -> None:
-        for key, value, least in (("n_way", n_way, 2), ("k_shot", k_shot, 1), ("n_query", n_query, 1)):
-            if value < least:
-                raise UserError(f"task.{key}={value} is not valid; it must be a whole number of at least {least}.")
         self.tokens, self.n_way, self.k_shot, self.n_query = tokens, n_way, k_shot, n_query
         rows = defaultdict(list)
         for index, key in enumerate(row_classes):

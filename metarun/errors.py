@@ -1,16 +1,37 @@
-"""User-facing errors: one clear paragraph, a non-zero exit, no traceback unless asked for."""
+"""User-facing stops: one clear paragraph, a non-zero exit, no traceback unless asked for."""
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 EXIT_USER_ERROR = 2
 
 
 class UserError(Exception):
-    """Bad input or a stopped run: the message names the offending value and what would be valid."""
+    """Bad input or a stopped run: the message names the offending value and what would be valid.
+
+    `run_folder` is set when the run left a checkpoint it can continue from, so the report adds the resume command.
+    """
+
+    def __init__(self, message: str, run_folder: Path | None = None) -> None:
+        super().__init__(message)
+        self.run_folder = run_folder
+
+
+class RunInterrupted(BaseException):
+    """Ctrl-C or SIGTERM: a BaseException like KeyboardInterrupt, so no `except Exception` swallows it."""
+
+    def __init__(self, signum: int, message: str = "", run_folder: Path | None = None) -> None:
+        super().__init__(message)
+        self.signum, self.run_folder = signum, run_folder
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 def brief(values, limit: int = 8) -> str:
@@ -20,16 +41,52 @@ def brief(values, limit: int = 8) -> str:
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
+def report(message: str, title: str = "metarun error") -> None:
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]{title}:[/] {message}", highlight=False, markup=True)
+
+
+def composition_error(error: Exception) -> str:
+    """Hydra's and OmegaConf's composition errors (bad override, unknown option, wrong type) as one paragraph."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    text = " ".join(str(error).split("\nConfig search path")[0].split())
+    cause = error.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        detail = str(getattr(cause, "msg", cause)).splitlines()[0]  # the rest repeats the key and the schema's name
+        text = f"{text.rstrip('.')}: {detail}."
+    return f"{text} Check the setting's name and type; `metarun --cfg job` prints every setting with its value."
+
+
 @contextlib.contextmanager
-def reported_user_errors(debug: bool) -> Iterator[None]:
-    """Turn a UserError into a one-paragraph message and exit code 2; re-raise with `debug=true`."""
+def reported_stops(debug: bool, resume_command: str) -> Iterator[None]:
+    """A UserError becomes one paragraph and exit 2, Ctrl-C or SIGTERM one paragraph and exit 130 or 143; both end
+    with the resume command when the run kept a checkpoint. `debug=true` re-raises UserError with its traceback."""
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     except UserError as error:
         if debug:
             raise
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[bold red]metarun error:[/] {error}", highlight=False)
+        report(str(error) + _resume_hint(error.run_folder, resume_command))
         print("(run again with debug=true for the traceback)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except RunInterrupted as stop:
+        report(str(stop) + _resume_hint(stop.run_folder, resume_command), title="metarun stopped")
+        sys.exit(stop.exit_code)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _raise_interrupt(signum: int, frame) -> None:
+    """Outside meta-training (which finishes its step first, see metarun.loop) a signal stops the run at once."""
+    name = signal.Signals(signum).name
+    raise RunInterrupted(signum, f"Stopped by {name} outside meta-training (loading data, or testing).")
+
+
+def _resume_hint(run_folder: Path | None, command: str) -> str:
+    if run_folder is None or not (run_folder / "checkpoints" / "last.pt").is_file():
+        return ""
+    return f" To continue this run: {command.format(folder=run_folder)}"

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from metarun.algorithms import Algorithm, Params, TaskStats
-from metarun.checkpoint import Checkpoints
+from metarun.checkpoint import Checkpoints, TrainState
 from metarun.episodes import Episode, EpisodeSampler
-from metarun.errors import UserError
-from metarun.evaluation import EvalResult, evaluate
+from metarun.errors import RunInterrupted, UserError
+from metarun.evaluation import evaluate
 from metarun.reporting import RunReporter
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -27,25 +29,24 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 class TrainSettings:
     outer_steps: int
     meta_batch_size: int
-    outer_optimizer: str
+    outer_optimizer: str  # "adam" or "sgd"
     outer_lr: float
     lr_schedule: str  # "constant" or "cosine"
     grad_clip: float | None
     val_interval: int
 
-    def __post_init__(self) -> None:
-        for key in ("train.outer_steps", "train.meta_batch_size", "eval.val_interval"):
-            value = getattr(self, key.split(".")[1])
-            if value < 1:
-                raise UserError(f"{key}={value} is not valid; it must be a whole number of at least 1.")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise UserError(f"train.lr_schedule={self.lr_schedule!r} is not valid; use 'constant' or 'cosine'.")
-
 
 def build_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    if name not in OPTIMIZERS:
-        raise UserError(f"algo.outer_optimizer={name!r} is not valid; use one of {sorted(OPTIMIZERS)}.")
     return OPTIMIZERS[name](params, lr=lr)
+
+
+def build_outer_optimizer(algorithm: Algorithm, settings: TrainSettings) -> tuple[torch.optim.Optimizer, LRScheduler]:
+    """The outer optimizer over the model's and the algorithm's own tensors, and its learning-rate schedule."""
+    trained = [p for _, p in algorithm.model.named_parameters()] + list(algorithm.extra_parameters().values())
+    optimizer = build_optimizer(settings.outer_optimizer, trained, settings.outer_lr)
+    if settings.lr_schedule == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.outer_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
 def accumulate_meta_gradient(algorithm: Algorithm, params: Params, episodes: list[Episode]) -> list[TaskStats]:
@@ -70,10 +71,25 @@ def accumulate_meta_gradient(algorithm: Algorithm, params: Params, episodes: lis
     return stats
 
 
-@dataclass
-class TrainResult:
-    best: EvalResult | None = None  # the best validation result
-    step_seconds: list[float] = field(default_factory=list)  # each outer step's wall time, validation excluded
+class StopRequests:
+    """Ctrl-C or SIGTERM during meta-training: the current outer step finishes, `last.pt` is saved at it and the run
+    stops; a second signal stops at once (the previous checkpoint stays)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __enter__(self) -> StopRequests:
+        self.previous = {s: signal.signal(s, self._request) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _request(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise RunInterrupted(signum, f"Stopped at once by a second {signal.Signals(signum).name}.")
+        self.signum = signum
 
 
 def meta_train(
@@ -85,45 +101,58 @@ def meta_train(
     checkpoints: Checkpoints,
     rng: random.Random,
     device: torch.device,
-) -> TrainResult:
-    """Meta-train for `outer_steps`, validating every `val_interval` steps."""
+    optimizer: torch.optim.Optimizer,
+    schedule: LRScheduler,
+    state: TrainState,
+) -> TrainState:
+    """Meta-train from the step after `state.step` to `outer_steps`, validating and checkpointing every
+    `val_interval` steps; a `state` restored from `last.pt` (with the optimizer, schedule and `rng`) goes on exactly
+    as if the run had never stopped."""
     params: Params = dict(algorithm.model.named_parameters())
     trained = [*params.values(), *algorithm.extra_parameters().values()]
-    optimizer = build_optimizer(settings.outer_optimizer, trained, settings.outer_lr)
-    schedule = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.outer_steps)
-        if settings.lr_schedule == "cosine"
-        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    )
-    result = TrainResult()
     algorithm.model.train()
-    for step in range(1, settings.outer_steps + 1):
-        started = time.perf_counter()
-        episodes = [sampler.sample(rng).to(device) for _ in range(settings.meta_batch_size)]
-        stats = accumulate_meta_gradient(algorithm, params, episodes)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            trained, settings.grad_clip if settings.grad_clip else float("inf")
-        ).item()
-        loss = sum(s.watched_loss for s in stats) / len(stats)
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            raise UserError(
-                f"Meta-training diverged at outer step {step} (loss {loss}, gradient norm {grad_norm}) and "
-                "stopped before applying that step. The last good checkpoint "
-                f"(step {checkpoints.last_step or 'none yet'}) and the logs are kept in {checkpoints.folder.parent}. "
-                "Lower algo.outer_lr or algo.inner_lr."
-            )
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        reporter.log_train(step, stats, lr, grad_norm)
-        if device.type == "cuda":
-            torch.cuda.synchronize()  # kernels still queued belong to this step's time
-        result.step_seconds.append(time.perf_counter() - started)
-        if step % settings.val_interval == 0 or step == settings.outer_steps:
-            val = evaluate(algorithm, params, val_episodes, device)
-            reporter.log_validation(step, val)
-            is_best = result.best is None or val.mean > result.best.mean
-            result.best = val if is_best else result.best
-            checkpoints.save(step, algorithm, optimizer, val, is_best)
-    return result
+    with StopRequests() as stop:
+        for step in range(state.step + 1, settings.outer_steps + 1):
+            started = time.perf_counter()
+            episodes = [sampler.sample(rng).to(device) for _ in range(settings.meta_batch_size)]
+            stats = accumulate_meta_gradient(algorithm, params, episodes)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                trained, settings.grad_clip if settings.grad_clip else float("inf")
+            ).item()
+            loss = sum(s.watched_loss for s in stats) / len(stats)
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise UserError(
+                    f"Meta-training diverged at outer step {step} (loss {loss}, gradient norm {grad_norm}) and "
+                    "stopped before applying that step. The last good checkpoint "
+                    f"(step {checkpoints.last_step or 'none yet'}) and the logs are kept in "
+                    f"{checkpoints.folder.parent}. Lower algo.outer_lr or algo.inner_lr."
+                )
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+            reporter.log_train(step, stats, lr, grad_norm)
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # kernels still queued belong to this step's time
+            state.step_seconds.append(time.perf_counter() - started)
+            state.step, is_best = step, False
+            validates = step % settings.val_interval == 0 or step == settings.outer_steps
+            if validates:
+                val = evaluate(algorithm, params, val_episodes, device)
+                reporter.log_validation(step, val)
+                is_best = state.best is None or val.mean > state.best.mean
+                if is_best:
+                    state.best, state.best_step = val, step
+            if validates or stop.signum:
+                checkpoints.save(algorithm, optimizer, schedule, rng, state, is_best)
+            if stop.signum:
+                raise RunInterrupted(
+                    stop.signum,
+                    f"Stopped by {signal.Signals(stop.signum).name} after outer step {step} of "
+                    f"{settings.outer_steps}; {checkpoints.last_path} holds that step"
+                    + (f", {checkpoints.best_path} the best validation (step {state.best_step})" if state.best_step
+                       else "")
+                    + f", and the logs are in {checkpoints.folder.parent}.",
+                    run_folder=checkpoints.folder.parent,
+                )  # fmt: skip
+    return state

@@ -165,8 +165,6 @@ class PretrainedClassifier(nn.Module):
         default_mode, default_normalize = prescribed_pooling(folder)
         self.pooling = pooling or default_mode
         self.normalize = default_normalize if normalize is None else normalize
-        if self.pooling not in ("mean", "cls"):
-            raise UserError(f"model.pooling={self.pooling!r} is not valid; use mean or cls.")
         self.pad_id = pad_id  # max_len is the tokenizer's (it truncates); position embeddings are the model's
         self.head = nn.Linear(config.hidden_size, n_classes)
 

@@ -37,10 +37,11 @@ def _mean(values: Sequence[float]) -> float:
 class RunReporter:
     """TensorBoard events under `log_dir` and a rich progress bar over the outer steps."""
 
-    def __init__(self, log_dir: Path, total_steps: int) -> None:
+    def __init__(self, log_dir: Path, total_steps: int, start_step: int = 0) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(log_dir))
+        # a resumed run hides what the stopped one logged after its checkpoint, and goes on from there
+        self.writer = SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step else None)
         self.progress = Progress(
             TextColumn("[bold]meta-train"),
             BarColumn(),
@@ -51,7 +52,7 @@ class RunReporter:
             TextColumn("{task.fields[status]}"),
             console=console,
         )
-        self.task = self.progress.add_task("meta-train", total=total_steps, status="")
+        self.task = self.progress.add_task("meta-train", total=total_steps, completed=start_step, status="")
         self.val_status = ""
 
     def __enter__(self) -> RunReporter:

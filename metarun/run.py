@@ -15,18 +15,18 @@ from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
 from metarun.algorithms import Algorithm
-from metarun.checkpoint import Checkpoints
+from metarun.checkpoint import Checkpoints, TrainState, check_writable, write_text_atomically
+from metarun.config import check_config
 from metarun.data import Corpus, load_local
 from metarun.episodes import SPLITS, Episode, EpisodeSampler, class_groups, split_keys, split_rows, trim_padding
-from metarun.errors import UserError, brief
+from metarun.errors import RunInterrupted, UserError, brief
 from metarun.evaluation import evaluate, mean_with_ci
-from metarun.loop import TrainSettings, meta_train
+from metarun.loop import TrainSettings, build_outer_optimizer, meta_train
 from metarun.reporting import RunReporter, print_config, print_results
 from metarun.tokenizer import encode, make_tokenizer, padding_id
 
-SPLIT_BY = ("class", "domain")
-PRECISIONS = ("auto", "fp32", "bf16")
 NOT_CONSTRUCTOR_ARGS = ("name", "vocab_size", "pad_id", "outer_optimizer", "outer_lr", "eps")
+RESULTS = ("metrics.json", "checkpoints/last.pt", "checkpoints/best.pt")  # what marks a folder as a run's own
 
 
 def resolve_device(name: str) -> torch.device:
@@ -36,16 +36,12 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(
             "device=cuda was asked for, but this machine has no CUDA device; use device=cpu or device=auto."
         )
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"device.name={name!r} is not valid; use auto, cpu or cuda.")
     return torch.device(name)
 
 
 def resolve_precision(name: str, device: torch.device, pretrained: bool) -> torch.dtype | None:
     """The autocast dtype for the encoder's forward passes, None for float32: `auto` is bf16 for pretrained
     encoders on CUDA (what they are trained for), float32 otherwise."""
-    if name not in PRECISIONS:
-        raise UserError(f"device.precision={name!r} is not valid; use one of {PRECISIONS}.")
     if name == "bf16" or (name == "auto" and pretrained and device.type == "cuda"):
         return torch.bfloat16
     return None
@@ -81,7 +77,7 @@ def make_samplers(corpus: Corpus, tokens: torch.Tensor, task: DictConfig, rows: 
 def fixed_task_episodes(task: DictConfig, data: DictConfig, tokenizer) -> list[tuple[str, Episode]]:
     """The ARSC protocol: adapt on a held-out domain's own train file, score its whole test file."""
     episodes = []
-    columns = {k: data[k] for k in ("text_column", "label_column") if k in data}
+    columns = {k: data[k] for k in ("text_column", "label_column", "max_chars") if k in data}
     for spec in task.eval_tasks:
         support, query = load_local(spec.train, **columns), load_local(spec.test, **columns)
         labels = sorted(set(support.labels))
@@ -110,11 +106,11 @@ def prepare_episodes(cfg: DictConfig, output_dir: Path) -> tuple[Tokenizer, dict
     """Load the data, split it, fit the tokenizer on meta-train text, and build one sampler per split."""
     corpus: Corpus = build(cfg.data)
     keys = corpus.labels if cfg.task.split_by == "class" else corpus.require_domains()
-    split = split_keys(keys, cfg.task.split.val, cfg.task.split.test, cfg.task.split.seed)
+    split = split_keys(keys, cfg.task.split.val, cfg.task.split.test, cfg.task.split.seed, cfg.task.split_by)
     rows = split_rows(keys, split)
     tokenizer = make_tokenizer(cfg.model, [corpus.texts[i] for i in rows["train"]])
-    tokenizer.save(str(output_dir / "tokenizer.json"))
-    (output_dir / "splits.json").write_text(json.dumps({n: getattr(split, n) for n in SPLITS}, indent=1))
+    write_text_atomically(output_dir / "tokenizer.json", tokenizer.to_str(pretty=True))
+    write_text_atomically(output_dir / "splits.json", json.dumps({n: getattr(split, n) for n in SPLITS}, indent=1))
     return tokenizer, make_samplers(corpus, encode(tokenizer, corpus.texts), cfg.task, rows)
 
 
@@ -129,52 +125,75 @@ def build_algorithm(
     extra = {"n_train_classes": len(samplers["train"].classes)} if "n_train_classes" in cfg.algo else {}
     algorithm: Algorithm = build(cfg.algo, model=model, **extra)
     algorithm.diagnostic_scores = cfg.train.diagnostic_scores
-    algorithm.autocast_dtype = resolve_precision(cfg.device.get("precision", "auto"), device, "pad_id" in cfg.model)
+    algorithm.autocast_dtype = resolve_precision(cfg.device.precision, device, "pad_id" in cfg.model)
     return algorithm
+
+
+def claim_run_folder(output_dir: Path, resume: str | None) -> Path:
+    """The folder this run writes to: a fresh one, or with `train.resume` the stopped run's own, which must hold
+    its `last.pt`. A folder holding another run's results is refused: a run never reads what it did not write."""
+    if resume:
+        folder = Path(resume)
+        if not (folder / "checkpoints" / "last.pt").is_file():
+            raise UserError(
+                f"train.resume={resume!r} has no checkpoints/last.pt to continue from; give the folder of a run "
+                "that saved a checkpoint (a run saves one at each validation and when it is stopped)."
+            )
+        check_writable(folder / "checkpoints")
+        return folder
+    taken = [name for name in RESULTS if (output_dir / name).exists()]
+    if taken:
+        raise UserError(
+            f"{output_dir} already holds another run's results ({', '.join(taken)}); a run never writes over them. "
+            f"Continue that run with train.resume={output_dir}, or give this one another hydra.run.dir (the "
+            "default folder is new for every run)."
+        )
+    for folder in (output_dir, output_dir / "checkpoints"):
+        check_writable(folder)
+    return output_dir
 
 
 def run(cfg: DictConfig, output_dir: Path) -> float:
     """Meta-train, validate, test the best checkpoint; returns the best validation accuracy (for sweepers)."""
-    missing = OmegaConf.missing_keys(cfg)
-    if missing:
-        raise UserError(
-            f"These settings need a value: {brief(sorted(missing))}; give them on the command line, "
-            f"e.g. {sorted(missing)[0]}=..."
-        )
-    if cfg.task.split_by not in SPLIT_BY:
-        raise UserError(f"task.split_by={cfg.task.split_by!r} is not valid; use one of {SPLIT_BY}.")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_config(cfg)
+    output_dir = claim_run_folder(output_dir, cfg.train.resume)
+    try:
+        return _run(cfg, output_dir)
+    except RunInterrupted as stop:
+        stop.run_folder = output_dir
+        raise
+
+
+def _run(cfg: DictConfig, output_dir: Path) -> float:
     print_config(cfg)
     device = resolve_device(cfg.device.name)
     torch.manual_seed(cfg.seed)
     tokenizer, samplers = prepare_episodes(cfg, output_dir)
     algorithm = build_algorithm(cfg, tokenizer, samplers, device)
     val_episodes = samplers["val"].fixed_episodes(cfg.eval.val_episodes, cfg.eval.seed)
-    checkpoints = Checkpoints(output_dir / "checkpoints", OmegaConf.to_container(cfg, resolve=True))
+    checkpoints = Checkpoints(output_dir / "checkpoints", OmegaConf.to_container(cfg, resolve=True), tokenizer.to_str())
+    checkpoints.prepare(algorithm)
+    settings = TrainSettings(
+        cfg.train.outer_steps, cfg.train.meta_batch_size, cfg.algo.outer_optimizer, cfg.algo.outer_lr,
+        cfg.train.lr_schedule, cfg.train.grad_clip, cfg.eval.val_interval,
+    )  # fmt: skip
+    optimizer, schedule = build_outer_optimizer(algorithm, settings)
+    rng = random.Random(cfg.seed)
+    state = TrainState()
+    if cfg.train.resume and algorithm.meta_trains:
+        state = checkpoints.resume(algorithm, optimizer, schedule, rng)
 
-    with RunReporter(output_dir / "tensorboard", cfg.train.outer_steps) as reporter:
+    with RunReporter(output_dir / "tensorboard", cfg.train.outer_steps, state.step) as reporter:
         started = time.perf_counter()
-        best_val, step_seconds = None, []
         if algorithm.meta_trains:
-            settings = TrainSettings(
-                cfg.train.outer_steps, cfg.train.meta_batch_size, cfg.algo.outer_optimizer, cfg.algo.outer_lr,
-                cfg.train.lr_schedule, cfg.train.grad_clip, cfg.eval.val_interval,
+            state = meta_train(
+                algorithm, samplers["train"], val_episodes, settings, reporter, checkpoints, rng, device,
+                optimizer, schedule, state,
             )  # fmt: skip
-            trained = meta_train(
-                algorithm,
-                samplers["train"],
-                val_episodes,
-                settings,
-                reporter,
-                checkpoints,
-                random.Random(cfg.seed),
-                device,
-            )
-            best_val, step_seconds = trained.best, trained.step_seconds
         train_seconds = time.perf_counter() - started
         best_step = checkpoints.load_best(algorithm)
         params = dict(algorithm.model.named_parameters())
-        best_val = best_val or evaluate(algorithm, params, val_episodes, device)
+        best_val = state.best or evaluate(algorithm, params, val_episodes, device)
         started = time.perf_counter()
         if cfg.task.eval_tasks:  # one score per fixed task; the interval is over tasks
             fixed = fixed_task_episodes(cfg.task, cfg.data, tokenizer)
@@ -185,7 +204,7 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
             per_task, test = [], evaluate(algorithm, params, test_episodes, device)
         timing = {
             "meta_train_seconds": train_seconds,
-            "outer_step_median_seconds": statistics.median(step_seconds) if step_seconds else None,
+            "outer_step_median_seconds": statistics.median(state.step_seconds) if state.step_seconds else None,
             "test_seconds": time.perf_counter() - started,
         }
         metrics = {
@@ -195,8 +214,8 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
             "algo": cfg.algo.name, "model": cfg.model.name, "task": cfg.task.name, "data": cfg.data.name,
             "n_way": cfg.task.n_way, "k_shot": cfg.task.k_shot, "seed": cfg.seed,
         }  # fmt: skip
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        (output_dir / "timing.json").write_text(json.dumps(timing, indent=1))
+        write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=1))
+        write_text_atomically(output_dir / "timing.json", json.dumps(timing, indent=1))
         reporter.log_hparams(hparams(cfg), {"hparam/test_acc": test.mean, "hparam/val_acc": best_val.mean})
 
     task = f"{cfg.task.name} {cfg.task.n_way}-way {cfg.task.k_shot}-shot"

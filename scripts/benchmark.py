@@ -2,7 +2,8 @@
 
 One row per (task family, shots, algorithm): mean test accuracy with its 95% CI over the test episodes,
 averaged over seeds where several were run, and meta-training wall time. Finished cells (a metrics.json in
-their run folder) are read, not rerun, so a half-finished matrix resumes where it stopped.
+their run folder) are read, not rerun, and a stopped cell continues from its last checkpoint (train.resume), so a
+half-finished matrix resumes where it stopped.
 
     python scripts/benchmark.py                       # the default matrix on CLINC150
     python scripts/benchmark.py --quick               # a smoke check in minutes
@@ -64,9 +65,11 @@ def cell_overrides(cell: Cell, args: argparse.Namespace) -> list[str]:
 def run_cell(cell: Cell, args: argparse.Namespace, folder: Path) -> dict:
     """The cell's metrics, from its finished run folder or from a new metarun run."""
     if not (folder / "metrics.json").is_file():
-        command = [METARUN, *cell_overrides(cell, args), f"hydra.run.dir={folder}"]
+        stopped = (folder / "checkpoints" / "last.pt").is_file()
+        where = f"train.resume={folder}" if stopped else f"hydra.run.dir={folder}"
+        command = [METARUN, *cell_overrides(cell, args), where]
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "benchmark.log", "w") as log:
+        with open(folder / "benchmark.log", "a") as log:
             done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode != 0:
             raise SystemExit(f"cell {cell.name} failed (exit {done.returncode}); see {folder / 'benchmark.log'}")

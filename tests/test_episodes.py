@@ -110,14 +110,3 @@ def test_classes_too_small_for_k_plus_q_are_named_and_can_be_dropped(corpus):
     assert "task.drop_small_classes=true" in str(error.value)
     sampler = EpisodeSampler(tokens[rows], classes, groups, 5, 5, 10, "train", drop_small_classes=True)
     assert keys[0] not in sampler.classes and len(sampler.classes) == len(set(keys)) - 1
-
-
-@pytest.mark.parametrize(
-    "n_way,k_shot,n_query,key", [(1, 1, 1, "n_way=1"), (5, 0, 1, "k_shot=0"), (5, 1, 0, "n_query=0")]
-)
-def test_episode_sizes_must_be_positive(corpus, n_way, k_shot, n_query, key):
-    groups = class_groups(corpus.labels, None)
-    with pytest.raises(UserError, match=f"task.{key} is not valid"):
-        EpisodeSampler(
-            torch.ones(len(corpus), 4, dtype=torch.long), corpus.labels, groups, n_way, k_shot, n_query, "train"
-        )

@@ -276,8 +276,6 @@ def test_settings_that_cannot_work_are_refused(model64):
         MAML(model64, inner_scope="head", memory="recompute")
     with pytest.raises(UserError, match="batch_tasks=true is not available"):
         MAML(model64, memory="recompute", batch_tasks=True)
-    with pytest.raises(UserError, match="algo.memory='disk' is not valid"):
-        MAML(model64, memory="disk", batch_tasks=True)
 
 
 @pytest.mark.parametrize("batch_tasks", [False, True])

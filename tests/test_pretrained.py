@@ -227,5 +227,3 @@ def test_precision_is_bf16_autocast_for_pretrained_encoders_on_cuda_unless_asked
     assert resolve_precision("auto", cuda, pretrained=False) is None  # metarun's own models stay float32
     assert resolve_precision("fp32", cuda, pretrained=True) is None
     assert resolve_precision("bf16", cpu, pretrained=False) is torch.bfloat16
-    with pytest.raises(UserError, match="device.precision='fp16' is not valid"):
-        resolve_precision("fp16", cuda, pretrained=True)

@@ -24,13 +24,6 @@ Params = dict[str, torch.Tensor]
 HEAD = ("head.weight", "head.bias")
 
 
-HEAD_INITS = ("learned", "zero", "random", "prototypes")  # prototypes: Proto-MAML (Triantafillou et al., 2020)
-INNER_OPTIMIZERS = ("sgd", "adam")
-# what a loop trains: every parameter, the top `top_layers` encoder layers and all above them, or the head alone
-SCOPES = ("all", "top", "head")
-BATCH_TASKS = ("auto", True, False)  # auto: batched on CUDA, task by task on CPU
-
-
 @dataclass
 class TaskStats:
     """What one task's meta-gradient computation saw: query loss/accuracy before and after adaptation."""
@@ -94,17 +87,6 @@ class Algorithm:
         prototype_scale: float = 10.0,
         batch_tasks: str | bool = "auto",
     ) -> None:
-        if inner_optimizer not in INNER_OPTIMIZERS:
-            raise UserError(f"algo.inner_optimizer={inner_optimizer!r} is not valid; use one of {INNER_OPTIMIZERS}.")
-        if head_init not in HEAD_INITS:
-            raise UserError(f"algo.head_init={head_init!r} is not valid; use one of {HEAD_INITS}.")
-        for key, scope in (("inner_scope", inner_scope), ("outer_scope", outer_scope)):
-            if scope not in SCOPES:
-                raise UserError(f"algo.{key}={scope!r} is not valid; use one of {SCOPES}.")
-        if inner_steps < 0 or eval_inner_steps < 0:
-            raise UserError(
-                f"algo.inner_steps={inner_steps} and algo.eval_inner_steps={eval_inner_steps} must be >= 0."
-            )
         self.model = model
         self.inner_steps, self.inner_lr, self.eval_inner_steps = inner_steps, inner_lr, eval_inner_steps
         self.inner_optimizer, self.head_init, self.prototype_scale = inner_optimizer, head_init, prototype_scale
@@ -140,8 +122,6 @@ class Algorithm:
 
     def _batching(self, batch_tasks: str | bool) -> bool:
         """Whether the loop calls `batched_meta_gradient`: asked for (or auto on CUDA) and possible."""
-        if batch_tasks not in BATCH_TASKS:
-            raise UserError(f"algo.batch_tasks={batch_tasks!r} is not valid; use auto, true or false.")
         possible = (
             self.can_batch_tasks
             and self.inner_optimizer == "sgd"

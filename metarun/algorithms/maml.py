@@ -18,14 +18,9 @@ from metarun.episodes import Episode
 from metarun.errors import UserError
 from metarun.model import twice_differentiable_attention
 
-# store: keep every inner step's graph (fastest); recompute: keep only its weights, rebuild it going backward
-MEMORY_MODES = ("store", "recompute")
-
 
 class MAML(Algorithm):
     def __init__(self, *args, first_order: bool = False, memory: str = "store", **kwargs) -> None:
-        if memory not in MEMORY_MODES:
-            raise UserError(f"algo.memory={memory!r} is not valid; use one of {MEMORY_MODES}.")
         self.first_order, self.memory = first_order, memory  # set first: they decide whether tasks can batch
         super().__init__(*args, **kwargs)
         if not first_order and self.inner_optimizer != "sgd":

@@ -23,17 +23,12 @@ from metarun.algorithms.base import (
     head_logits,
 )
 from metarun.episodes import Episode
-from metarun.errors import UserError
-
-DISTANCES = ("euclidean", "cosine")
 
 
 class ProtoNet(Algorithm):
     learns_head = False  # the prototypes replace the model's head in every episode
 
     def __init__(self, *args, distance: str = "euclidean", meta_train: bool = True, **kwargs) -> None:
-        if distance not in DISTANCES:
-            raise UserError(f"algo.distance={distance!r} is not valid; use one of {DISTANCES}.")
         self.distance, self.meta_trains = distance, meta_train
         super().__init__(*args, inner_steps=0, eval_inner_steps=0, **kwargs)
 

@@ -1,9 +1,16 @@
-"""Labelled text from files (JSONL, CSV, Parquet) through `datasets`, and the CLINC150 preset."""
+"""Labelled text from files (JSONL and CSV read here line by line, Parquet through `datasets`), and CLINC150."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import codecs
+import csv
+import json
+import re
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from metarun.data.corpus import Corpus
 from metarun.errors import UserError, brief
@@ -11,16 +18,23 @@ from metarun.errors import UserError, brief
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CLINC150_DEFAULT = PROJECT_ROOT.parent / "shared" / "data" / "clinc150"
+CHUNK = 1 << 16  # bytes read at a time, so a huge line is never held whole
+KEEP_AT_LEAST = 1 << 16  # source characters kept of any string while reading: no label or column name is as long
+# Tokens of a line: a JSON escape (kept or dropped whole; a partial one at a piece's end waits for the next piece),
+# a quote, and the text between them.
+JSON_TOKENS = re.compile(r'(?P<escape>\\(?:u[0-9a-fA-F]{0,4}|.)?)|(?P<quote>")|(?P<text>[^"\\]+)', re.S)
+# CSV: an escaped quote "" inside a quoted field, a quote, a field or record end, and the text between them.
+CSV_TOKENS = re.compile(r'(?P<escape>"")|(?P<quote>")|(?P<end>[,\r\n])|(?P<text>[^",\r\n]+)')
 
 
-def _file_format(paths: list[Path]) -> str:
+def _check_one_format(paths: list[Path]) -> None:
+    """Pooled files must share one known format."""
     formats = {FORMATS.get(p.suffix.lower()) for p in paths}
     if None in formats or len(formats) != 1:
         raise UserError(
             f"Cannot read data files {brief(str(p) for p in paths)}: give files of one format, "
             f"ending in one of {', '.join(FORMATS)}."
         )
-    return formats.pop()
 
 
 def load_local(
@@ -29,10 +43,11 @@ def load_local(
     label_column: str = "label",
     domain_column: str | None = None,
     drop_empty: bool = False,
+    max_chars: int = 5000,
 ) -> Corpus:
-    """Read one file, or several split files pooled into one corpus (episodes split by class, not by file)."""
-    import datasets
+    """Read one file, or several split files pooled into one corpus (episodes split by class, not by file).
 
+    Texts longer than `max_chars` characters are cut to their first `max_chars` as they are read."""
     paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
     if not paths:
         raise UserError("data.files is empty; give at least one JSONL, CSV or Parquet file.")
@@ -44,41 +59,195 @@ def load_local(
     empty = [str(p) for p in paths if p.stat().st_size == 0]
     if empty:
         raise UserError(f"Data file(s) are empty: {brief(empty)}; each file needs labelled rows.")
-    source = ", ".join(str(p) for p in paths)
-    datasets.disable_progress_bars()
-    try:
-        table = datasets.load_dataset(_file_format(paths), data_files=[str(p) for p in paths], split="train")
-    except (ValueError, datasets.exceptions.DatasetGenerationError) as error:
-        raise UserError(f"Could not read {source} as {_file_format(paths)}: {error}") from error
-    wanted = [c for c in (text_column, label_column, domain_column) if c is not None]
-    absent = [c for c in wanted if c not in table.column_names]
-    if absent:
-        raise UserError(
-            f"{source} lacks the column(s) {brief(absent)}; it has {brief(table.column_names)}. "
-            "Name the right ones with data.text_column, data.label_column and data.domain_column."
-        )
-    texts = ["" if t is None else str(t) for t in table[text_column]]
-    labels = [str(v) for v in table[label_column]]
-    domains = [str(v) for v in table[domain_column]] if domain_column else None
+    _check_one_format(paths)
+    columns = {"text_column": text_column, "label_column": label_column}
+    if domain_column is not None:
+        columns["domain_column"] = domain_column
+    texts, labels, domains = [], [], []
+    for path in paths:
+        cut = 0
+        for text, label, *domain in _rows(path, columns, max_chars):
+            text = "" if text is None else str(text)
+            cut += len(text) > max_chars
+            texts.append(text[:max_chars])
+            labels.append(str(label))
+            domains.extend(str(d) for d in domain)  # nothing when there is no domain column
+        if cut:  # one line per file: the user learns the texts were shortened, not which ones
+            warnings.warn(
+                f"data file {path}: {cut} text(s) longer than data.max_chars={max_chars} characters were cut to "
+                f"their first {max_chars}."
+            )
     if drop_empty:
         keep = [i for i, t in enumerate(texts) if t.strip()]
         texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
-        domains = [domains[i] for i in keep] if domains else None
-    return Corpus(texts, labels, domains, source=source)
+        domains = [domains[i] for i in keep] if domains else domains
+    return Corpus(texts, labels, domains if domain_column else None, source=", ".join(str(p) for p in paths))
 
 
-def load_clinc150(path: str | None = None, drop_empty: bool = False) -> Corpus:
+def _rows(path: Path, columns: dict[str, str], max_chars: int) -> Iterator[Sequence]:
+    """The wanted columns of each row of one file, in the order of `columns`."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _jsonl_rows(path, columns, max_chars)
+    if suffix == ".csv":
+        return _csv_rows(path, columns, max_chars)
+    return _table_rows(path, columns)
+
+
+def _jsonl_rows(path: Path, columns: dict[str, str], max_chars: int) -> Iterator[list]:
+    # 12 source characters per character: a character outside the BMP is written as two \uXXXX escapes
+    cutter = _Cutter(JSON_TOKENS, cut_unquoted=False, limit=max(12 * (max_chars + 1), KEEP_AT_LEAST))
+    for number, line in enumerate(_lines(path, cutter), start=1):
+        if not line.strip():
+            continue  # blank lines, as at the end of many files, hold no row
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(
+                f"data file {path}, line {number} is not valid JSON: {error.msg} at column {error.colno}. "
+                'Each line must hold one JSON object, such as {"text": "...", "label": "..."}.'
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(
+                f"data file {path}, line {number} holds {line.strip()[:40]!r}, not a JSON object. "
+                'Each line must hold one JSON object, such as {"text": "...", "label": "..."}.'
+            )
+        absent = [c for c in columns.values() if c not in row]
+        if absent:
+            raise _lacks(f"data file {path}, line {number}: the row", absent, row, columns)
+        yield [row[c] for c in columns.values()]
+
+
+def _csv_rows(path: Path, columns: dict[str, str], max_chars: int) -> Iterator[list]:
+    limit = max(2 * (max_chars + 1), KEEP_AT_LEAST)  # 2 source characters per character: a quote is written ""
+    csv.field_size_limit(max(csv.field_size_limit(), limit))  # the csv module refuses longer fields
+    reader = csv.reader(_lines(path, _Cutter(CSV_TOKENS, cut_unquoted=True, limit=limit)))
+    try:
+        header = next(reader, [])
+        absent = [c for c in columns.values() if c not in header]
+        if absent:
+            raise _lacks(f"data file {path}", absent, header, columns)
+        index = [header.index(c) for c in columns.values()]
+        start = reader.line_num + 1  # a quoted field may span lines: name the line where the row starts
+        for row in reader:
+            if row and len(row) != len(header):
+                raise UserError(
+                    f"data file {path}, line {start}: the row has {len(row)} fields, the header has "
+                    f"{len(header)}. Give every row one value per column, and quote values that hold a comma "
+                    '(write "a, b" with the quotes).'
+                )
+            if row:  # blank lines hold no row
+                yield [row[i] for i in index]
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise UserError(
+            f"data file {path}, line {reader.line_num} is not valid CSV: {error}. Fix that line, or re-save the "
+            "file from a spreadsheet as CSV (comma-separated, UTF-8)."
+        ) from None
+
+
+def _table_rows(path: Path, columns: dict[str, str]) -> Iterator[tuple]:
+    """Parquet (and .json files, which may hold one JSON array) through `datasets`, a batch at a time."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    builder = FORMATS[path.suffix.lower()]
+    try:
+        table = datasets.load_dataset(builder, data_files=[str(path)], split="train")
+    except (ValueError, datasets.exceptions.DatasetGenerationError) as error:
+        raise UserError(f"Could not read {path} as {builder}: {error}") from error
+    absent = [c for c in columns.values() if c not in table.column_names]
+    if absent:
+        raise _lacks(f"data file {path}", absent, table.column_names, columns)
+    for batch in table.iter(batch_size=1000):  # a batch at a time: the cut texts are kept, not the full ones
+        yield from zip(*(batch[c] for c in columns.values()))
+
+
+def _lacks(where: str, absent: list[str], present: Iterable[str], columns: dict[str, str]) -> UserError:
+    needs = " and ".join(f"data.{key}={name!r}" for key, name in columns.items())
+    return UserError(
+        f"{where} lacks the column(s) {brief(absent)}; it has {brief(present) or 'none'}. Every row needs "
+        f"{needs}: add the missing values, or name the right columns with data.text_column, "
+        "data.label_column and data.domain_column."
+    )
+
+
+def _lines(path: Path, cutter: Callable[[Iterable[str]], str]) -> Iterator[str]:
+    """Each line of a UTF-8 file, read in pieces that `cutter` joins with its long strings cut."""
+    decode = codecs.getincrementaldecoder("utf-8-sig")().decode  # one per file: drops a BOM, spans pieces
+    number = 0
+    with path.open("rb") as file:
+        while file.peek(1):
+            number += 1
+            try:
+                line = cutter(_pieces(file, decode))
+            except UnicodeDecodeError as error:
+                bad = " ".join(f"0x{b:02x}" for b in error.object[error.start : error.end])
+                raise UserError(
+                    f"data file {path}, line {number} is not UTF-8 text: it holds the byte(s) {bad}, which UTF-8 "
+                    "does not allow (the file was probably saved as Latin-1 or Windows-1252). Re-save the file as "
+                    f"UTF-8, e.g. `iconv -f cp1252 -t utf-8 {path.name} > utf8-{path.name}`."
+                ) from None
+            yield line
+
+
+def _pieces(file: BinaryIO, decode: Callable[..., str]) -> Iterator[str]:
+    """The rest of the current line, decoded, in pieces of at most CHUNK bytes."""
+    while True:
+        piece = file.readline(CHUNK)
+        yield decode(piece, final=not piece)
+        if not piece or piece.endswith(b"\n"):
+            return
+
+
+@dataclass
+class _Cutter:
+    """Joins a line's pieces, cutting each quoted string (and, for CSV, each field) to `limit` source characters
+    as it streams past, so a huge text is never held whole; escapes are kept or dropped whole, quotes and field
+    ends always kept, so the line parses as before. State spans lines: a CSV field may."""
+
+    tokens: re.Pattern[str]
+    cut_unquoted: bool  # CSV fields may be unquoted; in JSON only strings are quoted
+    limit: int
+    quoted: bool = False
+    used: int = 0  # source characters of the current string or field seen so far
+
+    def __call__(self, pieces: Iterable[str]) -> str:
+        kept, carry = [], ""
+        for piece in pieces:
+            tokens = list(self.tokens.finditer(carry + piece))
+            # a quote or escape at a piece's end may be the start of a longer token ("" or \u00e9)
+            carry = tokens.pop().group() if tokens and tokens[-1].lastgroup in ("escape", "quote") else ""
+            kept.extend(self._keep(t.lastgroup, t.group()) for t in tokens)
+        kept.extend(self._keep(t.lastgroup, t.group()) for t in self.tokens.finditer(carry))
+        return "".join(kept)
+
+    def _keep(self, kind: str, token: str) -> str:
+        if kind == "quote":
+            self.quoted, self.used = not self.quoted, 0
+            return token
+        if not (self.quoted or (kind == "text" and self.cut_unquoted)):
+            self.used = 0 if kind == "end" else self.used  # a field end starts a new field
+            return token
+        room = self.limit - self.used
+        self.used += len(token)
+        if kind == "text":
+            return token[: max(room, 0)]
+        return token if len(token) <= room else ""
+
+
+def load_clinc150(path: str | None = None, drop_empty: bool = False, max_chars: int = 5000) -> Corpus:
     """CLINC150 in-scope intents: from a local folder of JSONL splits, else from the Hub (`clinc_oos`, `plus`)."""
     folder = Path(path) if path else CLINC150_DEFAULT
     if folder.is_dir():
         files = sorted(str(f) for f in folder.glob("*.jsonl"))
-        return load_local(files, domain_column="domain", drop_empty=drop_empty)
+        return load_local(files, domain_column="domain", drop_empty=drop_empty, max_chars=max_chars)
     if path:
         raise UserError(f"data.path={path!r} is not a folder; give the folder that holds CLINC150's *.jsonl files.")
-    return _clinc150_from_hub()
+    return _clinc150_from_hub(max_chars)
 
 
-def _clinc150_from_hub() -> Corpus:
+def _clinc150_from_hub(max_chars: int) -> Corpus:
     import datasets
 
     try:
@@ -93,6 +262,6 @@ def _clinc150_from_hub() -> Corpus:
     for split in splits.values():
         for text, intent in zip(split["text"], split["intent"]):
             if names[intent] != "oos":
-                texts.append(text)
+                texts.append(text[:max_chars])
                 labels.append(names[intent])
     return Corpus(texts, labels, None, source="hub:clinc_oos/plus")

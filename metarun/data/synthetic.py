@@ -47,8 +47,6 @@ def generate_synthetic(
 ) -> Corpus:
     """Generate a corpus; `label_sets="own"` gives each domain its own classes, `"shared"` one label set
     whose cue words differ by domain (like sentiment across product categories)."""
-    if label_sets not in ("own", "shared"):
-        raise UserError(f"data.label_sets={label_sets!r} is not valid; use 'own' or 'shared'.")
     if cues_per_class > cue_vocab:
         raise UserError(f"data.cues_per_class={cues_per_class} exceeds data.cue_vocab={cue_vocab}; lower it.")
     if not 1 <= filler_vocab <= len(FILLER):

@@ -1,0 +1,318 @@
+"""The config schema: every setting's type, default, range and choices, held once.
+
+The dataclasses are registered with Hydra's ConfigStore; each YAML under `conf/` names its schema first in its
+defaults list and sets only what differs, so Hydra checks types while composing and `check_ranges` checks the
+ranges and choices written in each field's metadata before any data is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from metarun.errors import UserError
+
+
+def setting(default: Any = MISSING, *, least: float | None = None, above: float | None = None, below=None,
+            choices: tuple | None = None, factory=None) -> Any:  # fmt: skip
+    """A dataclass field with its valid range (`least` <= v, `above` < v, v < `below`) or `choices`."""
+    given = {"least": least, "above": above, "below": below, "choices": choices}
+    rules = {name: rule for name, rule in given.items() if rule is not None}
+    if factory is not None:
+        return field(default_factory=factory, metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+SCOPES = ("all", "top", "head")  # every parameter | the top `top_layers` encoder layers and all above | the head
+HEAD_INITS = ("learned", "zero", "random", "prototypes")  # prototypes: Proto-MAML (Triantafillou et al., 2020)
+
+
+# ---- model ----
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    _target_: str = MISSING
+    max_len: int = setting(32, least=2)  # tokens per text; longer texts are truncated
+
+
+@dataclass
+class TransformerConfig(ModelConfig):
+    _target_: str = "metarun.model.TransformerClassifier"
+    d_model: int = setting(64, least=1)
+    n_layers: int = setting(2, least=1)
+    n_heads: int = setting(4, least=1)
+    d_ff: int = setting(128, least=1)
+    dropout: float = setting(0.0, least=0.0, below=1.0)
+    vocab_size: int = setting(2000, least=3)  # BPE vocabulary fitted on meta-train text
+
+
+@dataclass
+class PretrainedConfig(ModelConfig):
+    _target_: str = "metarun.pretrained.PretrainedClassifier"
+    name_or_path: str = MISSING  # a local folder or a Hub name
+    package: Optional[str] = None  # an installed Python package that ships the model folder, tried first
+    sha256: Optional[str] = None  # of model.safetensors: checked before loading when given
+    dropout: Optional[float] = setting(None, least=0.0, below=1.0)  # null keeps the model config's own
+    pooling: Optional[str] = setting(None, choices=("mean", "cls"))  # null: as the folder prescribes (mean else)
+    normalize: Optional[bool] = None  # null: as the folder prescribes (a Normalize module)
+    pad_id: Optional[int] = None  # set by metarun: the tokenizer's padding id
+
+
+# ---- algorithm ----
+@dataclass
+class AlgoConfig:
+    name: str = MISSING
+    _target_: str = MISSING
+    outer_optimizer: str = setting("adam", choices=("adam", "sgd"))
+    outer_lr: float = setting(3.0e-3, above=0.0)
+    outer_scope: str = setting("all", choices=SCOPES)  # what meta-training updates
+    top_layers: int = setting(2, least=0)  # k for the "top" scopes
+
+
+@dataclass
+class AdaptingAlgoConfig(AlgoConfig):
+    """Algorithms that adapt to a task with gradient steps on its support set."""
+
+    inner_lr: float = setting(0.5, above=0.0)
+    eval_inner_steps: int = setting(5, least=0)  # steps when adapting at validation and test
+    inner_optimizer: str = setting("sgd", choices=("sgd", "adam"))
+    inner_scope: str = setting("all", choices=SCOPES)  # what adapts per task; head is ANIL
+    head_init: str = setting("zero", choices=HEAD_INITS)
+    prototype_scale: float = setting(10.0, above=0.0)  # head_init=prototypes: the head is scale * unit class means
+
+
+@dataclass
+class InnerLoopAlgoConfig(AdaptingAlgoConfig):
+    """Algorithms that also adapt during meta-training (MAML, Reptile)."""
+
+    inner_steps: int = setting(3, least=0)  # steps on the support set during meta-training
+    # auto: batched over tasks with torch.func.vmap on CUDA, task by task on CPU
+    batch_tasks: Any = setting("auto", choices=("auto", True, False))
+
+
+@dataclass
+class MAMLConfig(InnerLoopAlgoConfig):
+    _target_: str = "metarun.algorithms.MAML"
+    first_order: bool = False
+    # store (fastest) | recompute (inner-step graphs rebuilt in the backward pass: far less memory)
+    memory: str = setting("store", choices=("store", "recompute"))
+
+
+@dataclass
+class ReptileConfig(InnerLoopAlgoConfig):
+    _target_: str = "metarun.algorithms.Reptile"
+    eps: float = setting(0.1, above=0.0)  # interpolation: the outer SGD learning rate on theta - theta'
+    outer_optimizer: str = setting("sgd", choices=("adam", "sgd"))
+    outer_lr: float = "${.eps}"  # type: ignore[assignment]
+
+
+@dataclass
+class SupervisedConfig(AdaptingAlgoConfig):
+    _target_: str = "metarun.algorithms.SupervisedBaseline"
+    pretrain: bool = True  # supervised training over all meta-train classes first (finetune) or not (scratch)
+    n_train_classes: Optional[int] = None  # set by metarun: the number of meta-train classes
+    eval_inner_steps: int = setting(100, least=0)  # Adam steps on a fresh head (Chen et al., 2019, "Baseline")
+    inner_lr: float = setting(0.01, above=0.0)
+    inner_optimizer: str = setting("adam", choices=("sgd", "adam"))
+    inner_scope: str = setting("head", choices=SCOPES)
+    head_init: str = setting("random", choices=HEAD_INITS)
+    outer_lr: float = setting(1.0e-3, above=0.0)
+
+
+@dataclass
+class ProtoNetConfig(AlgoConfig):
+    _target_: str = "metarun.algorithms.ProtoNet"
+    meta_train: bool = True
+    distance: str = setting("euclidean", choices=("euclidean", "cosine"))
+    prototype_scale: float = setting(10.0, above=0.0)  # cosine only: the softmax temperature
+
+
+# ---- task ----
+@dataclass
+class SplitConfig:
+    val: float = setting(0.15, above=0.0)  # a fraction of the classes (or domains), or a count
+    test: float = setting(0.25, above=0.0)
+    seed: int = 0
+
+
+@dataclass
+class EvalTaskConfig:
+    name: str = MISSING
+    train: str = MISSING  # the labelled file adapted on
+    test: str = MISSING  # the file scored
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    split_by: str = setting("class", choices=("class", "domain"))
+    split: SplitConfig = field(default_factory=SplitConfig)
+    n_way: int = setting(5, least=2)
+    k_shot: int = setting(1, least=1)
+    n_query: int = setting(15, least=1)  # query examples per class
+    # query examples per class in meta-training episodes (fewer is faster); null: n_query
+    meta_train_query: Optional[int] = setting(None, least=1)
+    drop_small_classes: bool = False  # true: leave out classes with fewer than k_shot + n_query examples
+    eval_tasks: List[EvalTaskConfig] = setting(factory=list)  # fixed evaluation tasks instead of sampled episodes
+
+
+# ---- data ----
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    _target_: str = MISSING
+
+
+@dataclass
+class FileDataConfig(DataConfig):
+    drop_empty: bool = False  # true: skip rows with empty text instead of stopping
+    max_chars: int = setting(5000, least=1)  # longer texts are cut when read
+
+
+@dataclass
+class LocalDataConfig(FileDataConfig):
+    _target_: str = "metarun.data.load_local"
+    files: Any = MISSING  # a path, or a list of paths
+    text_column: str = "text"
+    label_column: str = "label"
+    domain_column: Optional[str] = None  # needed for task=domain_adapt
+
+
+@dataclass
+class Clinc150Config(FileDataConfig):
+    _target_: str = "metarun.data.load_clinc150"
+    path: Optional[str] = None
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    _target_: str = "metarun.data.generate_synthetic"
+    seed: int = 0
+    n_domains: int = setting(10, least=1)
+    classes_per_domain: int = setting(12, least=1)
+    examples_per_class: int = setting(40, least=1)
+    # own: each domain has its own classes | shared: one label set, domain-specific cue words
+    label_sets: str = setting("own", choices=("own", "shared"))
+    cue_vocab: int = setting(200, least=1)  # made-up cue words shared by all classes
+    cues_per_class: int = setting(3, least=1)
+    cues_per_text: int = setting(3, least=1)
+    filler_range: List[int] = setting(factory=lambda: [10, 16])  # English filler words per text
+    filler_vocab: int = setting(60, least=1)
+
+
+# ---- device, training, evaluation ----
+@dataclass
+class DeviceConfig:
+    name: str = setting("auto", choices=("auto", "cpu", "cuda"))
+    # auto: bf16 autocast for pretrained encoders on CUDA, else float32
+    precision: str = setting("auto", choices=("auto", "fp32", "bf16"))
+
+
+@dataclass
+class TrainConfig:
+    outer_steps: int = setting(250, least=1)
+    meta_batch_size: int = setting(4, least=1)  # episodes per outer step
+    lr_schedule: str = setting("cosine", choices=("constant", "cosine"))  # cosine decays algo.outer_lr to 0
+    grad_clip: Optional[float] = setting(1.0, above=0.0)  # max norm of the averaged (meta-)gradient; null: none
+    diagnostic_scores: bool = False  # forwards only for logging: the query before adaptation, Reptile's query after
+    resume: Optional[str] = None  # a run folder: continue that run from its checkpoints/last.pt
+
+
+@dataclass
+class EvalConfig:
+    val_interval: int = setting(50, least=1)  # outer steps between validations (and checkpoints)
+    val_episodes: int = setting(50, least=1)  # the same meta-validation episodes at every validation
+    test_episodes: int = setting(600, least=1)  # meta-test episodes scored with the best checkpoint
+    seed: int = 0  # validation episodes use this seed, test episodes seed + 1
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    algo: Any = MISSING
+    task: Any = MISSING
+    data: Any = MISSING
+    device: Any = MISSING
+    seed: int = 0  # model initialisation and meta-training episodes
+    debug: bool = False  # true: Python tracebacks instead of one-paragraph errors
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+SCHEMAS = {
+    "model": {"transformer": TransformerConfig, "pretrained": PretrainedConfig},
+    "algo": {"maml": MAMLConfig, "reptile": ReptileConfig, "supervised": SupervisedConfig, "protonet": ProtoNetConfig},
+    "task": {"task": TaskConfig},
+    "data": {"local": LocalDataConfig, "clinc150": Clinc150Config, "synthetic": SyntheticDataConfig},
+    "device": {"device": DeviceConfig},
+}
+
+
+def register_configs() -> None:
+    """The schemas as `schema/<group>/<name>`, which each YAML of `conf/<group>` extends (`@_here_`)."""
+    store = ConfigStore.instance()
+    store.store(name="schema", node=Config)
+    for group, schemas in SCHEMAS.items():
+        for name, schema in schemas.items():
+            store.store(group=f"schema/{group}", name=name, node=schema)
+
+
+_RUN_ID = uuid.uuid4().hex[:6]  # one per process: runs started in the same second get different folders
+
+
+def register_resolvers() -> None:
+    """`${run_id:}` for unique run folders; `${run_dir:resume,default}` puts a resumed run in its own folder."""
+    OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID, replace=True)
+    OmegaConf.register_new_resolver("run_dir", lambda resume, default: resume or default, replace=True)
+
+
+def _problem(key: str, value: Any, rules: dict) -> str | None:
+    """What is wrong with one value under its rules, None when it is valid."""
+    if value is None:
+        return None
+    if "choices" in rules and value not in rules["choices"]:
+        shown = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in rules["choices"])
+        return f"{key}={value!r} is not valid; use one of: {shown}."
+    bounds = {"least": (lambda v, b: v >= b, "at least"), "above": (lambda v, b: v > b, "greater than"),
+              "below": (lambda v, b: v < b, "less than")}  # fmt: skip
+    broken = [f"{words} {rules[name]}" for name, (holds, words) in bounds.items()
+              if name in rules and not holds(value, rules[name])]  # fmt: skip
+    if broken:
+        return f"{key}={value!r} is not valid; it must be {' and '.join(broken)}."
+    return None
+
+
+def _problems(node: DictConfig, prefix: str) -> list[str]:
+    schema = OmegaConf.get_type(node)
+    rules = {f.name: f.metadata for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    found = []
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            continue
+        value = node[key]
+        name = f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            found += _problems(value, f"{name}.")
+        elif isinstance(value, ListConfig):
+            found += [p for i, item in enumerate(value) if isinstance(item, DictConfig)
+                      for p in _problems(item, f"{name}[{i}].")]  # fmt: skip
+        elif rules.get(key):
+            found.append(_problem(name, value, rules[key]))
+    return [p for p in found if p]
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every setting against its schema, before any work: values still missing, then ranges and choices."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(
+            f"These settings need a value: {', '.join(missing)}; give them on the command line, e.g. {missing[0]}=..."
+        )
+    problems = _problems(cfg, "")
+    if problems:
+        raise UserError(" ".join(problems))

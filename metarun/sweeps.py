@@ -1,0 +1,47 @@
+"""Sweeps (`metarun -m`): a failing job is recorded and the others run; the sweep ends with the list of failures.
+
+Hydra marks a job whose task function raised as failed and goes on with the next; this callback tells the user at
+once, keeps the reason in the job's folder (`error.txt`) and, at the end, lists every failed job and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from metarun.errors import UserError, report
+
+
+class FailedJobs(Callback):
+    failures: ClassVar[list[tuple[str, str]]] = []  # (the job's overrides, why it failed), in this process
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status != JobStatus.FAILED:
+            return
+        error = job_return._return_value  # the exception itself; reading .return_value would raise it
+        why = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+        overrides = " ".join(job_return.overrides or [])
+        FailedJobs.failures.append((overrides, why))
+        report(f"job {overrides!r} failed: {why}", title="metarun sweep")
+        folder = Path(config.hydra.runtime.output_dir)
+        if folder.is_dir():
+            (folder / "error.txt").write_text(why + "\n")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if FailedJobs.summary():
+            sys.exit(1)
+
+    @classmethod
+    def summary(cls) -> bool:
+        """Print which jobs failed and why, once; True when any did."""
+        if not cls.failures:
+            return False
+        lines = [f"  {overrides or '(no overrides)'}: {why}" for overrides, why in cls.failures]
+        report(f"{len(cls.failures)} job(s) of the sweep failed:\n" + "\n".join(lines), title="metarun sweep")
+        cls.failures = []
+        return True

@@ -1,0 +1,80 @@
+"""The schema: every config group option has one, and every setting is checked before any work."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from metarun.cli import CONF_DIR
+from metarun.config import SCHEMAS, check_config
+from metarun.errors import UserError
+from metarun.run import run
+
+METARUN = str(Path(sys.executable).with_name("metarun"))
+GROUPS = {group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")) for group in SCHEMAS}
+
+
+def config(*overrides):
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])
+def test_every_option_extends_its_groups_schema(group, option):
+    needed = {"hf": ["model.name_or_path=x"], "local": ["data.files=x.jsonl"]}.get(option, [])  # the ??? settings
+    cfg = config(f"{group}={option}", *needed)
+    assert OmegaConf.get_type(cfg[group]) in SCHEMAS[group].values()
+    check_config(cfg)  # the shipped options are valid as they are
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("task.n_way=1", "task.n_way=1 is not valid; it must be at least 2."),
+        ("task.k_shot=0", "task.k_shot=0 is not valid; it must be at least 1."),
+        ("task.n_query=0", "task.n_query=0 is not valid; it must be at least 1."),
+        ("eval.val_episodes=0", "eval.val_episodes=0 is not valid; it must be at least 1."),
+        ("eval.test_episodes=0", "eval.test_episodes=0 is not valid; it must be at least 1."),
+        ("algo.inner_lr=-1", "algo.inner_lr=-1.0 is not valid; it must be greater than 0.0."),
+        ("algo.inner_scope=layer", "algo.inner_scope='layer' is not valid; use one of: all, top, head."),
+        ("algo.batch_tasks=maybe", "algo.batch_tasks='maybe' is not valid; use one of: auto, true, false."),
+        ("train.lr_schedule=linear", "train.lr_schedule='linear' is not valid; use one of: constant, cosine."),
+        ("device.name=tpu", "device.name='tpu' is not valid; use one of: auto, cpu, cuda."),
+        ("model.dropout=1.0", "model.dropout=1.0 is not valid; it must be less than 1.0."),
+    ],
+)
+def test_ranges_and_choices_are_checked_with_the_key_the_value_and_what_is_valid(override, message):
+    with pytest.raises(UserError) as error:
+        check_config(config(override))
+    assert str(error.value) == message
+
+
+def test_all_problems_are_told_at_once_before_any_data_is_read(tmp_path):
+    cfg = config("data=local", f"data.files={tmp_path / 'absent.jsonl'}", "algo.inner_lr=0", "task.k_shot=0")
+    with pytest.raises(UserError) as error:
+        run(cfg, tmp_path / "run")
+    assert "algo.inner_lr=0.0 is not valid" in str(error.value) and "task.k_shot=0 is not valid" in str(error.value)
+    assert not (tmp_path / "run").exists()  # nothing was read or written
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [("train.outer_steps=abc", "could not be converted to Integer"), ("task.k_shot=1.5", "to Integer"),
+     ("algo.inner_lr=abc", "could not be converted to Float"), ("algo=nope", "Available options in 'algo'"),
+     ("train.outer_stepz=3", "Key 'outer_stepz' not in 'TrainConfig'")],
+)  # fmt: skip
+def test_wrong_types_and_unknown_names_exit_2_with_one_paragraph(tmp_path, override, words):
+    with pytest.raises(ConfigCompositionException):
+        config(override)  # refused while composing, before run() starts
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run([METARUN, override, f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert words in message and override.split("=")[0] in message
+    assert not (tmp_path / "metrics.json").exists()

@@ -1,0 +1,155 @@
+"""Exact resume: a run stopped at any outer step and resumed ends exactly as if it had never stopped."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from metarun import reporting
+from metarun.cli import CONF_DIR
+from metarun.errors import RunInterrupted, UserError
+from metarun.run import run
+
+BUDGET = [
+    "train.outer_steps=6", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=4",
+    "eval.test_episodes=6", "algo.eval_inner_steps=2", "device=cpu",
+    "model.dropout=0.2",  # dropout: the torch generator's state must come back too
+]  # fmt: skip
+METARUN = str(Path(sys.executable).with_name("metarun"))
+
+
+def config(*overrides):
+    data = [] if any(o.startswith("data=") for o in overrides) else ["data.examples_per_class=20"]
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=[*BUDGET, *data, *overrides])
+
+
+def stop_at(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
+    """Deliver a real signal while outer step `step` is being logged, as Ctrl-C would arrive mid-run."""
+    log_train = reporting.RunReporter.log_train
+
+    def log_and_signal(self, at, *args):
+        log_train(self, at, *args)
+        if at == step:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(reporting.RunReporter, "log_train", log_and_signal)
+
+
+def artefacts(folder: Path) -> tuple[str, bytes]:
+    return (folder / "metrics.json").read_text(), (folder / "checkpoints" / "best.pt").read_bytes()
+
+
+@pytest.mark.parametrize("algo, stop", [("maml", 3), ("reptile", 4), ("finetune", 1)])
+def test_stopped_and_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch, algo, stop):
+    """Stops off (3) and on (4) a validation step, and before the first validation (1)."""
+    run(config(f"algo={algo}"), tmp_path / "whole")
+    stop_at(monkeypatch, stop)
+    with pytest.raises(RunInterrupted) as stopped:
+        run(config(f"algo={algo}"), tmp_path / "stopped")
+    assert stopped.value.exit_code == 130 and f"after outer step {stop} of 6" in str(stopped.value)
+    assert torch.load(tmp_path / "stopped/checkpoints/last.pt", weights_only=True)["step"] == stop
+    assert not (tmp_path / "stopped/metrics.json").exists()
+    monkeypatch.undo()
+    run(config(f"algo={algo}", f"train.resume={tmp_path / 'stopped'}"), tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()  # the resumed run writes into its own folder
+    assert artefacts(tmp_path / "stopped") == artefacts(tmp_path / "whole")
+
+
+def test_tensorboard_continues_at_the_resumed_step(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    stop_at(monkeypatch, 3)
+    with pytest.raises(RunInterrupted):
+        run(config(), tmp_path)
+    monkeypatch.undo()
+    run(config(f"train.resume={tmp_path}"), tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("train/grad_norm")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in events.Scalars("val/acc")] == [2, 4, 6]
+
+
+def test_resume_refuses_settings_that_change_the_maths(tmp_path, monkeypatch):
+    stop_at(monkeypatch, 2)
+    with pytest.raises(RunInterrupted):
+        run(config(), tmp_path)
+    monkeypatch.undo()
+    with pytest.raises(UserError, match=r"algo.inner_lr: 0.5 -> 0.1.*overrides.yaml"):
+        run(config("algo.inner_lr=0.1", f"train.resume={tmp_path}"), tmp_path)
+    with pytest.raises(UserError, match=r"data.seed: 0 -> 1"):
+        run(config("data.seed=1", f"train.resume={tmp_path}"), tmp_path)
+
+
+def test_resume_refuses_data_that_changed_under_the_same_settings(tmp_path, monkeypatch):
+    from metarun.data import generate_synthetic
+
+    data = tmp_path / "data.jsonl"
+
+    def write(seed):
+        corpus = generate_synthetic(seed=seed, examples_per_class=20)
+        rows = [json.dumps({"text": t, "label": y}) for t, y in zip(corpus.texts, corpus.labels)]
+        data.write_text("\n".join(rows) + "\n")
+
+    write(0)
+    stop_at(monkeypatch, 2)
+    with pytest.raises(RunInterrupted):
+        run(config("data=local", f"data.files={data}"), tmp_path / "run")
+    monkeypatch.undo()
+    write(1)
+    with pytest.raises(UserError, match="tokenizer built from the data now differs"):
+        run(config("data=local", f"data.files={data}", f"train.resume={tmp_path / 'run'}"), tmp_path / "run")
+
+
+def test_a_finished_run_resumed_after_a_crash_at_test_time_writes_its_metrics(tmp_path):
+    run(config(), tmp_path / "whole")
+    run(config(), tmp_path / "crashed")
+    expected = artefacts(tmp_path / "crashed")
+    (tmp_path / "crashed/metrics.json").unlink()  # as if the process died while testing
+    run(config(f"train.resume={tmp_path / 'crashed'}"), tmp_path / "crashed")
+    assert artefacts(tmp_path / "crashed") == expected == artefacts(tmp_path / "whole")
+
+
+def test_corrupt_or_missing_checkpoints_are_named(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="has no checkpoints/last.pt to continue from"):
+        run(config(f"train.resume={tmp_path / 'nothing'}"), tmp_path / "nothing")
+    stop_at(monkeypatch, 2)
+    with pytest.raises(RunInterrupted):
+        run(config(), tmp_path / "run")
+    monkeypatch.undo()
+    last = tmp_path / "run/checkpoints/last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"last.pt is corrupt or truncated.*Delete it"):
+        run(config(f"train.resume={tmp_path / 'run'}"), tmp_path / "run")
+
+
+def _start(tmp_path, *args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.Popen(
+        [METARUN, *BUDGET, "train.outer_steps=100000", f"hydra.run.dir={tmp_path}", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_save_the_step_and_print_the_resume_command(tmp_path, signum, code):
+    process = _start(tmp_path)
+    deadline = time.time() + 120
+    while not (tmp_path / "checkpoints/last.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr[-2000:]
+    assert "Traceback" not in stderr
+    message = " ".join(stderr.split())
+    assert f"Stopped by {signal.Signals(signum).name} after outer step" in message
+    assert f"train.resume={tmp_path}" in message and "train.outer_steps=100000" in message
+    step = int(message.split("after outer step ")[1].split()[0])
+    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["step"] == step
+    assert not list((tmp_path / "checkpoints").glob("*.partial"))
