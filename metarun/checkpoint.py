@@ -69,7 +69,8 @@ def write_atomically(path: Path, data: bytes, run_folder: Path | None = None) ->
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    write_atomically(path, text.encode())
+    """A run folder's text file (metrics, splits, tokenizer), written like a checkpoint."""
+    write_atomically(path, text.encode(), run_folder=path.parent)
 
 
 def check_writable(folder: Path) -> None:

@@ -153,3 +153,14 @@ def test_ctrl_c_and_sigterm_save_the_step_and_print_the_resume_command(tmp_path,
     step = int(message.split("after outer step ")[1].split()[0])
     assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["step"] == step
     assert not list((tmp_path / "checkpoints").glob("*.partial"))
+
+
+def test_a_resumed_run_clears_what_a_killed_write_left(tmp_path, monkeypatch):
+    stop_at(monkeypatch, 3)
+    with pytest.raises(RunInterrupted):
+        run(config(), tmp_path)
+    monkeypatch.undo()
+    (tmp_path / "checkpoints/last.pt.partial").write_bytes(b"")  # kill -9 in the middle of a write
+    run(config(f"train.resume={tmp_path}"), tmp_path)
+    assert not list((tmp_path / "checkpoints").glob("*.partial"))
+    assert json.loads((tmp_path / "metrics.json").read_text())["best_step"] in (2, 4, 6)

@@ -1,0 +1,140 @@
+"""What goes wrong in everyday use ends clearly: full or read-only disks, crafted checkpoints, folders that hold
+another run, runs started in the same second, and a failing job inside a sweep."""
+
+import builtins
+import contextlib
+import errno
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from metarun import checkpoint
+from metarun.checkpoint import load_checkpoint
+from metarun.cli import CONF_DIR
+from metarun.errors import UserError
+from metarun.run import run
+
+METARUN = str(Path(sys.executable).with_name("metarun"))
+FAST = [
+    "train.outer_steps=6", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=4",
+    "eval.test_episodes=6", "device=cpu", "data.examples_per_class=20",
+]  # fmt: skip
+
+
+def config(*overrides):
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=[*FAST, *overrides])
+
+
+def metarun(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([METARUN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_a_full_disk_mid_run_names_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    writes = []
+
+    def filling_open(path, mode="r", *args, **kwargs):
+        file = builtins.open(path, mode, *args, **kwargs)
+        if "w" in mode and str(path).endswith(".pt.partial"):
+            writes.append(path)
+            if len(writes) > 2:  # step 2 wrote best.pt and last.pt; step 4 finds the disk full halfway
+                file.write(b"half a checkpoint")
+                file.close()
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return file
+
+    monkeypatch.setattr(checkpoint, "open", filling_open, raising=False)
+    with pytest.raises(UserError) as error:
+        run(config(), tmp_path)
+    message = str(error.value)
+    assert f"Could not write {tmp_path / 'checkpoints'}" in message and "no space left on the device" in message
+    assert error.value.run_folder == tmp_path  # the command line adds the resume command
+    assert not list((tmp_path / "checkpoints").glob("*.partial"))
+    assert load_checkpoint(tmp_path / "checkpoints/last.pt")["step"] == 2
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    folder.mkdir(parents=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("this machine cannot mount a tmpfs here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("options, words", [("size=2m", "no space left for them"), ("ro,size=1m", "read-only")])
+def test_a_small_or_read_only_disk_is_refused_before_training(tmp_path, options, words):
+    with tmpfs(tmp_path / "run" / "checkpoints", options):
+        result = metarun(*FAST, f"hydra.run.dir={tmp_path / 'run'}")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        message = " ".join(result.stderr.split())
+        assert words in message and str(tmp_path / "run" / "checkpoints") in message
+        assert "meta-train" not in result.stdout  # refused before the first outer step
+        assert not list((tmp_path / "run" / "checkpoints").iterdir())
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_crafted_pickle_checkpoint_never_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # would make a default torch.load unpickle anything
+    crafted = tmp_path / "best.pt"
+    torch.save({"format": checkpoint.FORMAT, "model": Payload()}, crafted, pickle_protocol=2)
+    with pytest.raises(UserError, match="refused: it holds Python objects"):
+        load_checkpoint(crafted)
+    assert not (tmp_path / "pwned").exists()
+    crafted.write_bytes(pickle.dumps({"format": 2}))  # a plain pickle, not a torch zip archive
+    with pytest.raises(UserError, match="corrupt or truncated|refused"):
+        load_checkpoint(crafted)
+
+
+def test_a_checkpoint_of_another_format_is_named(tmp_path):
+    torch.save({"format": 1, "model": {}}, tmp_path / "old.pt")
+    with pytest.raises(UserError, match=r"not a metarun checkpoint of format 2 \(found 1"):
+        load_checkpoint(tmp_path / "old.pt")
+
+
+@pytest.mark.parametrize("algo", ["scratch", "prototypes"])
+def test_a_run_never_reads_a_checkpoint_it_did_not_write(tmp_path, algo):
+    run(config(), tmp_path / "maml")
+    with pytest.raises(UserError, match="already holds another run's results"):
+        run(config(f"algo={algo}"), tmp_path / "maml")
+    run(config(f"algo={algo}"), tmp_path / "fresh")
+    assert json.loads((tmp_path / "fresh/metrics.json").read_text())["best_step"] is None
+    assert not (tmp_path / "fresh/checkpoints/best.pt").exists()
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    jobs = [subprocess.Popen([METARUN, *FAST, f"seed={s}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True) for s in (0, 1)]  # fmt: skip
+    assert [job.wait(timeout=300) for job in jobs] == [0, 0], [job.stderr.read()[-2000:] for job in jobs]
+    folders = sorted(p.parent for p in tmp_path.glob("outputs/*/*/metrics.json"))
+    assert len(folders) == 2
+    for folder in folders:  # each run's results sit beside its own config
+        seed = json.loads((folder / "metrics.json").read_text())["seed"]
+        assert f"seed={seed}" in (folder / ".hydra/overrides.yaml").read_text()
+
+
+def test_a_failing_job_does_not_end_the_sweep(tmp_path):
+    result = metarun("-m", *FAST, "algo=fomaml", "algo.outer_lr=1e30,3e-3", "train.grad_clip=null",
+                     "train.lr_schedule=constant", f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    failed, done = sorted(tmp_path.glob("[01]_*"))
+    assert "diverged at outer step" in (failed / "error.txt").read_text()
+    assert (done / "metrics.json").is_file() and not (failed / "metrics.json").exists()
+    summary = " ".join(result.stderr.split()).split("1 job(s) of the sweep failed:")[1]
+    assert "algo.outer_lr=1e+30" in summary and "diverged" in summary and "0.003" not in summary
