@@ -266,9 +266,13 @@ _RUN_ID = uuid.uuid4().hex[:6]  # one per process: runs started in the same seco
 
 
 def register_resolvers() -> None:
-    """`${run_id:}` for unique run folders; `${run_dir:resume,default}` puts a resumed run in its own folder."""
+    """`${run_id:}` for unique run folders; `${run_dir:resume,default}` puts a resumed run in its own folder, and
+    `${hydra_subdir:resume}` its config files in `.hydra/resume-ID`, beside the original ones."""
     OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID, replace=True)
     OmegaConf.register_new_resolver("run_dir", lambda resume, default: resume or default, replace=True)
+    OmegaConf.register_new_resolver(
+        "hydra_subdir", lambda resume: f".hydra/resume-{_RUN_ID}" if resume else ".hydra", replace=True
+    )
 
 
 def _problem(key: str, value: Any, rules: dict) -> str | None:

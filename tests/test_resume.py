@@ -164,3 +164,17 @@ def test_a_resumed_run_clears_what_a_killed_write_left(tmp_path, monkeypatch):
     run(config(f"train.resume={tmp_path}"), tmp_path)
     assert not list((tmp_path / "checkpoints").glob("*.partial"))
     assert json.loads((tmp_path / "metrics.json").read_text())["best_step"] in (2, 4, 6)
+
+
+def test_a_refused_resume_from_the_command_line_keeps_the_runs_own_config(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    base = [METARUN, *BUDGET, "data.examples_per_class=20"]
+    subprocess.run([*base, f"hydra.run.dir={tmp_path}"], env=env, capture_output=True, check=True, timeout=300)
+    overrides = (tmp_path / ".hydra/overrides.yaml").read_text()
+    refused = subprocess.run([*base, "algo.inner_lr=0.1", f"train.resume={tmp_path}"], env=env, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+    assert refused.returncode == 2 and "algo.inner_lr: 0.5 -> 0.1" in " ".join(refused.stderr.split())
+    assert (tmp_path / ".hydra/overrides.yaml").read_text() == overrides
+    resumed = subprocess.run([*base, f"train.resume={tmp_path}"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [p.name for p in (tmp_path / ".hydra").glob("resume-*/overrides.yaml")] == ["overrides.yaml"] * 2

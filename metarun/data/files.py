@@ -6,7 +6,7 @@ import codecs
 import csv
 import json
 import re
-import warnings
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +73,7 @@ def load_local(
             labels.append(str(label))
             domains.extend(str(d) for d in domain)  # nothing when there is no domain column
         if cut:  # one line per file: the user learns the texts were shortened, not which ones
-            warnings.warn(
+            logging.getLogger(__name__).warning(
                 f"data file {path}: {cut} text(s) longer than data.max_chars={max_chars} characters were cut to "
                 f"their first {max_chars}."
             )
