@@ -20,7 +20,9 @@ from metarun.config import register_configs, register_resolvers  # noqa: E402
 from metarun.errors import EXIT_USER_ERROR, composition_error, report, reported_stops  # noqa: E402
 from metarun.sweeps import FailedJobs  # noqa: E402
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # absolute: found from any working directory
+# absolute, from any working directory: a wheel ships conf/ as metarun/conf; an editable install reads the repo's conf/
+_PACKAGE = Path(__file__).resolve().parent
+CONF_DIR = str(_PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent / "conf")
 register_configs()
 register_resolvers()
 
@@ -46,9 +48,26 @@ def resume_command(overrides) -> str:
     return " ".join(["metarun", *map(shlex.quote, kept), "train.resume={folder}"])
 
 
-def main() -> None:
+@hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
+def eval_app(cfg: DictConfig) -> float:
+    with reported_stops(cfg.debug, ""):
+        from metarun.run import evaluate_run
+
+        hydra_cfg = HydraConfig.get()
+        return evaluate_run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+
+
+@hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
+def predict_app(cfg: DictConfig) -> None:
+    with reported_stops(False, ""):
+        from metarun.predict import predict
+
+        predict(cfg)
+
+
+def _launch(hydra_app) -> None:
     try:
-        app()
+        hydra_app()
     except Exception as error:
         if FailedJobs.summary():  # a sweep raises its first failure once all jobs ran: the list says it all
             sys.exit(1)
@@ -56,6 +75,21 @@ def main() -> None:
             report(composition_error(error))
             sys.exit(EXIT_USER_ERROR)
         raise
+
+
+def main() -> None:
+    """`metarun`: meta-train, validate and test one run (or a sweep with -m)."""
+    _launch(app)
+
+
+def eval_main() -> None:
+    """`metarun-eval run=<folder>`: score a run's checkpoint on its test split, or on other data and tasks."""
+    _launch(eval_app)
+
+
+def predict_main() -> None:
+    """`metarun-predict run=<folder> support=<file> inputs=<file> out=<file>`."""
+    _launch(predict_app)
 
 
 if __name__ == "__main__":

@@ -244,6 +244,31 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+@dataclass
+class EvaluateConfig(Config):
+    """`metarun-eval`: a run's settings, with what the command line changes (data, task, eval, device)."""
+
+    run: str = MISSING  # the run folder to score
+    checkpoint: str = setting("best", choices=("best", "last"))
+
+
+@dataclass
+class PredictConfig:
+    """`metarun-predict`: adapt a run on labelled examples, then label every input text."""
+
+    run: str = MISSING  # the run folder
+    support: str = MISSING  # labelled examples (JSONL, CSV or Parquet): any labels, any number of each
+    inputs: str = MISSING  # the texts to label (JSONL, CSV or Parquet)
+    out: str = MISSING  # where the predictions go: .jsonl or .csv
+    checkpoint: str = setting("best", choices=("best", "last"))
+    text_column: str = "text"
+    label_column: str = "label"
+    max_chars: int = setting(5000, least=1)  # longer texts are cut when read
+    batch_size: int = setting(256, least=1)  # texts scored at once
+    device: str = setting("auto", choices=("auto", "cpu", "cuda"))
+    seed: Optional[int] = None  # adaptation's random draws (a fresh head); null: the run's seed
+
+
 SCHEMAS = {
     "model": {"transformer": TransformerConfig, "pretrained": PretrainedConfig},
     "algo": {"maml": MAMLConfig, "reptile": ReptileConfig, "supervised": SupervisedConfig, "protonet": ProtoNetConfig},
@@ -257,6 +282,8 @@ def register_configs() -> None:
     """The schemas as `schema/<group>/<name>`, which each YAML of `conf/<group>` extends (`@_here_`)."""
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
+    store.store(name="evaluate_schema", node=EvaluateConfig)
+    store.store(name="predict_schema", node=PredictConfig)
     for group, schemas in SCHEMAS.items():
         for name, schema in schemas.items():
             store.store(group=f"schema/{group}", name=name, node=schema)

@@ -1,11 +1,14 @@
-"""Few-shot evaluation: adapt on each episode's support set, score its query set, report mean and 95% CI."""
+"""Few-shot evaluation: adapt on each episode's support set, score its query set, report mean and 95% CI.
+
+Sampled episodes are balanced by construction, so accuracy is their score. A fixed evaluation task scores a whole
+test file, often imbalanced, so it also gets balanced accuracy and macro-F1 (`classification_scores`)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -17,11 +20,18 @@ Z_95 = 1.959964  # two-sided 95% quantile of the standard normal
 
 @dataclass(frozen=True)
 class EvalResult:
-    mean: float  # mean accuracy over episodes, in [0, 1]
-    ci95: float  # half-width of the 95% confidence interval of that mean
+    mean: float  # mean score (accuracy unless said otherwise) over episodes, in [0, 1]
+    ci95: float  # half-width of the 95% confidence interval of that mean; nan with fewer than two episodes
     episodes: int
 
+    @property
+    def interval(self) -> float | None:
+        """`ci95`, or None where there is no interval (a single episode): what metrics.json stores."""
+        return self.ci95 if math.isfinite(self.ci95) else None
+
     def __str__(self) -> str:
+        if self.interval is None:
+            return f"{100 * self.mean:.2f}"
         return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}"
 
 
@@ -32,6 +42,43 @@ def mean_with_ci(values: list[float]) -> EvalResult:
         return EvalResult(mean, float("nan"), n)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return EvalResult(mean, Z_95 * std / math.sqrt(n), n)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One episode's (or one fixed task's) query scores, each in [0, 1]."""
+
+    accuracy: float
+    balanced_accuracy: float  # mean recall over the classes present in the query set
+    macro_f1: float  # mean F1 over the classes present in the query set or predicted for it
+
+
+METRICS = tuple(f.name for f in fields(Scores))  # accuracy, balanced_accuracy, macro_f1
+
+
+def classification_scores(predicted: torch.Tensor, target: torch.Tensor, n_classes: int | None = None) -> Scores:
+    """Accuracy, balanced accuracy and macro-F1 of `predicted` against `target` (labels in 0..n_classes-1).
+
+    Balanced accuracy averages recall over the classes present in `target`, so a majority-class guesser scores
+    1/C. Macro-F1 averages F1 = 2TP / (2TP + FP + FN) over the classes present or predicted: a present class never
+    predicted counts 0, a class neither present nor predicted is left out."""
+    predicted, target = predicted.detach().cpu().long().flatten(), target.detach().cpu().long().flatten()
+    if len(predicted) != len(target) or len(target) == 0:
+        raise ValueError(f"need as many predictions as labels, and some: got {len(predicted)} and {len(target)}")
+    n = n_classes if n_classes is not None else int(max(predicted.max(), target.max())) + 1
+    confusion = torch.bincount(target * n + predicted, minlength=n * n).reshape(n, n)  # rows true, columns predicted
+    hits, present, chosen = confusion.diag().double(), confusion.sum(1).double(), confusion.sum(0).double()
+    in_test, involved = present > 0, present + chosen > 0
+    return Scores(
+        accuracy=int(confusion.diag().sum()) / len(target),
+        balanced_accuracy=float((hits[in_test] / present[in_test]).mean()),
+        macro_f1=float((2 * hits[involved] / (present[involved] + chosen[involved])).mean()),
+    )
+
+
+def summarize(scores: list[Scores]) -> dict[str, EvalResult]:
+    """Each metric's mean over episodes (or tasks) with its 95% CI, by name (`METRICS`)."""
+    return {metric: mean_with_ci([getattr(s, metric) for s in scores]) for metric in METRICS}
 
 
 @contextlib.contextmanager
@@ -45,20 +92,39 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def evaluate(
-    algorithm: Algorithm, params: Params, episodes: Iterable[Episode], device: torch.device, query_batch: int = 512
-) -> EvalResult:
+def predict(
+    algorithm: Algorithm, params: Params, episodes: list[Episode], device: torch.device, query_batch: int = 512
+) -> list[torch.Tensor]:
+    """Adapt on each episode's support set and predict its query set, `query_batch` rows at a time: one tensor of
+    predicted labels (on the CPU) per episode. Head-only adaptation over several episodes reads each text's
+    features from a table computed once."""
     episodes = [e.to(device) for e in episodes]
-    accuracies = []
+    predictions = []
     reused = algorithm.adapts_head_only and len(episodes) > 1
     tokens = [x for e in episodes for x in (e.support_x, e.query_x)]
     with eval_mode(algorithm.model), algorithm.cached_features(params, tokens) if reused else contextlib.nullcontext():
         for episode in episodes:
             adapted = algorithm.adapt(params, episode.support_x, episode.support_y)
-            correct = 0
             with torch.no_grad():
-                for start in range(0, len(episode.query_y), query_batch):
-                    logits = algorithm.logits(adapted, episode.query_x[start : start + query_batch])
-                    correct += (logits.argmax(-1) == episode.query_y[start : start + query_batch]).sum().item()
-            accuracies.append(correct / len(episode.query_y))
-    return mean_with_ci(accuracies)
+                batches = [
+                    algorithm.logits(adapted, episode.query_x[start : start + query_batch]).argmax(-1)
+                    for start in range(0, len(episode.query_y), query_batch)
+                ]
+            predictions.append(torch.cat(batches).cpu())
+    return predictions
+
+
+def episode_scores(
+    algorithm: Algorithm, params: Params, episodes: Iterable[Episode], device: torch.device, query_batch: int = 512
+) -> list[Scores]:
+    """Accuracy, balanced accuracy and macro-F1 of each episode's query set, in the episodes' order."""
+    episodes = list(episodes)
+    predictions = predict(algorithm, params, episodes, device, query_batch)
+    return [classification_scores(p, e.query_y, e.n_way) for p, e in zip(predictions, episodes)]
+
+
+def evaluate(
+    algorithm: Algorithm, params: Params, episodes: Iterable[Episode], device: torch.device, query_batch: int = 512
+) -> EvalResult:
+    """Mean query accuracy over `episodes` with its 95% CI."""
+    return mean_with_ci([s.accuracy for s in episode_scores(algorithm, params, episodes, device, query_batch)])

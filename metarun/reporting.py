@@ -91,13 +91,20 @@ class RunReporter:
         self.writer.add_hparams(hparams, metrics, run_name=".")
 
 
-def print_results(title: str, rows: list[tuple[str, EvalResult]]) -> None:
+def print_results(title: str, rows: list[tuple[str, EvalResult | dict[str, EvalResult]]]) -> None:
+    """One row per split or task: an EvalResult is its accuracy; a dict gives results by metric name (those of
+    `evaluation.METRICS`), one column each for the metrics any row has (a row without one leaves its cell blank)."""
+    headers = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1"}
+    rows = [(name, result if isinstance(result, dict) else {"accuracy": result}) for name, result in rows]
+    metrics = [m for m in headers if any(m in results for _, results in rows)]
     table = Table(title=title)
-    table.add_column("split")
-    table.add_column("accuracy % (95% CI)", justify="right")
+    table.add_column("split", no_wrap=True)
+    for metric in metrics:
+        table.add_column(f"{headers[metric]} % (95% CI)", justify="right")
     table.add_column("episodes", justify="right")
-    for name, result in rows:
-        table.add_row(name, str(result), str(result.episodes))
+    for name, results in rows:
+        cells = [str(results[m]) if m in results else "" for m in metrics]
+        table.add_row(name, *cells, str(next(iter(results.values())).episodes))
     console.print(table)
 
 

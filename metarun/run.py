@@ -6,6 +6,7 @@ import json
 import random
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,13 +15,22 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
-from metarun.algorithms import Algorithm
-from metarun.checkpoint import Checkpoints, TrainState, check_writable, write_text_atomically
+from metarun.algorithms import Algorithm, Params
+from metarun.checkpoint import Checkpoints, TrainState, check_writable, load_checkpoint, write_text_atomically
 from metarun.config import check_config
 from metarun.data import Corpus, load_local
-from metarun.episodes import SPLITS, Episode, EpisodeSampler, class_groups, split_keys, split_rows, trim_padding
+from metarun.episodes import (
+    SPLITS,
+    Episode,
+    EpisodeSampler,
+    MetaSplit,
+    class_groups,
+    split_keys,
+    split_rows,
+    trim_padding,
+)
 from metarun.errors import RunInterrupted, UserError, brief
-from metarun.evaluation import evaluate, mean_with_ci
+from metarun.evaluation import EvalResult, Scores, episode_scores, eval_mode, evaluate, summarize
 from metarun.loop import TrainSettings, build_outer_optimizer, meta_train
 from metarun.reporting import RunReporter, print_config, print_results
 from metarun.tokenizer import encode, make_tokenizer, padding_id
@@ -58,11 +68,11 @@ def build(node: DictConfig, **kwargs):
 
 
 def make_samplers(corpus: Corpus, tokens: torch.Tensor, task: DictConfig, rows: dict[str, list[int]]):
+    """One EpisodeSampler per split named in `rows` (its row indices)."""
     by_domain = task.split_by == "domain"
     row_classes = corpus.class_keys(by_domain)
     samplers = {}
-    for name in SPLITS:
-        index = rows[name]
+    for name, index in rows.items():
         groups = class_groups(
             [row_classes[i] for i in index], [corpus.domains[i] for i in index] if by_domain else None
         )
@@ -102,27 +112,31 @@ def fixed_task_episodes(task: DictConfig, data: DictConfig, tokenizer) -> list[t
     return episodes
 
 
-def prepare_episodes(cfg: DictConfig, output_dir: Path) -> tuple[Tokenizer, dict[str, EpisodeSampler]]:
-    """Load the data, split it, fit the tokenizer on meta-train text, and build one sampler per split."""
+def split_corpus(cfg: DictConfig) -> tuple[Corpus, MetaSplit, dict[str, list[int]]]:
+    """The data, its meta-split (of classes or domains) and each split's row indices."""
     corpus: Corpus = build(cfg.data)
     keys = corpus.labels if cfg.task.split_by == "class" else corpus.require_domains()
     split = split_keys(keys, cfg.task.split.val, cfg.task.split.test, cfg.task.split.seed, cfg.task.split_by)
-    rows = split_rows(keys, split)
+    return corpus, split, split_rows(keys, split)
+
+
+def prepare_episodes(cfg: DictConfig, output_dir: Path) -> tuple[Tokenizer, dict[str, EpisodeSampler]]:
+    """Load the data, split it, fit the tokenizer on meta-train text, and build one sampler per split."""
+    corpus, split, rows = split_corpus(cfg)
     tokenizer = make_tokenizer(cfg.model, [corpus.texts[i] for i in rows["train"]])
     write_text_atomically(output_dir / "tokenizer.json", tokenizer.to_str(pretty=True))
     write_text_atomically(output_dir / "splits.json", json.dumps({n: getattr(split, n) for n in SPLITS}, indent=1))
     return tokenizer, make_samplers(corpus, encode(tokenizer, corpus.texts), cfg.task, rows)
 
 
-def build_algorithm(
-    cfg: DictConfig, tokenizer: Tokenizer, samplers: dict[str, EpisodeSampler], device: torch.device
-) -> Algorithm:
-    """The model (initialised from the current torch seed) on `device`, inside the configured algorithm."""
+def build_algorithm(cfg: DictConfig, tokenizer: Tokenizer, n_train_classes: int, device: torch.device) -> Algorithm:
+    """The model (initialised from the current torch seed) on `device`, inside the configured algorithm;
+    `n_train_classes` sizes the supervised baseline's pre-training head."""
     sizes = {"vocab_size": tokenizer.get_vocab_size(), "n_classes": cfg.task.n_way}
     if "pad_id" in cfg.model:  # pretrained models get their tokenizer's padding id back (metarun pads with 0)
         sizes["pad_id"] = padding_id(tokenizer)
     model = build(cfg.model, **sizes).to(device)
-    extra = {"n_train_classes": len(samplers["train"].classes)} if "n_train_classes" in cfg.algo else {}
+    extra = {"n_train_classes": n_train_classes} if "n_train_classes" in cfg.algo else {}
     algorithm: Algorithm = build(cfg.algo, model=model, **extra)
     algorithm.diagnostic_scores = cfg.train.diagnostic_scores
     algorithm.autocast_dtype = resolve_precision(cfg.device.precision, device, "pad_id" in cfg.model)
@@ -169,7 +183,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     device = resolve_device(cfg.device.name)
     torch.manual_seed(cfg.seed)
     tokenizer, samplers = prepare_episodes(cfg, output_dir)
-    algorithm = build_algorithm(cfg, tokenizer, samplers, device)
+    algorithm = build_algorithm(cfg, tokenizer, len(samplers["train"].classes), device)
     val_episodes = samplers["val"].fixed_episodes(cfg.eval.val_episodes, cfg.eval.seed)
     checkpoints = Checkpoints(output_dir / "checkpoints", OmegaConf.to_container(cfg, resolve=True), tokenizer.to_str())
     checkpoints.prepare(algorithm)
@@ -182,6 +196,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     state = TrainState()
     if cfg.train.resume and algorithm.meta_trains:
         state = checkpoints.resume(algorithm, optimizer, schedule, rng)
+    if not algorithm.meta_trains:  # the weights it tests, kept so that metarun-eval and load() serve it too
+        checkpoints.save(algorithm, optimizer, schedule, rng, state, is_best=True)
 
     with RunReporter(output_dir / "tensorboard", cfg.train.outer_steps, state.step) as reporter:
         started = time.perf_counter()
@@ -195,33 +211,140 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
         params = dict(algorithm.model.named_parameters())
         best_val = state.best or evaluate(algorithm, params, val_episodes, device)
         started = time.perf_counter()
-        if cfg.task.eval_tasks:  # one score per fixed task; the interval is over tasks
-            fixed = fixed_task_episodes(cfg.task, cfg.data, tokenizer)
-            per_task = [(name, evaluate(algorithm, params, [episode], device)) for name, episode in fixed]
-            test = mean_with_ci([r.mean for _, r in per_task])
-        else:
-            test_episodes = samplers["test"].fixed_episodes(cfg.eval.test_episodes, cfg.eval.seed + 1)
-            per_task, test = [], evaluate(algorithm, params, test_episodes, device)
+        test = score_test(cfg, algorithm, params, tokenizer, samplers["test"], device)
         timing = {
             "meta_train_seconds": train_seconds,
             "outer_step_median_seconds": statistics.median(state.step_seconds) if state.step_seconds else None,
             "test_seconds": time.perf_counter() - started,
         }
         metrics = {
-            "test_acc": test.mean, "test_ci95": test.ci95, "test_episodes": test.episodes,
-            "val_acc": best_val.mean, "val_ci95": best_val.ci95, "val_episodes": best_val.episodes,
-            "best_step": best_step, "per_task_acc": {name: r.mean for name, r in per_task},
-            "algo": cfg.algo.name, "model": cfg.model.name, "task": cfg.task.name, "data": cfg.data.name,
-            "n_way": cfg.task.n_way, "k_shot": cfg.task.k_shot, "seed": cfg.seed,
+            **test.metrics(),
+            "val_acc": best_val.mean, "val_ci95": best_val.interval, "val_episodes": best_val.episodes,
+            "best_step": best_step, **identity(cfg, device),
         }  # fmt: skip
         write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=1))
         write_text_atomically(output_dir / "timing.json", json.dumps(timing, indent=1))
-        reporter.log_hparams(hparams(cfg), {"hparam/test_acc": test.mean, "hparam/val_acc": best_val.mean})
+        final = ("test_acc", "val_acc", "test_balanced_acc", "test_macro_f1")
+        reporter.log_hparams(hparams(cfg), {f"hparam/{k}": metrics[k] for k in final if metrics[k] is not None})
 
-    task = f"{cfg.task.name} {cfg.task.n_way}-way {cfg.task.k_shot}-shot"
-    title = f"{cfg.algo.name} · {cfg.model.name} · {task} · {cfg.data.name}"
-    print_results(title, [("meta-val (best)", best_val), ("meta-test", test), *per_task])
+    print_results(title(cfg), [("meta-val (best)", best_val), *test.rows()])
     return best_val.mean
+
+
+@dataclass
+class TestScores:
+    """The meta-test: accuracy over sampled episodes, or accuracy, balanced accuracy and macro-F1 of each fixed
+    task (test files are often imbalanced) with their means over tasks."""
+
+    accuracy: EvalResult
+    summary: dict[str, EvalResult] | None = None  # fixed tasks only
+    per_task: list[tuple[str, Scores]] = field(default_factory=list)
+
+    def metrics(self) -> dict:
+        """The `test_*` and `per_task_*` entries of metrics.json; the extra metrics are null for sampled episodes."""
+        found = {"test_acc": self.accuracy.mean, "test_ci95": self.accuracy.interval,
+                 "test_episodes": self.accuracy.episodes,
+                 "per_task_acc": {name: s.accuracy for name, s in self.per_task}}  # fmt: skip
+        for metric, key in (("balanced_accuracy", "balanced_acc"), ("macro_f1", "macro_f1")):
+            result = self.summary[metric] if self.summary else None
+            found[f"test_{key}"] = None if result is None else result.mean
+            found[f"test_{key}_ci95"] = None if result is None else result.interval
+            found[f"per_task_{key}"] = None if result is None else {n: getattr(s, metric) for n, s in self.per_task}
+        return found
+
+    def rows(self) -> list[tuple[str, EvalResult | dict]]:
+        """The results table's rows: the meta-test, then each fixed task."""
+        return [("meta-test", self.summary or self.accuracy), *((n, summarize([s])) for n, s in self.per_task)]
+
+
+def score_test(cfg: DictConfig, algorithm: Algorithm, params: Params, tokenizer: Tokenizer,
+               sampler: EpisodeSampler | None, device: torch.device) -> TestScores:  # fmt: skip
+    """Adapt and score on the fixed evaluation tasks, or on `eval.test_episodes` episodes of `sampler`; adaptation's
+    own random draws (a fresh head) come from `eval.seed`, so every command that tests a run gets the same numbers."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.eval.seed + 1)
+        if cfg.task.eval_tasks:  # one score per fixed task; the intervals are over tasks
+            fixed = fixed_task_episodes(cfg.task, cfg.data, tokenizer)
+            per_task = [(name, episode_scores(algorithm, params, [episode], device)[0]) for name, episode in fixed]
+            summary = summarize([scores for _, scores in per_task])
+            return TestScores(summary["accuracy"], summary, per_task)
+        episodes = sampler.fixed_episodes(cfg.eval.test_episodes, cfg.eval.seed + 1)
+        return TestScores(evaluate(algorithm, params, episodes, device))
+
+
+def title(cfg: DictConfig) -> str:
+    task = f"{cfg.task.name} {cfg.task.n_way}-way {cfg.task.k_shot}-shot"
+    return f"{cfg.algo.name} · {cfg.model.name} · {task} · {cfg.data.name}"
+
+
+def identity(cfg: DictConfig, device: torch.device) -> dict:
+    """What a metrics.json row is about: the run's main choices, and what produced its numbers."""
+    return {"algo": cfg.algo.name, "model": cfg.model.name, "task": cfg.task.name, "data": cfg.data.name,
+            "n_way": cfg.task.n_way, "k_shot": cfg.task.k_shot, "seed": cfg.seed, **provenance(device)}  # fmt: skip
+
+
+# what `metarun-eval` may change in a run's settings: the data and tasks it is scored on, and how it adapts there
+EVAL_CHANGES = ("data", "task", "eval", "device", "seed", "debug", "algo.eval_inner_steps")
+
+
+def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> float:
+    """`metarun-eval`: score a run's checkpoint with its own tokenizer and algorithm, changed only by the command
+    line's `overrides`, on its test split or, when they change the data, on every class (or domain) of that data.
+    The metrics go to `output_dir`; the run's folder is only read. Returns the test accuracy."""
+    from metarun.trained import checkpoint_path, load
+
+    check_config(cfg)
+    saved = load_checkpoint(checkpoint_path(cfg.run, cfg.checkpoint))
+    changed = _changed_settings(overrides)
+    run_cfg = OmegaConf.create(saved["config"])
+    for key in changed:
+        OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
+    print_config(run_cfg)
+    model = load(cfg.run, cfg.checkpoint, run_cfg.device.name)
+    sampler = None
+    if not run_cfg.task.eval_tasks:
+        corpus, _, rows = split_corpus(run_cfg) if not _data_changed(changed) else _all_test(run_cfg)
+        sampler = make_samplers(corpus, encode(model.tokenizer, corpus.texts), run_cfg.task, {"test": rows["test"]})
+        sampler = sampler["test"]
+    params = model.head_of_size(run_cfg.task.n_way)
+    with eval_mode(model.algorithm.model):
+        test = score_test(run_cfg, model.algorithm, params, model.tokenizer, sampler, model.device)
+    metrics = {**test.metrics(), "run": str(Path(cfg.run).resolve()), "checkpoint": cfg.checkpoint,
+               "step": model.step, "changed": {k: _plain(OmegaConf.select(run_cfg, k)) for k in changed},
+               **identity(run_cfg, model.device)}  # fmt: skip
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=1))
+    print_results(f"{title(run_cfg)} · {cfg.checkpoint}.pt of {cfg.run}", test.rows())
+    return test.accuracy.mean
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _changed_settings(overrides) -> list[str]:
+    """The settings the command line changes, each checked against what an evaluation may change."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))]
+    keys = [k for k in keys if k not in ("run", "checkpoint")]
+    refused = [k for k in keys if not (k in EVAL_CHANGES or k.split(".")[0] in EVAL_CHANGES[:4])]
+    if refused:
+        raise UserError(
+            f"metarun-eval cannot change {', '.join(refused)}: the checkpoint was trained with the run's own model and "
+            f"algorithm. It may change: {', '.join(EVAL_CHANGES)} (and anything inside data, task, eval and device)."
+        )
+    return keys
+
+
+def _data_changed(changed: list[str]) -> bool:
+    return any(k == "data" or k.startswith("data.") for k in changed)
+
+
+def _all_test(cfg: DictConfig) -> tuple[Corpus, None, dict[str, list[int]]]:
+    """Other data than the run's: every one of its classes (or domains) is new to the run, so all of it is test."""
+    corpus: Corpus = build(cfg.data)
+    return corpus, None, {"test": list(range(len(corpus)))}
 
 
 def hparams(cfg: DictConfig) -> dict:
@@ -233,3 +356,37 @@ def hparams(cfg: DictConfig) -> dict:
                 flat[f"{group}.{key}"] = value
     flat["seed"] = cfg.seed
     return flat
+
+
+def provenance(device: torch.device) -> dict:
+    """What produced the numbers, for sharing them: metarun's version and source commit (`-dirty` when tracked files
+    changed; None unless metarun runs from a git checkout and git answers), torch's version, and the device. The
+    same on every run of one checkout on one machine, so metrics.json stays reproducible."""
+    import subprocess
+
+    import metarun
+
+    package = Path(metarun.__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            command = ["git", "--no-optional-locks", "-C", str(package.parent), *args]
+            return subprocess.run(command, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = None
+    head = git("rev-parse", "HEAD")
+    # an installed copy inside some other repository (a virtualenv in a project) is not that repository's source
+    tracked = git("ls-files", "--error-unmatch", "--", f"{package.name}/__init__.py")
+    if head and head.returncode == 0 and tracked and tracked.returncode == 0:
+        status = git("status", "--porcelain", "--untracked-files=no")
+        if status and status.returncode == 0:
+            commit = head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        name = f"cuda:{index} {torch.cuda.get_device_name(index)}"
+    else:
+        name = str(device)
+    return {"metarun_version": metarun.__version__, "git_commit": commit, "torch_version": torch.__version__,
+            "device": name}  # fmt: skip

@@ -324,7 +324,7 @@ def loop_overhead(args: argparse.Namespace) -> str:
         device = resolve_device(cfg.device.name)
         torch.manual_seed(cfg.seed)
         tokenizer, samplers = prepare_episodes(cfg, out)
-        algorithm = build_algorithm(cfg, tokenizer, samplers, device)
+        algorithm = build_algorithm(cfg, tokenizer, len(samplers["train"].classes), device)
         params = dict(algorithm.model.named_parameters())
         trained = [*params.values(), *algorithm.extra_parameters().values()]
         optimizer = build_optimizer(cfg.algo.outer_optimizer, trained, cfg.algo.outer_lr)

@@ -102,7 +102,7 @@ def test_long_texts_are_cut_with_one_warning_per_file(tmp_path, caplog):
     rows[3]["text"] = 'é😀\\"x' * 3000  # escapes and characters outside the BMP, written as \uXXXX pairs
     rows[5]["text"] = "y" * 20_000
     path = jsonl(tmp_path / "long.jsonl", [json.dumps(r) for r in rows])
-    expected = f"data file {path}: 2 text(s) longer than data.max_chars=100 characters were cut to their first 100."
+    expected = f"data file {path}: 2 text(s) longer than max_chars=100 characters were cut to their first 100."
     corpus = load_local(path, domain_column="domain", max_chars=100)
     assert [r.getMessage() for r in caplog.records] == [expected]
     assert corpus.texts[3] == rows[3]["text"][:100] and corpus.texts[5] == "y" * 100

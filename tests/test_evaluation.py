@@ -1,11 +1,22 @@
-"""Evaluation: features computed once per text give the same scores as running the encoder per episode."""
+"""Evaluation: features computed once per text give the same scores as running the encoder per episode; accuracy,
+balanced accuracy and macro-F1 as counted by hand; fixed tasks report all three, and metrics.json says what ran."""
+
+import json
+import shutil
+import subprocess
+from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+import metarun
 from conftest import random_episode, tiny_model
 from metarun.algorithms import MAML, ProtoNet, SupervisedBaseline
-from metarun.evaluation import evaluate
+from metarun.cli import CONF_DIR
+from metarun.evaluation import EvalResult, classification_scores, episode_scores, evaluate, predict, summarize
+from metarun.run import provenance, run
 
 ALGORITHMS = {
     "protonet": lambda m: ProtoNet(m),
@@ -46,3 +57,202 @@ def test_adapting_the_encoder_runs_it_for_every_episode(inner_scope):
     calls = forward_calls(model)
     evaluate(algorithm, dict(model.named_parameters()), [random_episode(seed=s) for s in range(3)], torch.device("cpu"))
     assert len(calls) == 3 * (2 + 1)  # two support steps and the query, per episode
+
+
+def test_scores_match_a_hand_counted_confusion_matrix():
+    """An imbalanced test set of 5 possible labels: 0 is the majority, 2 is present but never predicted, 3 is
+    predicted but never present, 4 is neither (left out of every mean)."""
+    target = torch.tensor([0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 2])
+    predicted = torch.tensor([0, 0, 0, 0, 0, 1, 3, 0, 1, 1, 0])
+    # rows true, columns predicted, counted by hand:
+    #        p0 p1 p2 p3 p4
+    # t0  [   5, 1, 0, 1, 0 ]
+    # t1  [   1, 2, 0, 0, 0 ]
+    # t2  [   1, 0, 0, 0, 0 ]
+    recall = [Fraction(5, 7), Fraction(2, 3), Fraction(0, 1)]  # classes present in the test set: 0, 1, 2
+    f1 = [  # 2TP / (2TP + FP + FN) for classes present or predicted: 0, 1, 2, 3
+        Fraction(2 * 5, 2 * 5 + 2 + 2),
+        Fraction(2 * 2, 2 * 2 + 1 + 1),
+        Fraction(0, 0 + 0 + 1),  # present, never predicted
+        Fraction(0, 0 + 1 + 0),  # predicted, never present
+    ]
+    scores = classification_scores(predicted, target, n_classes=5)
+    assert scores.accuracy == pytest.approx(7 / 11, abs=1e-12)
+    assert scores.balanced_accuracy == pytest.approx(float(sum(recall) / 3), abs=1e-12)
+    assert scores.macro_f1 == pytest.approx(float(sum(f1) / 4), abs=1e-12)
+    assert classification_scores(predicted, target) == scores  # the classes seen are enough to count them
+
+
+def naive_scores(predicted: list[int], target: list[int]) -> tuple[float, float, float]:
+    """Per class, from the label lists alone."""
+    recalls, f1s = [], []
+    for c in sorted(set(target) | set(predicted)):
+        tp = sum(p == c and t == c for p, t in zip(predicted, target))
+        fp = sum(p == c and t != c for p, t in zip(predicted, target))
+        fn = sum(p != c and t == c for p, t in zip(predicted, target))
+        if tp + fn:
+            recalls.append(tp / (tp + fn))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    accuracy = sum(p == t for p, t in zip(predicted, target)) / len(target)
+    return accuracy, sum(recalls) / len(recalls), sum(f1s) / len(f1s)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_scores_match_a_per_class_count_on_random_labels(seed):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.multinomial(torch.tensor([0.7, 0.1, 0.1, 0.05, 0.05]), 40, replacement=True, generator=g)
+    predicted = torch.randint(0, 5, (40,), generator=g)
+    scores = classification_scores(predicted, target, n_classes=5)
+    expected = naive_scores(predicted.tolist(), target.tolist())
+    assert (scores.accuracy, scores.balanced_accuracy, scores.macro_f1) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_majority_class_guesser_scores_one_over_c_balanced(n_classes):
+    target = torch.tensor([0] * 30 + [c for c in range(1, n_classes) for _ in range(2)])  # 0 is 75-94 %
+    scores = classification_scores(torch.zeros_like(target), target, n_classes)
+    assert scores.accuracy == 30 / len(target) and scores.accuracy > 0.7
+    assert scores.balanced_accuracy == pytest.approx(1 / n_classes, abs=1e-12)
+    majority_f1 = 2 * 30 / (2 * 30 + len(target) - 30)
+    assert scores.macro_f1 == pytest.approx(majority_f1 / n_classes, abs=1e-12)
+
+
+def test_evaluate_is_the_mean_accuracy_of_the_episode_predictions():
+    model = tiny_model(n_classes=3)
+    algorithm = MAML(model, inner_scope="head", head_init="zero", inner_lr=0.5, eval_inner_steps=5)
+    episodes = [random_episode(seed=s, n_query=4) for s in range(4)]
+    params = dict(model.named_parameters())
+    predictions = predict(algorithm, params, episodes, torch.device("cpu"), query_batch=5)  # batches split queries
+    assert [len(p) for p in predictions] == [12] * 4
+    accuracies = [(p == e.query_y).double().mean().item() for p, e in zip(predictions, episodes)]
+    result = evaluate(algorithm, params, iter(episodes), torch.device("cpu"), query_batch=5)  # any iterable
+    assert result.episodes == 4 and result.mean == pytest.approx(sum(accuracies) / 4, abs=1e-12)
+    scores = episode_scores(algorithm, params, episodes, torch.device("cpu"))
+    assert [s.accuracy for s in scores] == pytest.approx(accuracies, abs=1e-12)
+    assert str(result) == f"{100 * result.mean:.2f} ± {100 * result.ci95:.2f}"
+
+
+def test_a_single_task_has_no_interval_and_prints_none():
+    summary = summarize([classification_scores(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))])
+    for result in summary.values():
+        assert result.episodes == 1 and result.interval is None
+        assert "nan" not in str(result) and "±" not in str(result)
+    assert str(summary["accuracy"]) == "66.67"
+    assert EvalResult(0.5, 0.1, 2).interval == 0.1
+
+
+def compose_config(*overrides):
+    budget = [
+        "data=synthetic", "data.examples_per_class=12", "task.n_query=3", "train.outer_steps=2",
+        "train.meta_batch_size=1", "eval.val_interval=2", "eval.val_episodes=1", "eval.test_episodes=3",
+        "device=cpu",
+    ]  # fmt: skip
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=[*budget, *overrides])
+
+
+LABELS = ("_00", "_01", "_02", "_03", "_04")
+
+
+def imbalanced_tasks(folder: Path, domains: tuple[str, ...]) -> str:
+    """Each domain's labels _00.._04: 2 train rows each; a test file of all 10 left of _00 and 2 of the others
+    (56 % one class)."""
+    from metarun.data import generate_synthetic
+
+    corpus = generate_synthetic(examples_per_class=12)
+    specs = []
+    for domain in domains:
+        rows = [i for i, d in enumerate(corpus.domains) if d == domain and corpus.labels[i].endswith(LABELS)]
+        files = {}
+        for part in ("train", "test"):
+            seen, lines = {}, []
+            for i in rows:
+                label = corpus.labels[i]
+                k = seen[label] = seen.get(label, -1) + 1
+                if (k < 2) if part == "train" else (k >= 2 and (label.endswith("_00") or k < 4)):
+                    lines.append(json.dumps({"text": corpus.texts[i], "label": label}))
+            files[part] = folder / f"{domain}.{part}.jsonl"
+            files[part].write_text("\n".join(lines) + "\n")
+        specs.append(f"{{name:{domain},train:'{files['train']}',test:'{files['test']}'}}")
+    return f"task.eval_tasks=[{','.join(specs)}]"
+
+
+NEW_KEYS = ("test_balanced_acc", "test_balanced_acc_ci95", "test_macro_f1", "test_macro_f1_ci95",
+            "per_task_balanced_acc", "per_task_macro_f1")  # fmt: skip
+
+
+@pytest.mark.parametrize("domains", [("domain_08", "domain_09"), ("domain_09",)])
+def test_fixed_tasks_report_balanced_accuracy_and_macro_f1(tmp_path, capsys, domains):
+    cfg = compose_config("task=domain_adapt", imbalanced_tasks(tmp_path, domains), "data.examples_per_class=12")
+    run(cfg, tmp_path / "run")
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    metrics = json.loads(text)
+    assert "NaN" not in text and "Infinity" not in text
+    assert sorted(metrics["per_task_balanced_acc"]) == sorted(metrics["per_task_macro_f1"]) == sorted(domains)
+    for name in domains:
+        acc = metrics["per_task_acc"][name]
+        assert acc * 18 == round(acc * 18)  # scored on all 18 test rows (10 + 4 x 2)
+        assert 0 <= metrics["per_task_balanced_acc"][name] <= 1 and 0 <= metrics["per_task_macro_f1"][name] <= 1
+    n = len(domains)
+    assert metrics["test_episodes"] == n
+    for key, per_task in (("test_acc", "per_task_acc"), ("test_balanced_acc", "per_task_balanced_acc"),
+                          ("test_macro_f1", "per_task_macro_f1")):  # fmt: skip
+        assert metrics[key] == pytest.approx(sum(metrics[per_task].values()) / n, abs=1e-12)
+    for key in ("test_ci95", "test_balanced_acc_ci95", "test_macro_f1_ci95"):
+        assert (metrics[key] is None) == (n == 1) and metrics["val_ci95"] is None  # one val episode: no interval
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower()
+    for header in ("accuracy %", "balanced acc.", "macro-F1 %"):
+        assert header in out
+    assert f"{100 * metrics['test_balanced_acc']:.2f}" in out and f"{100 * metrics['test_macro_f1']:.2f}" in out
+
+
+def test_sampled_episodes_keep_accuracy_only(tmp_path, capsys):
+    run(compose_config("task=domain_adapt"), tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert all(metrics[key] is None for key in NEW_KEYS) and metrics["per_task_acc"] == {}
+    assert metrics["test_episodes"] == 3 and metrics["test_ci95"] > 0
+    out = capsys.readouterr().out
+    assert "accuracy % (95% CI)" in out and "balanced" not in out and "macro-F1" not in out and "nan" not in out
+
+
+def test_metrics_say_which_code_torch_and_device_produced_them(tmp_path):
+    run(compose_config(), tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["metarun_version"] == metarun.__version__ and metrics["torch_version"] == torch.__version__
+    assert metrics["device"] == "cpu"
+    checkout = Path(metarun.__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        assert metrics["git_commit"] is None
+    else:
+        assert metrics["git_commit"] in (head.stdout.strip(), head.stdout.strip() + "-dirty")
+        dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+        assert metrics["git_commit"].endswith("-dirty") == bool(dirty)
+
+
+def test_no_commit_without_git(monkeypatch):
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert provenance(torch.device("cpu")) == {
+        "metarun_version": metarun.__version__, "git_commit": None, "torch_version": torch.__version__,
+        "device": "cpu",
+    }  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_no_commit_for_an_installed_copy_inside_another_repository(tmp_path, monkeypatch):
+    """A virtualenv inside some project's repository holds metarun, but that repository is not metarun's source."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "README").write_text("another project\n")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "README"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)  # fmt: skip
+    (tmp_path / "metarun").mkdir()
+    monkeypatch.setattr(metarun, "__file__", str(tmp_path / "metarun" / "__init__.py"))
+    assert provenance(torch.device("cpu"))["git_commit"] is None

@@ -1,7 +1,7 @@
 """Where text comes from: every source returns a `Corpus` of (text, label, domain) rows."""
 
 from metarun.data.corpus import Corpus
-from metarun.data.files import load_clinc150, load_local
+from metarun.data.files import load_clinc150, load_local, load_texts
 from metarun.data.synthetic import generate_synthetic
 
-__all__ = ["Corpus", "generate_synthetic", "load_clinc150", "load_local"]
+__all__ = ["Corpus", "generate_synthetic", "load_clinc150", "load_local", "load_texts"]

@@ -48,40 +48,57 @@ def load_local(
     """Read one file, or several split files pooled into one corpus (episodes split by class, not by file).
 
     Texts longer than `max_chars` characters are cut to their first `max_chars` as they are read."""
-    paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
-    if not paths:
-        raise UserError("data.files is empty; give at least one JSONL, CSV or Parquet file.")
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise UserError(
-            f"Data file(s) not found: {brief(missing)}. Check data.files (paths resolve from {Path.cwd()})."
-        )
-    empty = [str(p) for p in paths if p.stat().st_size == 0]
-    if empty:
-        raise UserError(f"Data file(s) are empty: {brief(empty)}; each file needs labelled rows.")
-    _check_one_format(paths)
+    paths = _readable(files, "data.files")
     columns = {"text_column": text_column, "label_column": label_column}
     if domain_column is not None:
         columns["domain_column"] = domain_column
-    texts, labels, domains = [], [], []
-    for path in paths:
-        cut = 0
-        for text, label, *domain in _rows(path, columns, max_chars):
-            text = "" if text is None else str(text)
-            cut += len(text) > max_chars
-            texts.append(text[:max_chars])
-            labels.append(str(label))
-            domains.extend(str(d) for d in domain)  # nothing when there is no domain column
-        if cut:  # one line per file: the user learns the texts were shortened, not which ones
-            logging.getLogger(__name__).warning(
-                f"data file {path}: {cut} text(s) longer than data.max_chars={max_chars} characters were cut to "
-                f"their first {max_chars}."
-            )
+    texts, labels, *rest = _read(paths, columns, max_chars)
+    labels = [str(label) for label in labels]
+    domains = [str(d) for d in rest[0]] if rest else []
     if drop_empty:
         keep = [i for i, t in enumerate(texts) if t.strip()]
         texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
         domains = [domains[i] for i in keep] if domains else domains
     return Corpus(texts, labels, domains if domain_column else None, source=", ".join(str(p) for p in paths))
+
+
+def load_texts(file: str, text_column: str = "text", max_chars: int = 5000, setting: str = "inputs") -> list[str]:
+    """The texts of one file (JSONL, CSV or Parquet), e.g. to predict labels for; `setting` names it in errors."""
+    return _read(_readable(file, setting), {"text_column": text_column}, max_chars)[0]
+
+
+def _readable(files: str | Sequence[str], setting: str) -> list[Path]:
+    """The paths of `files`, each an existing, non-empty file, all of one format."""
+    paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+    if not paths:
+        raise UserError(f"{setting} is empty; give at least one JSONL, CSV or Parquet file.")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"Data file(s) not found: {brief(missing)}. Check {setting} (paths resolve from {Path.cwd()}).")
+    empty = [str(p) for p in paths if p.stat().st_size == 0]
+    if empty:
+        raise UserError(f"Data file(s) are empty: {brief(empty)}; each file needs labelled rows.")
+    _check_one_format(paths)
+    return paths
+
+
+def _read(paths: list[Path], columns: dict[str, str], max_chars: int) -> list[list]:
+    """One list per column (the first is the text, cut to `max_chars`, None read as ""), rows of all files."""
+    values: list[list] = [[] for _ in columns]
+    for path in paths:
+        cut = 0
+        for row in _rows(path, columns, max_chars):
+            text = "" if row[0] is None else str(row[0])
+            cut += len(text) > max_chars
+            values[0].append(text[:max_chars])
+            for column, value in zip(values[1:], row[1:]):
+                column.append(value)
+        if cut:  # one line per file: the user learns the texts were shortened, not which ones
+            logging.getLogger(__name__).warning(
+                f"data file {path}: {cut} text(s) longer than max_chars={max_chars} characters were cut to "
+                f"their first {max_chars}."
+            )
+    return values
 
 
 def _rows(path: Path, columns: dict[str, str], max_chars: int) -> Iterator[Sequence]:

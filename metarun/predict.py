@@ -1,0 +1,64 @@
+"""`metarun-predict`: adapt a run on the user's labelled examples, then label every input text into a file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from metarun.checkpoint import write_text_atomically
+from metarun.config import check_config
+from metarun.data import load_local, load_texts
+from metarun.errors import UserError
+from metarun.reporting import console
+from metarun.trained import load
+
+OUTPUTS = (".jsonl", ".csv")
+SHOW_PROGRESS_FROM = 2048  # inputs; fewer are labelled before a bar would be worth drawing
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Write, for every input, its text, the predicted label and the probability of each label; returns `out`."""
+    check_config(cfg)
+    out = Path(cfg.out)
+    if out.suffix.lower() not in OUTPUTS:
+        raise UserError(f"out={cfg.out!r} is not valid: the predictions are written as JSONL or CSV, so give a path "
+                        f"ending in {' or '.join(OUTPUTS)}.")  # fmt: skip
+    columns = {"text_column": cfg.text_column, "label_column": cfg.label_column, "max_chars": cfg.max_chars}
+    support = load_local(cfg.support, **columns)
+    texts = load_texts(cfg.inputs, cfg.text_column, cfg.max_chars)
+    model = load(cfg.run, cfg.checkpoint, cfg.device)
+    adapted = model.adapt(support.texts, support.labels, seed=cfg.seed)
+    counts = {label: support.labels.count(label) for label in adapted.labels}
+    console.print(f"adapted on {len(support)} examples of {len(counts)} labels: "
+                  + ", ".join(f"{label} ({n})" for label, n in counts.items()), highlight=False)  # fmt: skip
+    with Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=len(texts) < SHOW_PROGRESS_FROM) as progress:  # fmt: skip
+        task = progress.add_task("predict", total=len(texts))
+        probabilities = adapted.predict_proba(texts, cfg.batch_size, lambda done: progress.update(task, completed=done))
+    rows = [
+        {"text": text, "label": adapted.labels[int(p.argmax())], **dict(zip(adapted.labels, p.tolist()))}
+        for text, p in zip(texts, probabilities)
+    ]
+    write_text_atomically(out, _as_jsonl(rows, adapted.labels) if out.suffix.lower() == ".jsonl" else _as_csv(rows))
+    console.print(f"wrote {len(rows)} predictions to {out}", highlight=False)
+    return out
+
+
+def _as_jsonl(rows: list[dict], labels: list[str]) -> str:
+    lines = [{"text": r["text"], "label": r["label"], "probabilities": {k: r[k] for k in labels}} for r in rows]
+    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+
+
+def _as_csv(rows: list[dict]) -> str:
+    """Columns text, label, then one probability column per label, named `p(<label>)`."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    labels = list(rows[0])[2:] if rows else []
+    writer.writerow(["text", "label", *(f"p({label})" for label in labels)])
+    writer.writerows([r["text"], r["label"], *(r[k] for k in labels)] for r in rows)
+    return buffer.getvalue()

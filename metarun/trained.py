@@ -1,0 +1,132 @@
+"""A finished run as a model people use: load its checkpoint, adapt to labelled examples, predict.
+
+    from metarun import load
+    model = load("outputs/2026-11-29/14-02-11-3fa9c1")
+    adapted = model.adapt(["refund my order", "where is my parcel", ...], ["refund", "tracking", ...])
+    adapted.predict(["i want my money back"])          # ['refund']
+    adapted.predict_proba(["i want my money back"])    # tensor [[0.93, 0.07]], columns in adapted.labels order
+
+Adaptation is the algorithm's own test-time adaptation (MAML's inner steps, ProtoNet's prototypes, the
+baselines' fresh head), on any number of labels with any number of examples each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tokenizers import Tokenizer
+
+from metarun.algorithms import Algorithm, Params
+from metarun.checkpoint import load_checkpoint
+from metarun.episodes import trim_padding
+from metarun.errors import UserError, brief
+from metarun.evaluation import eval_mode
+from metarun.tokenizer import encode
+
+CHECKPOINTS = ("best", "last")
+
+
+@dataclass
+class TrainedModel:
+    """A run's meta-trained weights inside its algorithm, with the run's tokenizer and config."""
+
+    algorithm: Algorithm
+    tokenizer: Tokenizer
+    config: DictConfig  # the run's own
+    step: int  # the outer step the weights are from
+    device: torch.device
+
+    def adapt(self, texts: list[str], labels: list[str], seed: int | None = None) -> AdaptedModel:
+        """Adapt to labelled examples (labels as strings, in any number and balance); deterministic in `seed`
+        (default: the run's seed) without touching the caller's random state."""
+        if len(texts) != len(labels) or not texts:
+            raise UserError(f"adapt needs as many labels as texts, and at least one of each (got {len(texts)} texts "
+                            f"and {len(labels)} labels).")  # fmt: skip
+        names = sorted(set(map(str, labels)))
+        if len(names) < 2:
+            raise UserError(f"adapt needs examples of at least 2 labels to tell apart; got only {brief(names)}.")
+        ids = {name: i for i, name in enumerate(names)}
+        support_y = torch.tensor([ids[str(label)] for label in labels], device=self.device)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.config.seed if seed is None else seed)
+            with eval_mode(self.algorithm.model):
+                adapted = self.algorithm.adapt(self.head_of_size(len(names)), self.encode(texts), support_y)
+        return AdaptedModel(self, adapted, names)
+
+    def head_of_size(self, n_labels: int) -> Params:
+        """The run's parameters with an `n_labels`-way head: algorithms that build each task's head (zero, random,
+        prototypes) read only its shape; a meta-learned head has the run's n_way outputs and no other."""
+        params = dict(self.algorithm.model.named_parameters())
+        weight = params["head.weight"]
+        if n_labels == weight.shape[0]:
+            return params
+        if self.algorithm.learns_head:
+            raise UserError(
+                f"This run meta-learned a {weight.shape[0]}-way head (algo.head_init=learned), so it adapts to "
+                f"{weight.shape[0]} labels only, not {n_labels}. Give examples of {weight.shape[0]} labels, or use a "
+                "run whose head starts fresh for each task (head_init=zero, random or prototypes; protonet)."
+            )
+        head = torch.zeros(n_labels, weight.shape[1], dtype=weight.dtype, device=weight.device)
+        return {**params, "head.weight": head, "head.bias": head[:, 0].clone()}
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        return trim_padding(encode(self.tokenizer, list(texts))).to(self.device)
+
+
+@dataclass
+class AdaptedModel:
+    model: TrainedModel
+    params: Params  # the adapted weights
+    labels: list[str]  # the label of each column of predict_proba, sorted
+
+    def logits(self, texts: list[str], batch_size: int = 256, progress=None) -> torch.Tensor:
+        """[len(texts), len(labels)] logits, computed `batch_size` texts at a time."""
+        rows = []
+        with eval_mode(self.model.algorithm.model), torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                batch = self.model.encode(texts[start : start + batch_size])
+                rows.append(self.model.algorithm.logits(self.params, batch).float().cpu())
+                if progress is not None:
+                    progress(min(start + batch_size, len(texts)))
+        return torch.cat(rows) if rows else torch.empty(0, len(self.labels))
+
+    def predict_proba(self, texts: list[str], batch_size: int = 256, progress=None) -> torch.Tensor:
+        return self.logits(texts, batch_size, progress).softmax(-1)
+
+    def predict(self, texts: list[str], batch_size: int = 256) -> list[str]:
+        return [self.labels[i] for i in self.logits(texts, batch_size).argmax(-1).tolist()]
+
+
+def checkpoint_path(run_folder: str | Path, checkpoint: str = "best") -> Path:
+    if checkpoint not in CHECKPOINTS:
+        raise UserError(f"checkpoint={checkpoint!r} is not valid; use one of: {', '.join(CHECKPOINTS)}.")
+    folder = Path(run_folder)
+    path = folder / "checkpoints" / f"{checkpoint}.pt"
+    if not path.is_file():
+        other = [c for c in CHECKPOINTS if (folder / "checkpoints" / f"{c}.pt").is_file()]
+        hint = f"it has {other[0]}.pt: ask for checkpoint={other[0]}" if other else "it holds no checkpoint"
+        raise UserError(
+            f"{path} does not exist; {hint}. Give the folder of a metarun run (it holds checkpoints/ and metrics.json)."
+        )
+    return path
+
+
+def load(run_folder: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedModel:
+    """A run's `best.pt` (or `last.pt`) with its own tokenizer, config and algorithm, on `device` (auto|cpu|cuda)."""
+    from metarun.run import build_algorithm, resolve_device
+
+    saved = load_checkpoint(checkpoint_path(run_folder, checkpoint))
+    config = OmegaConf.create(saved["config"])
+    tokenizer = Tokenizer.from_str(saved["tokenizer"])
+    target = resolve_device(device)
+    pretrain_head = saved["extra"].get("pretrain_head.weight")
+    with torch.random.fork_rng(devices=[]):  # construction draws weights that the checkpoint then replaces
+        algorithm = build_algorithm(config, tokenizer, 1 if pretrain_head is None else len(pretrain_head), target)
+    algorithm.model.load_state_dict(saved["model"])
+    with torch.no_grad():
+        for name, param in algorithm.extra_parameters().items():
+            param.copy_(saved["extra"][name])
+    return TrainedModel(algorithm, tokenizer, config, saved["step"], target)

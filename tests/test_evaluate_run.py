@@ -1,0 +1,106 @@
+"""`metarun-eval`: score a saved run again, on its own test split or on other data and tasks."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import CLINC150
+from metarun.cli import CONF_DIR
+from metarun.data import generate_synthetic
+from metarun.errors import UserError
+from metarun.run import evaluate_run, run
+
+BUDGET = [
+    "train.outer_steps=2", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=2",
+    "eval.test_episodes=8", "device=cpu",
+]  # fmt: skip
+
+
+def trained(folder: Path, *overrides) -> Path:
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        data = [] if any(o.startswith("data=") for o in overrides) else ["data.examples_per_class=20"]
+        run(compose("config", overrides=[*BUDGET, *data, *overrides]), folder)
+    return folder
+
+
+def evaluated(run_folder: Path, out: Path, *overrides) -> dict:
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"run={run_folder}", *overrides])
+    evaluate_run(cfg, out, list(overrides))
+    return json.loads((out / "metrics.json").read_text())
+
+
+def fingerprint(folder: Path) -> dict:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def other_data(path: Path, seed: int = 5) -> Path:
+    """Labelled text the run never saw: other classes, other words."""
+    corpus = generate_synthetic(seed=seed, n_domains=2, classes_per_domain=6, examples_per_class=20)
+    path.write_text("".join(json.dumps({"text": t, "label": y, "domain": d}) + "\n"
+                            for t, y, d in zip(corpus.texts, corpus.labels, corpus.domains)))  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("algo", ["maml", "finetune"])
+def test_its_own_test_split_gives_the_runs_own_numbers(tmp_path, algo):
+    folder = trained(tmp_path / "run", f"algo={algo}")
+    before = fingerprint(folder)
+    metrics = evaluated(folder, tmp_path / "eval")
+    original = json.loads((folder / "metrics.json").read_text())
+    for key in ("test_acc", "test_ci95", "test_episodes", "algo", "model", "n_way", "k_shot"):
+        assert metrics[key] == original[key], key
+    assert metrics["step"] == original["best_step"] and fingerprint(folder) == before  # the run is only read
+
+
+def test_other_data_and_another_task_shape(tmp_path):
+    folder = trained(tmp_path / "run")
+    data = other_data(tmp_path / "mine.jsonl")
+    metrics = evaluated(folder, tmp_path / "eval", "data=local", f"data.files={data}", "task.n_way=3",
+                        "task.k_shot=5", "eval.test_episodes=20")  # fmt: skip
+    assert metrics["n_way"] == 3 and metrics["k_shot"] == 5 and metrics["test_episodes"] == 20
+    assert metrics["data"] == "local" and metrics["changed"]["task.n_way"] == 3
+    assert 0 <= metrics["test_acc"] <= 1 and metrics["test_ci95"] > 0
+
+
+def test_fixed_tasks_on_other_data_report_three_metrics(tmp_path):
+    folder = trained(tmp_path / "run", "algo=protonet")
+    train, test = other_data(tmp_path / "train.jsonl", seed=5), other_data(tmp_path / "test.jsonl", seed=5)
+    spec = f"[{{name:mine,train:'{train}',test:'{test}'}}]"
+    metrics = evaluated(folder, tmp_path / "eval", f"task.eval_tasks={spec}", "task.n_way=12")
+    assert list(metrics["per_task_acc"]) == ["mine"] and metrics["test_balanced_acc"] is not None
+    assert metrics["test_ci95"] is None  # one task: no interval, and no NaN
+
+
+def test_settings_the_checkpoint_was_trained_with_cannot_change(tmp_path):
+    folder = trained(tmp_path / "run")
+    for override in ("model=small", "algo.inner_lr=0.1", "train.outer_steps=5"):
+        with pytest.raises(UserError, match=f"metarun-eval cannot change {override.split('=')[0]}"):
+            evaluated(folder, tmp_path / "eval", override)
+
+
+@pytest.mark.skipif(not CLINC150.is_dir(), reason="../shared/data/clinc150 is not beside this checkout")
+def test_metarun_eval_scores_a_clinc150_run_on_a_local_file_with_other_labels(tmp_path):
+    folder = trained(tmp_path / "run", "data=clinc150", "task.split.test=50", "task.split.val=15")
+    data = other_data(tmp_path / "mine.jsonl")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [
+        str(Path(sys.executable).with_name("metarun-eval")),
+        f"run={folder}",
+        "data=local",
+        f"data.files={data}",
+        "task.n_way=4",
+        "eval.test_episodes=10",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["data"] == "local" and metrics["n_way"] == 4 and metrics["test_episodes"] == 10
+    assert (tmp_path / "eval" / ".hydra" / "overrides.yaml").is_file() and "meta-test" in result.stdout

@@ -1,0 +1,128 @@
+"""A finished run as a model: load it, adapt it on labelled examples, predict; from Python and the shell."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from metarun import load
+from metarun.cli import CONF_DIR
+from metarun.data import generate_synthetic
+from metarun.episodes import Episode
+from metarun.errors import UserError
+from metarun.evaluation import evaluate
+from metarun.run import run
+
+BIN = Path(sys.executable).parent
+ALGOS = ("maml", "fomaml", "reptile", "protonet", "finetune", "scratch", "prototypes")
+BUDGET = [
+    "train.outer_steps=2", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=2",
+    "eval.test_episodes=2", "device=cpu", "data.examples_per_class=20",
+]  # fmt: skip
+CORPUS = generate_synthetic(examples_per_class=20)
+
+
+def trained(folder: Path, *overrides) -> Path:
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        run(compose("config", overrides=[*BUDGET, *overrides]), folder)
+    return folder
+
+
+def examples(folder: Path, labels: int, shots: list[int], queries: int = 4):
+    """Texts of `labels` meta-test classes of the run: shots[i] support examples of the i-th, then queries."""
+    classes = json.loads((folder / "splits.json").read_text())["test"][:labels]
+    support, query = ([], []), ([], [])
+    for cls, k in zip(classes, shots):
+        texts = [t for t, y in zip(CORPUS.texts, CORPUS.labels) if y == cls]
+        support[0].extend(texts[:k]), support[1].extend([cls] * k)
+        query[0].extend(texts[k : k + queries]), query[1].extend([cls] * queries)
+    return support, query
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_predictions_on_an_episode_score_what_evaluation_scores(tmp_path, algo):
+    model = load(trained(tmp_path, f"algo={algo}"))
+    (support_x, support_y), (query_x, query_y) = examples(tmp_path, 5, [2, 1, 3, 1, 2])
+    adapted = model.adapt(support_x, support_y, seed=7)
+    predicted = adapted.predict(query_x)
+    ids = {label: i for i, label in enumerate(adapted.labels)}
+    episode = Episode(model.encode(support_x), torch.tensor([ids[y] for y in support_y]), model.encode(query_x),
+                      torch.tensor([ids[y] for y in query_y]), torch.arange(5))  # fmt: skip
+    torch.manual_seed(7)  # the same draws for a fresh head as adapt(seed=7)
+    scored = evaluate(model.algorithm, dict(model.algorithm.model.named_parameters()), [episode], model.device)
+    assert sum(p == y for p, y in zip(predicted, query_y)) / len(query_y) == scored.mean
+    probabilities = adapted.predict_proba(query_x)
+    assert probabilities.shape == (len(query_x), 5)
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(len(query_x)))
+    assert adapted.predict(query_x) == predicted  # adapting changed nothing in the loaded model
+
+
+@pytest.mark.parametrize("algo", ["protonet", "fomaml"])
+def test_any_number_of_labels_with_unbalanced_examples(tmp_path, algo):
+    model = load(trained(tmp_path, f"algo={algo}"))
+    (support_x, support_y), (query_x, _) = examples(tmp_path, 3, [5, 1, 2])
+    adapted = model.adapt(support_x, support_y)
+    assert adapted.labels == sorted(set(support_y)) and adapted.predict_proba(query_x).shape == (len(query_x), 3)
+    assert set(adapted.predict(query_x)) <= set(support_y)
+    assert model.adapt(support_x, support_y).predict(query_x) == adapted.predict(query_x)  # deterministic
+
+
+def test_a_meta_learned_head_adapts_to_its_own_number_of_labels_only(tmp_path):
+    model = load(trained(tmp_path, "algo=fomaml", "algo.head_init=learned"))
+    (support_x, support_y), _ = examples(tmp_path, 3, [2, 2, 2])
+    with pytest.raises(UserError, match="meta-learned a 5-way head"):
+        model.adapt(support_x, support_y)
+
+
+def test_load_names_what_is_missing(tmp_path):
+    with pytest.raises(UserError, match="holds no checkpoint"):
+        load(tmp_path)
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    if path.suffix == ".csv":
+        with open(path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("out", ["predictions.csv", "predictions.jsonl"])
+def test_metarun_predict_writes_a_label_and_every_probability_for_each_input(tmp_path, out):
+    folder = trained(tmp_path / "run", "algo=protonet")
+    (support_x, support_y), (query_x, _) = examples(folder, 3, [4, 1, 2])
+    support = write_rows(tmp_path / "support.csv", [{"text": t, "label": y} for t, y in zip(support_x, support_y)])
+    inputs = write_rows(tmp_path / "inputs.jsonl", [{"text": t} for t in query_x])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [str(BIN / "metarun-predict"), f"run={folder}", f"support={support}", f"inputs={inputs}", f"out={out}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = load(folder).adapt(support_x, support_y).predict(query_x)
+    labels = sorted(set(support_y))
+    if out.endswith(".csv"):
+        with open(tmp_path / out, newline="") as file:
+            rows = list(csv.DictReader(file))
+        assert list(rows[0]) == ["text", "label", *(f"p({label})" for label in labels)]
+        probabilities = [[float(r[f"p({label})"]) for label in labels] for r in rows]
+    else:
+        rows = [json.loads(line) for line in (tmp_path / out).read_text().splitlines()]
+        probabilities = [[r["probabilities"][label] for label in labels] for r in rows]
+    assert [r["text"] for r in rows] == query_x and [r["label"] for r in rows] == expected
+    assert all(abs(sum(p) - 1) < 1e-5 for p in probabilities)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["run", "support.csv", "inputs.jsonl", out])
+
+
+def test_metarun_predict_refuses_an_unknown_output_format(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [str(BIN / "metarun-predict"), "run=x", "support=s.csv", "inputs=i.csv", "out=p.xlsx"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "out='p.xlsx' is not valid" in " ".join(result.stderr.split())
