@@ -58,10 +58,12 @@ def storage_error(path: Path, error: OSError, run_folder: Path | None = None) ->
 def write_atomically(path: Path, data: bytes, run_folder: Path | None = None) -> None:
     """Write beside the target, then rename: a full disk or a kill mid-write never touches the last good file, and
     a failed write leaves no partial file behind."""
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # a process's own: no two writers share one
     try:
         with open(partial, "wb") as file:
             file.write(data)
+            file.flush()
+            os.fsync(file.fileno())  # on disk before it takes the name of the last good file
         os.replace(partial, path)
     except OSError as error:
         partial.unlink(missing_ok=True)
@@ -77,11 +79,35 @@ def check_writable(folder: Path) -> None:
     """The folder exists (made if needed) and takes a file: checked before any work, not after hours of it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test.partial"
+        probe = folder / f".write-test.{os.getpid()}.partial"
         probe.write_bytes(b"metarun")
         probe.unlink()
     except OSError as error:
         raise storage_error(Path(error.filename or folder), error) from error
+
+
+def same_run_config(config: dict) -> dict:
+    """The config that identifies a run, resumed or not (`train.resume` left out)."""
+    return {**config, "train": {**config["train"], "resume": None}}
+
+
+def setting_changes(before: dict, now: dict) -> list[str]:
+    """The settings that differ between two configs, leaving out those a resumed run may change."""
+    before, now = _flatten(before), _flatten(now)
+    return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+
+
+def check_same_settings(saved: dict, config: dict, path: Path) -> None:
+    """Refuse to continue the run of checkpoint `saved` (read from `path`) under settings that change its maths."""
+    before, now = _flatten(saved["config"]), _flatten(config)
+    changed = setting_changes(saved["config"], config)
+    if changed:
+        shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+        raise UserError(
+            f"Cannot resume {path}: these settings differ from the run's own and would change its results: "
+            f"{shown}{' ...' if len(changed) > 6 else ''}. Resume with the run's overrides (they are in "
+            f"{path.parent.parent / '.hydra' / 'overrides.yaml'}), or start a new run."
+        )
 
 
 def _interned(node):
@@ -105,7 +131,7 @@ def _flatten(node, prefix: str = "") -> dict:
 class Checkpoints:
     def __init__(self, folder: Path, config: dict, tokenizer_json: str) -> None:
         self.folder = folder
-        self.config = {**config, "train": {**config["train"], "resume": None}}  # the same run, resumed or not
+        self.config = same_run_config(config)
         self.tokenizer_json = tokenizer_json
         self.best_step: int | None = None  # the step of the best.pt this run wrote; None: it wrote none
         self.last_step: int | None = None
@@ -184,16 +210,7 @@ class Checkpoints:
         return TrainState(saved["step"], best, saved["best_step"])
 
     def _check_same_run(self, saved: dict) -> None:
-        before, now = _flatten(saved["config"]), _flatten(self.config)
-        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k)
-                         and k not in RESUMABLE_CHANGES)  # fmt: skip
-        if changed:
-            shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
-            raise UserError(
-                f"Cannot resume {self.last_path}: these settings differ from the run's own and would change its "
-                f"results: {shown}{' ...' if len(changed) > 6 else ''}. Resume with the run's overrides (they are in "
-                f"{self.folder.parent / '.hydra' / 'overrides.yaml'}), or start a new run."
-            )
+        check_same_settings(saved, self.config, self.last_path)
         if saved["tokenizer"] != self.tokenizer_json:
             raise UserError(
                 f"Cannot resume {self.last_path}: the tokenizer built from the data now differs from the one the run "
@@ -205,7 +222,7 @@ class Checkpoints:
         if self.best_step is None:
             return None
         saved = load_checkpoint(self.best_path, next(algorithm.model.parameters()).device)
-        if saved["step"] != self.best_step or saved["config"] != self.config:
+        if saved["step"] != self.best_step or setting_changes(saved["config"], self.config):
             raise UserError(
                 f"{self.best_path} holds step {saved['step']}, but this run's best was step {self.best_step}: "
                 "another process wrote into this run's folder. Start the run again in a folder of its own."

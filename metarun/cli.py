@@ -17,8 +17,8 @@ from omegaconf import DictConfig  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from metarun.config import register_configs, register_resolvers  # noqa: E402
-from metarun.errors import EXIT_USER_ERROR, composition_error, report, reported_stops  # noqa: E402
-from metarun.sweeps import FailedJobs  # noqa: E402
+from metarun.callbacks import FailedJobs  # noqa: E402
+from metarun.errors import EXIT_USER_ERROR, RunInterrupted, composition_error, report, reported_stops, stop_signals  # noqa: E402,E501
 
 # absolute, from any working directory: a wheel ships conf/ as metarun/conf; an editable install reads the repo's conf/
 _PACKAGE = Path(__file__).resolve().parent
@@ -33,7 +33,8 @@ def app(cfg: DictConfig) -> float:
     if hydra_cfg.mode == RunMode.MULTIRUN:  # raise: Hydra records the job as failed and the sweep goes on
         from metarun.run import run
 
-        return run(cfg, Path(hydra_cfg.runtime.output_dir))
+        with stop_signals():
+            return run(cfg, Path(hydra_cfg.runtime.output_dir))
     with reported_stops(cfg.debug, resume_command(hydra_cfg.overrides.task)):
         from metarun.run import run
 
@@ -68,6 +69,10 @@ def predict_app(cfg: DictConfig) -> None:
 def _launch(hydra_app) -> None:
     try:
         hydra_app()
+    except RunInterrupted as stop:  # in a sweep: the jobs that finished keep their folders
+        report(f"{stop} The sweep stopped at this job; the jobs before it are complete in their folders.",
+               title="metarun stopped")  # fmt: skip
+        sys.exit(stop.exit_code)
     except Exception as error:
         if FailedJobs.summary():  # a sweep raises its first failure once all jobs ran: the list says it all
             sys.exit(1)

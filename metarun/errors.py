@@ -63,9 +63,9 @@ def composition_error(error: Exception) -> str:
 def reported_stops(debug: bool, resume_command: str) -> Iterator[None]:
     """A UserError becomes one paragraph and exit 2, Ctrl-C or SIGTERM one paragraph and exit 130 or 143; both end
     with the resume command when the run kept a checkpoint. `debug=true` re-raises UserError with its traceback."""
-    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        with stop_signals():
+            yield
     except UserError as error:
         if debug:
             raise
@@ -75,6 +75,14 @@ def reported_stops(debug: bool, resume_command: str) -> Iterator[None]:
     except RunInterrupted as stop:
         report(str(stop) + _resume_hint(stop.run_folder, resume_command), title="metarun stopped")
         sys.exit(stop.exit_code)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Inside, Ctrl-C and SIGTERM raise RunInterrupted (meta-training defers it to the end of its step)."""
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -41,24 +41,22 @@ def predict(cfg: DictConfig) -> Path:
         task = progress.add_task("predict", total=len(texts))
         probabilities = adapted.predict_proba(texts, cfg.batch_size, lambda done: progress.update(task, completed=done))
     rows = [
-        {"text": text, "label": adapted.labels[int(p.argmax())], **dict(zip(adapted.labels, p.tolist()))}
+        {"text": text, "label": adapted.labels[int(p.argmax())], "probabilities": dict(zip(adapted.labels, p.tolist()))}
         for text, p in zip(texts, probabilities)
     ]
-    write_text_atomically(out, _as_jsonl(rows, adapted.labels) if out.suffix.lower() == ".jsonl" else _as_csv(rows))
+    write_text_atomically(out, _as_jsonl(rows) if out.suffix.lower() == ".jsonl" else _as_csv(rows, adapted.labels))
     console.print(f"wrote {len(rows)} predictions to {out}", highlight=False)
     return out
 
 
-def _as_jsonl(rows: list[dict], labels: list[str]) -> str:
-    lines = [{"text": r["text"], "label": r["label"], "probabilities": {k: r[k] for k in labels}} for r in rows]
-    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+def _as_jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
-def _as_csv(rows: list[dict]) -> str:
+def _as_csv(rows: list[dict], labels: list[str]) -> str:
     """Columns text, label, then one probability column per label, named `p(<label>)`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    labels = list(rows[0])[2:] if rows else []
     writer.writerow(["text", "label", *(f"p({label})" for label in labels)])
-    writer.writerows([r["text"], r["label"], *(r[k] for k in labels)] for r in rows)
+    writer.writerows([r["text"], r["label"], *(r["probabilities"][k] for k in labels)] for r in rows)
     return buffer.getvalue()

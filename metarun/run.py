@@ -16,7 +16,15 @@ from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
 from metarun.algorithms import Algorithm, Params
-from metarun.checkpoint import Checkpoints, TrainState, check_writable, load_checkpoint, write_text_atomically
+from metarun.checkpoint import (
+    Checkpoints,
+    TrainState,
+    check_same_settings,
+    check_writable,
+    load_checkpoint,
+    same_run_config,
+    write_text_atomically,
+)
 from metarun.config import check_config
 from metarun.data import Corpus, load_local
 from metarun.episodes import (
@@ -120,13 +128,17 @@ def split_corpus(cfg: DictConfig) -> tuple[Corpus, MetaSplit, dict[str, list[int
     return corpus, split, split_rows(keys, split)
 
 
-def prepare_episodes(cfg: DictConfig, output_dir: Path) -> tuple[Tokenizer, dict[str, EpisodeSampler]]:
+def prepare_episodes(cfg: DictConfig) -> tuple[Tokenizer, dict[str, EpisodeSampler], MetaSplit]:
     """Load the data, split it, fit the tokenizer on meta-train text, and build one sampler per split."""
     corpus, split, rows = split_corpus(cfg)
     tokenizer = make_tokenizer(cfg.model, [corpus.texts[i] for i in rows["train"]])
+    return tokenizer, make_samplers(corpus, encode(tokenizer, corpus.texts), cfg.task, rows), split
+
+
+def write_run_files(output_dir: Path, tokenizer: Tokenizer, split: MetaSplit) -> None:
+    """The tokenizer and the meta-split, beside the run's checkpoints, for whoever uses the run later."""
     write_text_atomically(output_dir / "tokenizer.json", tokenizer.to_str(pretty=True))
     write_text_atomically(output_dir / "splits.json", json.dumps({n: getattr(split, n) for n in SPLITS}, indent=1))
-    return tokenizer, make_samplers(corpus, encode(tokenizer, corpus.texts), cfg.task, rows)
 
 
 def build_algorithm(cfg: DictConfig, tokenizer: Tokenizer, n_train_classes: int, device: torch.device) -> Algorithm:
@@ -143,18 +155,29 @@ def build_algorithm(cfg: DictConfig, tokenizer: Tokenizer, n_train_classes: int,
     return algorithm
 
 
-def claim_run_folder(output_dir: Path, resume: str | None) -> Path:
-    """The folder this run writes to: a fresh one, or with `train.resume` the stopped run's own, which must hold
-    its `last.pt`. A folder holding another run's results is refused: a run never reads what it did not write."""
-    if resume:
-        folder = Path(resume)
-        if not (folder / "checkpoints" / "last.pt").is_file():
+def claim_run_folder(output_dir: Path, cfg: DictConfig) -> Path:
+    """The folder this run writes to: a fresh one, or with `train.resume` the stopped run's own, whose `last.pt`
+    must exist and hold this config's run (checked before any data is read). A folder holding another run's
+    results is refused: a run never reads what it did not write."""
+    if cfg.train.resume:
+        folder = Path(cfg.train.resume)
+        last = folder / "checkpoints" / "last.pt"
+        if not last.is_file():
             raise UserError(
-                f"train.resume={resume!r} has no checkpoints/last.pt to continue from; give the folder of a run "
-                "that saved a checkpoint (a run saves one at each validation and when it is stopped)."
+                f"train.resume={cfg.train.resume!r} has no checkpoints/last.pt to continue from; give the folder of a "
+                "run that saved a checkpoint (a run saves one at each validation and when it is stopped)."
             )
+        check_same_settings(load_checkpoint(last), same_run_config(OmegaConf.to_container(cfg, resolve=True)), last)
         check_writable(folder / "checkpoints")
         return folder
+    refuse_taken_folder(output_dir)
+    for folder in (output_dir, output_dir / "checkpoints"):
+        check_writable(folder)
+    return output_dir
+
+
+def refuse_taken_folder(output_dir: Path) -> None:
+    """A new run never writes into a folder that holds another run's results."""
     taken = [name for name in RESULTS if (output_dir / name).exists()]
     if taken:
         raise UserError(
@@ -162,15 +185,12 @@ def claim_run_folder(output_dir: Path, resume: str | None) -> Path:
             f"Continue that run with train.resume={output_dir}, or give this one another hydra.run.dir (the "
             "default folder is new for every run)."
         )
-    for folder in (output_dir, output_dir / "checkpoints"):
-        check_writable(folder)
-    return output_dir
 
 
 def run(cfg: DictConfig, output_dir: Path) -> float:
     """Meta-train, validate, test the best checkpoint; returns the best validation accuracy (for sweepers)."""
     check_config(cfg)
-    output_dir = claim_run_folder(output_dir, cfg.train.resume)
+    output_dir = claim_run_folder(output_dir, cfg)
     try:
         return _run(cfg, output_dir)
     except RunInterrupted as stop:
@@ -182,7 +202,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     print_config(cfg)
     device = resolve_device(cfg.device.name)
     torch.manual_seed(cfg.seed)
-    tokenizer, samplers = prepare_episodes(cfg, output_dir)
+    tokenizer, samplers, split = prepare_episodes(cfg)
     algorithm = build_algorithm(cfg, tokenizer, len(samplers["train"].classes), device)
     val_episodes = samplers["val"].fixed_episodes(cfg.eval.val_episodes, cfg.eval.seed)
     checkpoints = Checkpoints(output_dir / "checkpoints", OmegaConf.to_container(cfg, resolve=True), tokenizer.to_str())
@@ -194,8 +214,9 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     optimizer, schedule = build_outer_optimizer(algorithm, settings)
     rng = random.Random(cfg.seed)
     state = TrainState()
-    if cfg.train.resume and algorithm.meta_trains:
+    if cfg.train.resume:  # refused before anything is written when the data changed since
         state = checkpoints.resume(algorithm, optimizer, schedule, rng)
+    write_run_files(output_dir, tokenizer, split)
     if not algorithm.meta_trains:  # the weights it tests, kept so that metarun-eval and load() serve it too
         checkpoints.save(algorithm, optimizer, schedule, rng, state, is_best=True)
 
@@ -284,7 +305,7 @@ def identity(cfg: DictConfig, device: torch.device) -> dict:
 
 
 # what `metarun-eval` may change in a run's settings: the data and tasks it is scored on, and how it adapts there
-EVAL_CHANGES = ("data", "task", "eval", "device", "seed", "debug", "algo.eval_inner_steps")
+EVAL_CHANGES = ("data", "task", "eval", "device", "debug", "algo.eval_inner_steps")
 
 
 def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> float:
@@ -300,10 +321,13 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
     for key in changed:
         OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
     print_config(run_cfg)
-    model = load(cfg.run, cfg.checkpoint, run_cfg.device.name)
+    model = load(cfg.run, cfg.checkpoint, run_cfg.device.name, run_cfg)
     sampler = None
     if not run_cfg.task.eval_tasks:
-        corpus, _, rows = split_corpus(run_cfg) if not _data_changed(changed) else _all_test(run_cfg)
+        own_data = OmegaConf.to_container(run_cfg.data, resolve=True) == saved["config"]["data"]
+        if own_data:
+            _refuse_other_split(run_cfg, saved["config"]["task"])
+        corpus, _, rows = split_corpus(run_cfg) if own_data else _all_test(run_cfg)
         sampler = make_samplers(corpus, encode(model.tokenizer, corpus.texts), run_cfg.task, {"test": rows["test"]})
         sampler = sampler["test"]
     params = model.head_of_size(run_cfg.task.n_way)
@@ -337,8 +361,16 @@ def _changed_settings(overrides) -> list[str]:
     return keys
 
 
-def _data_changed(changed: list[str]) -> bool:
-    return any(k == "data" or k.startswith("data.") for k in changed)
+def _refuse_other_split(cfg: DictConfig, run_task: dict) -> None:
+    """On the run's own data only its own meta-test split is unseen: another split would test on meta-training
+    classes."""
+    for key in ("split_by", "split"):
+        now = _plain(cfg.task[key])
+        if now != run_task[key]:
+            raise UserError(
+                f"task.{key}={now!r} differs from the run's own ({run_task[key]!r}): on the run's own data another "
+                "split would score classes the run meta-trained on. Keep the run's split, or give other data."
+            )
 
 
 def _all_test(cfg: DictConfig) -> tuple[Corpus, None, dict[str, list[int]]]:

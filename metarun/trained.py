@@ -114,17 +114,22 @@ def checkpoint_path(run_folder: str | Path, checkpoint: str = "best") -> Path:
     return path
 
 
-def load(run_folder: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedModel:
-    """A run's `best.pt` (or `last.pt`) with its own tokenizer, config and algorithm, on `device` (auto|cpu|cuda)."""
+def load(
+    run_folder: str | Path, checkpoint: str = "best", device: str = "auto", config: DictConfig | None = None
+) -> TrainedModel:
+    """A run's `best.pt` (or `last.pt`) with its own tokenizer, config and algorithm, on `device` (auto|cpu|cuda);
+    `config` replaces the run's own settings (metarun-eval: how it adapts and where it runs)."""
     from metarun.run import build_algorithm, resolve_device
 
     saved = load_checkpoint(checkpoint_path(run_folder, checkpoint))
-    config = OmegaConf.create(saved["config"])
+    # the model is built as the run built it (its n_way head); adapting resizes what a task rebuilds anyway
+    config = OmegaConf.create(saved["config"]) if config is None else config
+    built_as = OmegaConf.merge(config, {"task": {"n_way": saved["config"]["task"]["n_way"]}})
     tokenizer = Tokenizer.from_str(saved["tokenizer"])
     target = resolve_device(device)
     pretrain_head = saved["extra"].get("pretrain_head.weight")
     with torch.random.fork_rng(devices=[]):  # construction draws weights that the checkpoint then replaces
-        algorithm = build_algorithm(config, tokenizer, 1 if pretrain_head is None else len(pretrain_head), target)
+        algorithm = build_algorithm(built_as, tokenizer, 1 if pretrain_head is None else len(pretrain_head), target)
     algorithm.model.load_state_dict(saved["model"])
     with torch.no_grad():
         for name, param in algorithm.extra_parameters().items():

@@ -323,7 +323,7 @@ def loop_overhead(args: argparse.Namespace) -> str:
         """The same model, algorithm and episodes as the run (same seeds), without the loop around them."""
         device = resolve_device(cfg.device.name)
         torch.manual_seed(cfg.seed)
-        tokenizer, samplers = prepare_episodes(cfg, out)
+        tokenizer, samplers, _ = prepare_episodes(cfg)
         algorithm = build_algorithm(cfg, tokenizer, len(samplers["train"].classes), device)
         params = dict(algorithm.model.named_parameters())
         trained = [*params.values(), *algorithm.extra_parameters().values()]

@@ -104,3 +104,19 @@ def test_metarun_eval_scores_a_clinc150_run_on_a_local_file_with_other_labels(tm
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["data"] == "local" and metrics["n_way"] == 4 and metrics["test_episodes"] == 10
     assert (tmp_path / "eval" / ".hydra" / "overrides.yaml").is_file() and "meta-test" in result.stdout
+
+
+def test_the_adaptation_settings_it_may_change_are_used(tmp_path):
+    folder = trained(tmp_path / "run")  # MAML with a zeroed head: without inner steps every query is class 0
+    metrics = evaluated(folder, tmp_path / "eval", "algo.eval_inner_steps=0")
+    assert metrics["test_acc"] == pytest.approx(1 / 5) and metrics["changed"] == {"algo.eval_inner_steps": 0}
+
+
+def test_the_runs_own_data_keeps_the_runs_own_split(tmp_path):
+    folder = trained(tmp_path / "run")
+    original = json.loads((folder / "metrics.json").read_text())
+    named = evaluated(folder, tmp_path / "named", "data=synthetic", "data.examples_per_class=20")
+    assert named["test_acc"] == original["test_acc"]  # the same data named again is not other data
+    for override in ("task.split.seed=1", "task=domain_adapt"):
+        with pytest.raises(UserError, match="would score classes the run meta-trained on"):
+            evaluated(folder, tmp_path / "eval", override)

@@ -43,7 +43,7 @@ def test_a_full_disk_mid_run_names_the_path_and_keeps_the_previous_checkpoint(tm
 
     def filling_open(path, mode="r", *args, **kwargs):
         file = builtins.open(path, mode, *args, **kwargs)
-        if "w" in mode and str(path).endswith(".pt.partial"):
+        if "w" in mode and ".pt." in str(path) and str(path).endswith(".partial"):
             writes.append(path)
             if len(writes) > 2:  # step 2 wrote best.pt and last.pt; step 4 finds the disk full halfway
                 file.write(b"half a checkpoint")
@@ -137,3 +137,33 @@ def test_a_failing_job_does_not_end_the_sweep(tmp_path):
     assert (done / "metrics.json").is_file() and not (failed / "metrics.json").exists()
     summary = " ".join(result.stderr.split()).split("1 job(s) of the sweep failed:")[1]
     assert "algo.outer_lr=1e+30" in summary and "diverged" in summary and "0.003" not in summary
+
+
+def test_a_refused_folder_keeps_the_other_runs_config_files(tmp_path):
+    assert metarun(*FAST, f"hydra.run.dir={tmp_path}").returncode == 0
+    kept = (tmp_path / ".hydra/overrides.yaml").read_text()
+    result = metarun(*FAST, "algo=fomaml", "seed=9", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2 and "already holds another run's results" in " ".join(result.stderr.split())
+    assert (tmp_path / ".hydra/overrides.yaml").read_text() == kept
+
+
+def test_debug_shows_the_traceback_of_a_single_run(tmp_path):
+    result = metarun(*FAST, "task.n_way=200", "debug=true", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 1 and "Traceback" in result.stderr and "UserError" in result.stderr
+    assert "sweep" not in result.stderr and not (tmp_path / "error.txt").exists()
+
+
+def test_ctrl_c_in_a_sweep_stops_it_cleanly(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [METARUN, "-m", *FAST, "train.outer_steps=100000", "seed=0,1", f"hydra.sweep.dir={tmp_path}"]
+    sweep = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("0_*/checkpoints/last.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGINT)
+    _, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130 and "Traceback" not in stderr
+    assert "The sweep stopped at this job" in " ".join(stderr.split()) and not list(tmp_path.glob("1_*"))

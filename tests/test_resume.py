@@ -19,7 +19,7 @@ from metarun.run import run
 
 BUDGET = [
     "train.outer_steps=6", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=4",
-    "eval.test_episodes=6", "algo.eval_inner_steps=2", "device=cpu",
+    "eval.test_episodes=6", "device=cpu",
     "model.dropout=0.2",  # dropout: the torch generator's state must come back too
 ]  # fmt: skip
 METARUN = str(Path(sys.executable).with_name("metarun"))
@@ -81,8 +81,12 @@ def test_resume_refuses_settings_that_change_the_maths(tmp_path, monkeypatch):
     with pytest.raises(RunInterrupted):
         run(config(), tmp_path)
     monkeypatch.undo()
+    kept = {name: (tmp_path / name).read_bytes() for name in ("tokenizer.json", "splits.json")}
     with pytest.raises(UserError, match=r"algo.inner_lr: 0.5 -> 0.1.*overrides.yaml"):
         run(config("algo.inner_lr=0.1", f"train.resume={tmp_path}"), tmp_path)
+    with pytest.raises(UserError, match=r"task.split.seed: 0 -> 1"):
+        run(config("task.split.seed=1", f"train.resume={tmp_path}"), tmp_path)
+    assert kept == {name: (tmp_path / name).read_bytes() for name in kept}  # a refused resume writes nothing
     with pytest.raises(UserError, match=r"data.seed: 0 -> 1"):
         run(config("data.seed=1", f"train.resume={tmp_path}"), tmp_path)
 
@@ -178,3 +182,22 @@ def test_a_refused_resume_from_the_command_line_keeps_the_runs_own_config(tmp_pa
     resumed = subprocess.run([*base, f"train.resume={tmp_path}"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [p.name for p in (tmp_path / ".hydra").glob("resume-*/overrides.yaml")] == ["overrides.yaml"] * 2
+
+
+def test_a_run_that_does_not_meta_train_resumes_only_as_itself(tmp_path):
+    run(config("algo=prototypes"), tmp_path)
+    (tmp_path / "metrics.json").unlink()  # as if it died while testing
+    with pytest.raises(UserError, match=r"model.d_model: 64 -> 32"):
+        run(config("algo=prototypes", "model.d_model=32", f"train.resume={tmp_path}"), tmp_path)
+    run(config("algo=prototypes", f"train.resume={tmp_path}"), tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["best_step"] == 0
+
+
+def test_a_resume_may_change_what_leaves_the_maths_alone(tmp_path, monkeypatch):
+    run(config(), tmp_path / "whole")
+    stop_at(monkeypatch, 3)
+    with pytest.raises(RunInterrupted):
+        run(config(), tmp_path / "stopped")
+    monkeypatch.undo()
+    run(config("debug=true", "device=auto", f"train.resume={tmp_path / 'stopped'}"), tmp_path / "stopped")
+    assert (tmp_path / "stopped/metrics.json").read_text() == (tmp_path / "whole/metrics.json").read_text()

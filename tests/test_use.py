@@ -126,3 +126,21 @@ def test_metarun_predict_refuses_an_unknown_output_format(tmp_path):
     command = [str(BIN / "metarun-predict"), "run=x", "support=s.csv", "inputs=i.csv", "out=p.xlsx"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "out='p.xlsx' is not valid" in " ".join(result.stderr.split())
+
+
+def test_labels_named_like_the_output_columns_stay_apart(tmp_path):
+    folder = trained(tmp_path / "run", "algo=protonet")
+    (support_x, _), (query_x, _) = examples(folder, 2, [2, 2])
+    support = write_rows(
+        tmp_path / "support.jsonl",
+        [{"text": t, "label": y} for t, y in zip(support_x, ["text", "text", "label", "label"])],
+    )
+    inputs = write_rows(tmp_path / "inputs.jsonl", [{"text": t} for t in query_x])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [str(BIN / "metarun-predict"), f"run={folder}", f"support={support}", f"inputs={inputs}", "out=p.csv"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "p.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["text", "label", "p(label)", "p(text)"]
+    assert [r["text"] for r in rows] == query_x and {r["label"] for r in rows} <= {"text", "label"}

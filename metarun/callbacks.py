@@ -1,7 +1,10 @@
-"""Sweeps (`metarun -m`): a failing job is recorded and the others run; the sweep ends with the list of failures.
+"""Hydra callbacks: what must happen around a run or a sweep rather than inside it.
 
-Hydra marks a job whose task function raised as failed and goes on with the next; this callback tells the user at
-once, keeps the reason in the job's folder (`error.txt`) and, at the end, lists every failed job and exits non-zero.
+- `RunFolderGuard`: a new run refuses a folder that holds another run's results before Hydra writes its config
+  files there, so the other run's `.hydra/` stays as it was.
+- `FailedJobs` (sweeps, `metarun -m`): Hydra marks a job whose task function raised as failed and goes on with the
+  next; this tells the user at once, keeps the reason in the job's folder (`error.txt`) and, at the end, lists
+  every failed job and exits non-zero.
 """
 
 from __future__ import annotations
@@ -12,16 +15,30 @@ from typing import Any, ClassVar
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from metarun.errors import UserError, report
+from metarun.errors import EXIT_USER_ERROR, UserError, report
+
+
+class RunFolderGuard(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.train.resume:  # a resume writes its config files into .hydra/resume-ID, beside the run's own
+            return
+        from metarun.run import refuse_taken_folder
+
+        try:
+            refuse_taken_folder(Path(config.hydra.run.dir))
+        except UserError as error:
+            report(str(error))
+            sys.exit(EXIT_USER_ERROR)
 
 
 class FailedJobs(Callback):
     failures: ClassVar[list[tuple[str, str]]] = []  # (the job's overrides, why it failed), in this process
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status != JobStatus.FAILED:
+        if job_return.status != JobStatus.FAILED or config.hydra.mode != RunMode.MULTIRUN:
             return
         error = job_return._return_value  # the exception itself; reading .return_value would raise it
         why = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
