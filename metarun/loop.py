@@ -49,19 +49,21 @@ def build_outer_optimizer(algorithm: Algorithm, settings: TrainSettings) -> tupl
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def accumulate_meta_gradient(algorithm: Algorithm, params: Params, episodes: list[Episode]) -> list[TaskStats]:
+def accumulate_meta_gradient(
+    algorithm: Algorithm, params: Params, episodes: list[Episode], outer_step: int | None = None
+) -> list[TaskStats]:
     """Set each trained tensor's `.grad` (the model's and the algorithm's own) to the mean of the tasks'
-    (meta-)gradients; returns the tasks' stats."""
+    (meta-)gradients at `outer_step` (schedules such as MAML++'s read it); returns the tasks' stats."""
     trained = {**params, **algorithm.extra_parameters()}
     if algorithm.batched:
-        mean, stats = algorithm.batched_meta_gradient(params, episodes)
+        mean, stats = algorithm.batched_meta_gradient(params, episodes, outer_step)
         for name, param in trained.items():
             param.grad = mean.get(name)
         return stats
     summed: Params = {}
     stats = []
     for episode in episodes:
-        grads, task_stats = algorithm.meta_gradient(params, episode)
+        grads, task_stats = algorithm.meta_gradient(params, episode, outer_step)
         stats.append(task_stats)
         for name, grad in grads.items():
             if grad is not None:
@@ -115,7 +117,7 @@ def meta_train(
         for step in range(state.step + 1, settings.outer_steps + 1):
             started = time.perf_counter()
             episodes = [sampler.sample(rng).to(device) for _ in range(settings.meta_batch_size)]
-            stats = accumulate_meta_gradient(algorithm, params, episodes)
+            stats = accumulate_meta_gradient(algorithm, params, episodes, step)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 trained, settings.grad_clip if settings.grad_clip else float("inf")
             ).item()

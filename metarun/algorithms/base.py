@@ -7,7 +7,6 @@ explicit values: differentiable (MAML), detached (first-order, Reptile) or fresh
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,12 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from metarun.algorithms.heads import HEAD, head_logits, starting_head
+from metarun.algorithms.inner import INNER_OPTIMIZERS, SGD
 from metarun.algorithms.recompute import recomputed_sgd_step
 from metarun.episodes import Episode, trim_padding
 from metarun.errors import UserError
 
 Params = dict[str, torch.Tensor]
-HEAD = ("head.weight", "head.bias")
 
 
 @dataclass
@@ -40,23 +40,6 @@ class TaskStats:
         if self.loss_after is not None:
             return self.loss_after
         return self.inner_losses[-1] if self.inner_losses else 0.0
-
-
-def class_means(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
-    """[N, d] mean feature of each class (written with a comparison, not index_add, so it also runs under vmap)."""
-    members = (labels.unsqueeze(1) == torch.arange(n_way, device=labels.device)).to(features.dtype)
-    return members.T @ features / members.sum(0).unsqueeze(1)
-
-
-def cosine_prototype_head(features: torch.Tensor, labels: torch.Tensor, n_way: int, scale: float) -> tuple:
-    """The nearest-prototype-by-cosine classifier as a linear head: weight scale * c_k / ||c_k||, bias 0."""
-    weight = scale * F.normalize(class_means(features, labels, n_way), dim=-1)
-    return weight, torch.zeros(n_way, dtype=features.dtype, device=features.device)
-
-
-def head_logits(params: Params, features: torch.Tensor) -> torch.Tensor:
-    """The N-way head applied to features computed outside the model (every model here is head(features))."""
-    return F.linear(features, params[HEAD[0]], params[HEAD[1]])
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -89,7 +72,8 @@ class Algorithm:
     ) -> None:
         self.model = model
         self.inner_steps, self.inner_lr, self.eval_inner_steps = inner_steps, inner_lr, eval_inner_steps
-        self.inner_optimizer, self.head_init, self.prototype_scale = inner_optimizer, head_init, prototype_scale
+        self.inner_optimizer = INNER_OPTIMIZERS[inner_optimizer](inner_lr)  # a learned rule replaces it (Meta-SGD)
+        self.head_init, self.prototype_scale = head_init, prototype_scale
         self.inner_scope, self.outer_scope, self.top_layers = inner_scope, outer_scope, top_layers
         names = [n for n, _ in model.named_parameters()]
         self.inner_names, self.outer_names = self.scope_names(names, inner_scope), self.scope_names(names, outer_scope)
@@ -124,14 +108,14 @@ class Algorithm:
         """Whether the loop calls `batched_meta_gradient`: asked for (or auto on CUDA) and possible."""
         possible = (
             self.can_batch_tasks
-            and self.inner_optimizer == "sgd"
+            and isinstance(self.inner_optimizer, SGD)
             and self.inner_scope == "all"
             and getattr(self.model, "batches_tasks", True)
         )
         if batch_tasks is True and not possible:
             raise UserError(
                 f"algo.batch_tasks=true is not available for {type(self).__name__} with "
-                f"inner_optimizer={self.inner_optimizer}, inner_scope={self.inner_scope}"
+                f"inner_optimizer={type(self.inner_optimizer).__name__.lower()}, inner_scope={self.inner_scope}"
                 f"{', memory=recompute' if getattr(self, 'memory', None) == 'recompute' else ''}; batching needs "
                 "maml, fomaml or reptile with sgd inner steps over all parameters of a metarun-built model; use "
                 "algo.batch_tasks=false."
@@ -148,7 +132,9 @@ class Algorithm:
         """The parameters the outer loop trains: those in `outer_scope`, less a head that is reset for every task."""
         return [n for n in self.outer_names if n in params and (self.learns_head or n not in HEAD)]
 
-    def batched_meta_gradient(self, params: Params, episodes: list[Episode]) -> tuple[Params, list[TaskStats]]:
+    def batched_meta_gradient(
+        self, params: Params, episodes: list[Episode], outer_step: int | None = None
+    ) -> tuple[Params, list[TaskStats]]:
         raise NotImplementedError
 
     @property
@@ -190,28 +176,28 @@ class Algorithm:
         """Parameters the outer optimizer trains besides the model's (none by default)."""
         return {}
 
-    def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
+    def meta_gradient(
+        self, params: Params, episode: Episode, outer_step: int | None = None
+    ) -> tuple[Params, TaskStats]:
+        """One task's contribution to outer step `outer_step` (from 1; None outside meta-training): the gradient
+        of each meta-learned tensor, the model's and `extra_parameters()`, and the task's stats."""
         raise NotImplementedError
 
     def initial_params(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor) -> Params:
-        """The weights a task starts adapting from: the head meta-learned, zeroed, freshly drawn, or the cosine
-        prototypes of the support set (`tokens`, `labels`; differentiable, so second order sees through them)."""
-        if self.head_init == "learned":
+        """The weights a task starts adapting from: the head as `head_init` says, built from the support set
+        (`tokens`, `labels`) for prototypes, differentiably, so second order sees through it."""
+        head = starting_head(
+            self.head_init, params, lambda: self.logits(params, tokens, features_only=True), labels,
+            self.prototype_scale,
+        )  # fmt: skip
+        if head is None:
             return params
-        weight, bias = params["head.weight"].detach(), params["head.bias"].detach()
-        if self.head_init == "zero":
-            head = torch.zeros_like(weight), torch.zeros_like(bias)
-        elif self.head_init == "prototypes":
-            features = self.logits(params, tokens, features_only=True)
-            head = cosine_prototype_head(features, labels, weight.shape[0], self.prototype_scale)
+        if self.head_init == "prototypes":
             # fresh aliases of the encoder's tensors: the inner steps' gradients must be partial in them, not
             # also flow through the head they built (the outer gradient still reaches both)
             aliases = {n: p.view_as(p) for n, p in params.items()}
-            return {**aliases, "head.weight": head[0], "head.bias": head[1].requires_grad_()}
-        else:
-            bound = 1.0 / math.sqrt(weight.shape[1])  # nn.Linear's default initialisation
-            head = torch.empty_like(weight).uniform_(-bound, bound), torch.empty_like(bias).uniform_(-bound, bound)
-        return {**params, "head.weight": head[0].requires_grad_(), "head.bias": head[1].requires_grad_()}
+            return {**aliases, HEAD[0]: head[0], HEAD[1]: head[1].requires_grad_()}
+        return {**params, HEAD[0]: head[0].requires_grad_(), HEAD[1]: head[1].requires_grad_()}
 
     def inner_loop(
         self,
@@ -263,22 +249,14 @@ class Algorithm:
         names = list(params)
         if not create_graph:
             params = {n: p.detach().requires_grad_() for n, p in params.items()}
-        moments = (
-            {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
-            if self.inner_optimizer == "adam"
-            else {}
-        )
-        losses = []
-        for step in range(1, steps + 1):
+        state, losses = self.inner_optimizer.init(params), []
+        for _ in range(steps):
             loss = F.cross_entropy(logits_of(params), labels)
             grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
             losses.append(loss.item())
-            updated = {}
-            for name, grad in zip(names, grads):
-                if self.inner_optimizer == "adam":
-                    grad, moments[name] = _adam_direction(grad, *moments[name], step)
-                updated[name] = params[name] - self.inner_lr * grad
-            params = updated if create_graph else {n: p.detach().requires_grad_() for n, p in updated.items()}
+            params, state = self.inner_optimizer.update(params, dict(zip(names, grads)), state)
+            if not create_graph:
+                params = {n: p.detach().requires_grad_() for n, p in params.items()}
         return params, losses
 
     def _recomputed_inner_loop(
@@ -320,13 +298,3 @@ class Algorithm:
 def _text_key(row: torch.Tensor) -> tuple[int, ...]:
     """A token row without its padding: the same text trimmed to different widths gives the same key."""
     return tuple(row[row != 0].tolist())
-
-
-def _adam_direction(
-    grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int, betas=(0.9, 0.999), eps: float = 1e-8
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """Adam's bias-corrected step direction (multiply by the learning rate), and the new moments."""
-    m = betas[0] * m + (1 - betas[0]) * grad
-    v = betas[1] * v + (1 - betas[1]) * grad * grad
-    direction = (m / (1 - betas[0] ** step)) / ((v / (1 - betas[1] ** step)).sqrt() + eps)
-    return direction, (m, v)

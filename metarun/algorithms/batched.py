@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad_and_value, vmap
 
-from metarun.algorithms.base import HEAD, Algorithm, Params, TaskStats, cosine_prototype_head
+from metarun.algorithms.base import Algorithm, Params, TaskStats
+from metarun.algorithms.heads import HEAD, starting_head
 from metarun.episodes import Episode
 from metarun.model import twice_differentiable_attention, vmap_safe_layer_norm
 
@@ -30,27 +31,18 @@ def stack_episodes(episodes: list[Episode]) -> tuple[torch.Tensor, ...]:
 
 
 def task_start(algorithm: Algorithm, params: Params, support_x, support_y) -> Params:
-    """Per-task starting weights inside vmap: the head as `algorithm.head_init` says."""
-    if algorithm.head_init == "learned":
-        return params
-    weight, bias = params[HEAD[0]], params[HEAD[1]]
-    if algorithm.head_init == "zero":
-        return {**params, HEAD[0]: torch.zeros_like(weight), HEAD[1]: torch.zeros_like(bias)}
-    if algorithm.head_init == "prototypes":
-        features = algorithm.logits(params, support_x, features_only=True)
-        head = cosine_prototype_head(features, support_y, weight.shape[0], algorithm.prototype_scale)
-        return {**params, HEAD[0]: head[0], HEAD[1]: head[1]}
-    bound = weight.shape[1] ** -0.5  # nn.Linear's default initialisation, drawn per task
-    draw = lambda t: (2 * torch.rand_like(t) - 1) * bound  # noqa: E731
-    return {**params, HEAD[0]: draw(weight), HEAD[1]: draw(bias)}
+    """Per-task starting weights inside vmap: the head as `algorithm.head_init` says (random: drawn per task)."""
+    features = lambda: algorithm.logits(params, support_x, features_only=True)  # noqa: E731
+    head = starting_head(algorithm.head_init, params, features, support_y, algorithm.prototype_scale)
+    return params if head is None else {**params, HEAD[0]: head[0], HEAD[1]: head[1]}
 
 
 def sgd_steps(algorithm: Algorithm, params: Params, tokens, labels, steps: int) -> tuple[Params, torch.Tensor]:
     """`steps` SGD steps on one task; second order comes for free under an enclosing `torch.func.grad`."""
-    losses = []
+    state, losses = algorithm.inner_optimizer.init(params), []
     for _ in range(steps):
         grads, loss = grad_and_value(lambda p: F.cross_entropy(algorithm.logits(p, tokens), labels))(params)
-        params = {n: params[n] - algorithm.inner_lr * grads[n] for n in params}
+        params, state = algorithm.inner_optimizer.update(params, grads, state)
         losses.append(loss)
     return params, torch.stack(losses) if losses else torch.zeros(0)
 

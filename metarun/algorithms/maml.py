@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.func import grad, grad_and_value
 
 from metarun.algorithms.base import Algorithm, Params, TaskStats
+from metarun.algorithms.inner import Adam
 from metarun.algorithms.batched import over_tasks, sgd_steps, task_start, task_stats
 from metarun.episodes import Episode
 from metarun.errors import UserError
@@ -23,10 +24,10 @@ class MAML(Algorithm):
     def __init__(self, *args, first_order: bool = False, memory: str = "store", **kwargs) -> None:
         self.first_order, self.memory = first_order, memory  # set first: they decide whether tasks can batch
         super().__init__(*args, **kwargs)
-        if not first_order and self.inner_optimizer != "sgd":
+        if not first_order and isinstance(self.inner_optimizer, Adam):
             raise UserError(
-                f"algo.inner_optimizer={self.inner_optimizer!r} cannot be differentiated through by second-order "
-                "MAML; use algo.inner_optimizer=sgd, or algo=fomaml."
+                "algo.inner_optimizer=adam cannot be differentiated through by second-order MAML; use "
+                "algo.inner_optimizer=sgd, or algo=fomaml."
             )
         if memory == "recompute" and self.inner_scope != "all":
             raise UserError(
@@ -38,7 +39,9 @@ class MAML(Algorithm):
     def can_batch_tasks(self) -> bool:
         return self.memory == "store"
 
-    def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
+    def meta_gradient(
+        self, params: Params, episode: Episode, outer_step: int | None = None
+    ) -> tuple[Params, TaskStats]:
         second_order = not self.first_order
         # recompute differentiates twice only inside its own backward, which picks the kernel itself
         twice = second_order and self.memory == "store"
@@ -57,10 +60,13 @@ class MAML(Algorithm):
         # first order: the query gradient at the adapted weights stands in for the meta-gradient
         wrt = params if second_order else fast
         names = self.meta_learned_names(params)
-        grads = torch.autograd.grad(query_loss, [wrt[n] for n in names], allow_unused=True)
-        return dict(zip(names, grads)), self.query_stats(start, query_logits, episode, losses)
+        wrt = {**{n: wrt[n] for n in names}, **self.extra_parameters()}  # a learned inner rule's tensors too
+        grads = torch.autograd.grad(query_loss, list(wrt.values()), allow_unused=True)
+        return dict(zip(wrt, grads)), self.query_stats(start, query_logits, episode, losses)
 
-    def batched_meta_gradient(self, params: Params, episodes: list[Episode]) -> tuple[Params, list[TaskStats]]:
+    def batched_meta_gradient(
+        self, params: Params, episodes: list[Episode], outer_step: int | None = None
+    ) -> tuple[Params, list[TaskStats]]:
         names = self.meta_learned_names(params)
         base = {n: p.detach() for n, p in params.items()}
 

@@ -13,15 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metarun.algorithms.base import (
-    Algorithm,
-    Params,
-    TaskStats,
-    accuracy,
-    class_means,
-    cosine_prototype_head,
-    head_logits,
-)
+from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy
+from metarun.algorithms.heads import class_means, cosine_prototype_head, head_logits
 from metarun.episodes import Episode
 
 
@@ -47,7 +40,9 @@ class ProtoNet(Algorithm):
             weight, bias = 2 * centres, -(centres**2).sum(1)
         return {**params, "head.weight": weight, "head.bias": bias}
 
-    def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
+    def meta_gradient(
+        self, params: Params, episode: Episode, outer_step: int | None = None
+    ) -> tuple[Params, TaskStats]:
         adapted = self.adapt(params, episode.support_x, episode.support_y)
         query_logits = self.logits(adapted, episode.query_x)
         loss = F.cross_entropy(query_logits, episode.query_y)

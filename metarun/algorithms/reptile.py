@@ -27,7 +27,9 @@ class Reptile(Algorithm):
                 f"{still[0]}) would never learn; use the same scope for both, or algo.inner_scope=all."
             )
 
-    def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
+    def meta_gradient(
+        self, params: Params, episode: Episode, outer_step: int | None = None
+    ) -> tuple[Params, TaskStats]:
         start = self.initial_params(params, episode.support_x, episode.support_y)
         fast, losses = self.inner_loop(start, episode.support_x, episode.support_y, self.inner_steps)
         pseudo_grads = {n: params[n].detach() - fast[n].detach() for n in self.meta_learned_names(params)}
@@ -37,7 +39,9 @@ class Reptile(Algorithm):
             query_logits = self.logits(fast, episode.query_x)
         return pseudo_grads, self.query_stats(start, query_logits, episode, losses)
 
-    def batched_meta_gradient(self, params: Params, episodes: list[Episode]) -> tuple[Params, list[TaskStats]]:
+    def batched_meta_gradient(
+        self, params: Params, episodes: list[Episode], outer_step: int | None = None
+    ) -> tuple[Params, list[TaskStats]]:
         names = self.meta_learned_names(params)
 
         def task(base, support_x, support_y, query_x, query_y):

@@ -29,7 +29,9 @@ class SupervisedBaseline(Algorithm):
     def extra_parameters(self) -> dict[str, nn.Parameter]:
         return self.pretrain_head if self.meta_trains else {}
 
-    def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, TaskStats]:
+    def meta_gradient(
+        self, params: Params, episode: Episode, outer_step: int | None = None
+    ) -> tuple[Params, TaskStats]:
         width = max(episode.support_x.shape[1], episode.query_x.shape[1])
         tokens = trim_padding(
             torch.cat([F.pad(x, (0, width - x.shape[1])) for x in (episode.support_x, episode.query_x)])

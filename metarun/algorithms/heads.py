@@ -1,0 +1,45 @@
+"""Where a task's N-way head starts: meta-learned, zeroed, freshly drawn, or the cosine prototypes of its support
+set (Proto-MAML, Triantafillou et al., 2020). One implementation serves the task-by-task path and `vmap`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Params = dict[str, torch.Tensor]
+HEAD = ("head.weight", "head.bias")
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
+    """[N, d] mean feature of each class (written with a comparison, not index_add, so it also runs under vmap)."""
+    members = (labels.unsqueeze(1) == torch.arange(n_way, device=labels.device)).to(features.dtype)
+    return members.T @ features / members.sum(0).unsqueeze(1)
+
+
+def cosine_prototype_head(features: torch.Tensor, labels: torch.Tensor, n_way: int, scale: float) -> tuple:
+    """The nearest-prototype-by-cosine classifier as a linear head: weight scale * c_k / ||c_k||, bias 0."""
+    weight = scale * F.normalize(class_means(features, labels, n_way), dim=-1)
+    return weight, torch.zeros(n_way, dtype=features.dtype, device=features.device)
+
+
+def head_logits(params: Params, features: torch.Tensor) -> torch.Tensor:
+    """The N-way head applied to features computed outside the model (every model here is head(features))."""
+    return F.linear(features, params[HEAD[0]], params[HEAD[1]])
+
+
+def starting_head(
+    head_init: str, params: Params, features: Callable[[], torch.Tensor], labels: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A task's first head (weight, bias), or None to keep the meta-learned one; `features()` gives the support
+    set's features (only prototypes ask for them). Random draws follow nn.Linear's initialisation."""
+    if head_init == "learned":
+        return None
+    weight, bias = params[HEAD[0]].detach(), params[HEAD[1]].detach()
+    if head_init == "zero":
+        return torch.zeros_like(weight), torch.zeros_like(bias)
+    if head_init == "prototypes":
+        return cosine_prototype_head(features(), labels, weight.shape[0], scale)
+    bound = weight.shape[1] ** -0.5
+    return (2 * torch.rand_like(weight) - 1) * bound, (2 * torch.rand_like(bias) - 1) * bound

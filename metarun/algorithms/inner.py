@@ -1,0 +1,68 @@
+"""Inner-loop optimizers: how one gradient step moves a task's fast weights.
+
+Each is a small immutable object in the shape of TorchOpt's: `init(params)` gives its state, and
+`update(params, grads, state)` gives the new weights and state. The updates are plain tensor expressions,
+so the same object serves the task-by-task loop, `torch.func.vmap` over tasks, and second-order
+differentiation through the steps. A learned rule (Meta-SGD) holds its learning rates as tensors that the
+outer loop trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SGD:
+    lr: float
+
+    def init(self, params: Params) -> Any:
+        return None
+
+    def update(self, params: Params, grads: Params, state: Any) -> tuple[Params, Any]:
+        return {n: params[n] - self.lr * g for n, g in grads.items()}, state
+
+
+@dataclass(frozen=True)
+class Adam:
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def init(self, params: Params) -> tuple[int, Params, Params]:
+        zeros = {n: torch.zeros_like(p) for n, p in params.items()}
+        return 0, zeros, dict(zeros)  # the step, the first and the second moments
+
+    def update(self, params: Params, grads: Params, state: tuple[int, Params, Params]) -> tuple[Params, Any]:
+        """Adam's bias-corrected step."""
+        step, m, v = state
+        step, (b1, b2) = step + 1, self.betas
+        m = {n: b1 * m[n] + (1 - b1) * g for n, g in grads.items()}
+        v = {n: b2 * v[n] + (1 - b2) * g * g for n, g in grads.items()}
+        new = {
+            n: params[n] - self.lr * (m[n] / (1 - b1**step)) / ((v[n] / (1 - b2**step)).sqrt() + self.eps)
+            for n in grads
+        }
+        return new, (step, m, v)
+
+
+@dataclass(frozen=True)
+class LearnedSGD:
+    """theta' = theta - alpha * grad with `lrs` (alpha) a tensor per parameter, elementwise (Meta-SGD, Li et al.,
+    2017); gradients reach `lrs` through every step when the inner loop is differentiated."""
+
+    lrs: Params
+
+    def init(self, params: Params) -> Any:
+        return None
+
+    def update(self, params: Params, grads: Params, state: Any) -> tuple[Params, Any]:
+        return {n: params[n] - self.lrs[n] * g for n, g in grads.items()}, state
+
+
+INNER_OPTIMIZERS = {"sgd": SGD, "adam": Adam}
