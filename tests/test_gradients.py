@@ -292,3 +292,52 @@ def test_reptile_scores_the_query_only_for_the_logs_when_asked(model64, batch_ta
     for name, param in params.items():  # scoring changes nothing in the update
         torch.testing.assert_close(param.grad, grads[name], rtol=0, atol=0)
 
+
+def naive_metasgd_loss(model, params, lrs, episode):
+    """Meta-SGD's meta-loss written out: INNER_STEPS steps theta - alpha * grad (alpha broadcast per element)."""
+    fast = dict(params)
+    for _ in range(INNER_STEPS):
+        support_loss = F.cross_entropy(functional_call(model, fast, (episode.support_x,)), episode.support_y)
+        grads = torch.autograd.grad(support_loss, list(fast.values()), create_graph=True)
+        fast = {n: p - lrs[n] * g for (n, p), g in zip(fast.items(), grads)}
+    return F.cross_entropy(functional_call(model, fast, (episode.query_x,)), episode.query_y)
+
+
+def test_metasgd_meta_gradient_matches_finite_differences_in_weights_and_rates(model64, episode):
+    from metarun.algorithms import MetaSGD
+
+    algorithm = MetaSGD(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR, head_init="learned")
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # unequal rates, so a test that mixed them up would fail
+        for lr in algorithm.lrs.values():
+            lr.copy_(0.1 + 0.4 * torch.rand(lr.shape, generator=g, dtype=lr.dtype))
+    grads, _ = algorithm.meta_gradient(dict(model64.named_parameters()), episode)
+    rates = {n: f"inner_lr.{n}" for n in algorithm.lrs}
+    assert set(grads) == set(dict(model64.named_parameters())) | set(rates.values())
+    assert algorithm.lrs["head.weight"].shape == (1, 8) and algorithm.lrs["layers.0.ff.0.weight"].shape == (16, 8)
+    params = {n: p.detach() for n, p in model64.named_parameters()}
+    lrs = {n: lr.detach() for n, lr in algorithm.lrs.items()}
+    for _ in range(4):  # random directions through all weights and all rates at once
+        d_params = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()}
+        d_lrs = {n: torch.randn(lr.shape, generator=g, dtype=lr.dtype) for n, lr in lrs.items()}
+
+        def loss_at(scale):
+            shifted = {n: (p + scale * d_params[n]).requires_grad_() for n, p in params.items()}
+            rates_at = {n: lr + scale * d_lrs[n] for n, lr in lrs.items()}
+            return naive_metasgd_loss(model64, shifted, rates_at, episode).item()
+
+        eps = 1e-5
+        numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+        analytic = sum((grads[n] * d_params[n]).sum() for n in params) + sum(
+            (grads[rates[n]] * d_lrs[n]).sum() for n in lrs
+        )
+        assert analytic.item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+
+def test_metasgd_refuses_a_first_order_inner_loop(model64):
+    from metarun.algorithms import MetaSGD
+    from metarun.errors import UserError
+
+    with pytest.raises(UserError, match="needs algo.first_order=false"):
+        MetaSGD(model64, first_order=True)
+

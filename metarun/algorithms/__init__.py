@@ -2,8 +2,9 @@
 
 from metarun.algorithms.base import Algorithm, Params, TaskStats
 from metarun.algorithms.maml import MAML
+from metarun.algorithms.metasgd import MetaSGD
 from metarun.algorithms.protonet import ProtoNet
 from metarun.algorithms.reptile import Reptile
 from metarun.algorithms.supervised import SupervisedBaseline
 
-__all__ = ["MAML", "Algorithm", "Params", "ProtoNet", "Reptile", "SupervisedBaseline", "TaskStats"]
+__all__ = ["MAML", "Algorithm", "MetaSGD", "Params", "ProtoNet", "Reptile", "SupervisedBaseline", "TaskStats"]
