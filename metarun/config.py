@@ -104,6 +104,13 @@ class MAMLConfig(InnerLoopAlgoConfig):
 
 
 @dataclass
+class MAMLppConfig(MAMLConfig):
+    _target_: str = "metarun.algorithms.MAMLpp"
+    msl_steps: int = setting(100, least=0)  # outer steps over which the multi-step loss moves to the last step
+    first_order_steps: int = setting(50, least=0)  # outer steps of first order before second order (DA)
+
+
+@dataclass
 class ReptileConfig(InnerLoopAlgoConfig):
     _target_: str = "metarun.algorithms.Reptile"
     eps: float = setting(0.1, above=0.0)  # interpolation: the outer SGD learning rate on theta - theta'
@@ -271,7 +278,13 @@ class PredictConfig:
 
 SCHEMAS = {
     "model": {"transformer": TransformerConfig, "pretrained": PretrainedConfig},
-    "algo": {"maml": MAMLConfig, "reptile": ReptileConfig, "supervised": SupervisedConfig, "protonet": ProtoNetConfig},
+    "algo": {
+        "maml": MAMLConfig,
+        "mamlpp": MAMLppConfig,
+        "reptile": ReptileConfig,
+        "supervised": SupervisedConfig,
+        "protonet": ProtoNetConfig,
+    },
     "task": {"task": TaskConfig},
     "data": {"local": LocalDataConfig, "clinc150": Clinc150Config, "synthetic": SyntheticDataConfig},
     "device": {"device": DeviceConfig},

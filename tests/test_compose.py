@@ -15,7 +15,7 @@ TINY_BUDGET = [
 ]  # fmt: skip
 MODELS, ALGOS, TASKS = (
     ("tiny", "small", "base"),
-    ("maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "finetune", "scratch", "prototypes"),
+    ("maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "protonet", "finetune", "scratch", "prototypes"),
     ("fewshot_cls", "domain_adapt"),
 )
 
@@ -28,7 +28,7 @@ def compose_config(*overrides):
 @pytest.mark.parametrize("model,algo,task", list(itertools.product(MODELS, ALGOS, TASKS)))
 def test_combination_runs(tmp_path, model, algo, task):
     inner = {"protonet": [], "prototypes": []}.get(algo, ["algo.eval_inner_steps=1"])  # adapt without steps
-    inner += ["algo.inner_steps=1"] if algo in ("maml", "fomaml", "anil", "metasgd", "reptile") else []
+    inner += ["algo.inner_steps=1"] if algo in ("maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile") else []
     val = run(compose_config(f"model={model}", f"algo={algo}", f"task={task}", *inner), tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0.0 <= val <= 1.0 and metrics["val_acc"] == val

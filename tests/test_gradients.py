@@ -341,3 +341,88 @@ def test_metasgd_refuses_a_first_order_inner_loop(model64):
     with pytest.raises(UserError, match="needs algo.first_order=false"):
         MetaSGD(model64, first_order=True)
 
+
+def test_mamlpp_step_weights_move_from_equal_to_the_last_step():
+    from metarun.algorithms.mamlpp import step_weights
+
+    torch.testing.assert_close(step_weights(3, 0, 100), torch.full((3,), 1 / 3))
+    middle = step_weights(3, 50, 100)  # the authors' schedule: each non-final weight loses 1/(3*100) per step
+    torch.testing.assert_close(middle, torch.tensor([1 / 3 - 50 / 300, 1 / 3 - 50 / 300, 1 / 3 + 100 / 300]))
+    assert middle.sum().item() == pytest.approx(1.0)
+    torch.testing.assert_close(step_weights(3, 99, 100)[:2], torch.full((2,), 0.01))  # the floor, 0.03 / K
+    torch.testing.assert_close(step_weights(3, 101, 100), torch.tensor([0.0, 0.0, 1.0]))
+    torch.testing.assert_close(step_weights(3, None, 100), torch.tensor([0.0, 0.0, 1.0]))
+
+
+def naive_mamlpp_loss(model, params, lrs, episode, weights, second_order=True):
+    """MAML++'s meta-loss written out: per-step rates lrs[name][k], the weighted query loss after every step.
+    Without second order each step starts from a detached copy: returns the loss and those copies."""
+    fast, loss, leaves = dict(params), 0.0, []
+    for k in range(len(weights)):
+        if not second_order:
+            fast = {n: p.detach().requires_grad_() for n, p in fast.items()}
+            leaves.append(fast)
+        support_loss = F.cross_entropy(functional_call(model, fast, (episode.support_x,)), episode.support_y)
+        grads = torch.autograd.grad(support_loss, list(fast.values()), create_graph=second_order)
+        fast = {n: p - lrs[n][k] * g for (n, p), g in zip(fast.items(), grads)}
+        loss = loss + weights[k] * F.cross_entropy(functional_call(model, fast, (episode.query_x,)), episode.query_y)
+    return loss, leaves
+
+
+def mamlpp_with_unequal_rates(model):
+    from metarun.algorithms import MAMLpp
+
+    algorithm = MAMLpp(model, inner_steps=3, inner_lr=INNER_LR, head_init="learned", msl_steps=10,
+                       first_order_steps=4)  # fmt: skip
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for lr in algorithm.lrs.values():
+            lr.copy_(0.1 + 0.4 * torch.rand(lr.shape, generator=g, dtype=lr.dtype))
+    return algorithm
+
+
+def test_mamlpp_second_order_meta_gradient_matches_finite_differences(model64, episode):
+    from metarun.algorithms.mamlpp import step_weights
+
+    algorithm = mamlpp_with_unequal_rates(model64)
+    outer_step = 6  # past first_order_steps (second order), inside msl_steps (every step's loss counts)
+    assert algorithm.second_order_at(outer_step)
+    weights = step_weights(3, outer_step, 10)
+    assert (weights > 0.05).all()
+    grads, _ = algorithm.meta_gradient(dict(model64.named_parameters()), episode, outer_step)
+    params = {n: p.detach() for n, p in model64.named_parameters()}
+    lrs = {n: lr.detach() for n, lr in algorithm.lrs.items()}
+    g = torch.Generator().manual_seed(6)
+    for _ in range(3):
+        d_params = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()}
+        d_lrs = {n: torch.randn(lr.shape, generator=g, dtype=lr.dtype) for n, lr in lrs.items()}
+
+        def loss_at(scale):
+            shifted = {n: (p + scale * d_params[n]).requires_grad_() for n, p in params.items()}
+            rates = {n: lr + scale * d_lrs[n] for n, lr in lrs.items()}
+            return naive_mamlpp_loss(model64, shifted, rates, episode, weights)[0].item()
+
+        eps = 1e-5
+        numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+        analytic = sum((grads[n] * d_params[n]).sum() for n in params)
+        analytic += sum((grads[f"inner_lr.{n}"] * d_lrs[n]).sum() for n in lrs)
+        assert analytic.item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+
+def test_mamlpp_first_order_phase_sums_each_steps_query_gradient(model64, episode):
+    from metarun.algorithms.mamlpp import step_weights
+
+    algorithm = mamlpp_with_unequal_rates(model64)
+    outer_step = 2  # inside first_order_steps: first order, every step's loss weighted
+    assert not algorithm.second_order_at(outer_step)
+    grads, _ = algorithm.meta_gradient(dict(model64.named_parameters()), episode, outer_step)
+    params = {n: p.detach().requires_grad_() for n, p in model64.named_parameters()}
+    lrs = {n: lr.detach().requires_grad_() for n, lr in algorithm.lrs.items()}
+    loss, leaves = naive_mamlpp_loss(model64, params, lrs, episode, step_weights(3, outer_step, 10), False)
+    flat = [p for leaf in leaves for p in leaf.values()]
+    found = torch.autograd.grad(loss, flat + list(lrs.values()))
+    for i, name in enumerate(params):  # the query gradient at each step's weights, summed over the steps
+        expected = sum(found[k * len(params) + i] for k in range(len(leaves)))
+        torch.testing.assert_close(grads[name], expected, rtol=1e-10, atol=1e-12)
+    for j, name in enumerate(lrs):
+        torch.testing.assert_close(grads[f"inner_lr.{name}"], found[len(flat) + j], rtol=1e-10, atol=1e-12)

@@ -2,9 +2,10 @@
 
 from metarun.algorithms.base import Algorithm, Params, TaskStats
 from metarun.algorithms.maml import MAML
+from metarun.algorithms.mamlpp import MAMLpp
 from metarun.algorithms.metasgd import MetaSGD
 from metarun.algorithms.protonet import ProtoNet
 from metarun.algorithms.reptile import Reptile
 from metarun.algorithms.supervised import SupervisedBaseline
 
-__all__ = ["MAML", "Algorithm", "MetaSGD", "Params", "ProtoNet", "Reptile", "SupervisedBaseline", "TaskStats"]
+__all__ = ["MAML", "Algorithm", "MAMLpp", "MetaSGD", "Params", "ProtoNet", "Reptile", "SupervisedBaseline", "TaskStats"]

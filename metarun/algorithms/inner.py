@@ -65,4 +65,18 @@ class LearnedSGD:
         return {n: params[n] - self.lrs[n] * g for n, g in grads.items()}, state
 
 
+@dataclass(frozen=True)
+class PerStepSGD:
+    """theta_{k+1} = theta_k - lrs[name][k] * grad at inner step k (the last rate serves any further steps, as
+    when evaluation adapts longer than meta-training did)."""
+
+    lrs: Params  # one rate per inner step for each parameter tensor (MAML++'s LSLR)
+
+    def init(self, params: Params) -> int:
+        return 0
+
+    def update(self, params: Params, grads: Params, step: int) -> tuple[Params, int]:
+        return {n: params[n] - self.lrs[n][min(step, len(self.lrs[n]) - 1)] * g for n, g in grads.items()}, step + 1
+
+
 INNER_OPTIMIZERS = {"sgd": SGD, "adam": Adam}
