@@ -18,6 +18,11 @@ MODELS, ALGOS, TASKS = (
     ("maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "protonet", "finetune", "scratch", "prototypes"),
     ("fewshot_cls", "domain_adapt"),
 )
+# base cells take twice a tiny one and prove only that base.yaml composes: one stays in the default run
+COMBINATIONS = [
+    pytest.param(*cell, marks=[pytest.mark.slow] if cell[0] == "base" and cell[1:] != ("maml", "fewshot_cls") else [])
+    for cell in itertools.product(MODELS, ALGOS, TASKS)
+]
 
 
 def compose_config(*overrides):
@@ -25,7 +30,7 @@ def compose_config(*overrides):
         return compose("config", overrides=[*TINY_BUDGET, *overrides])
 
 
-@pytest.mark.parametrize("model,algo,task", list(itertools.product(MODELS, ALGOS, TASKS)))
+@pytest.mark.parametrize("model,algo,task", COMBINATIONS)
 def test_combination_runs(tmp_path, model, algo, task):
     inner = {"protonet": [], "prototypes": []}.get(algo, ["algo.eval_inner_steps=1"])  # adapt without steps
     inner += ["algo.inner_steps=1"] if algo in ("maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile") else []
