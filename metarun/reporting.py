@@ -106,13 +106,3 @@ def print_results(title: str, rows: list[tuple[str, EvalResult | dict[str, EvalR
         cells = [str(results[m]) if m in results else "" for m in metrics]
         table.add_row(name, *cells, str(next(iter(results.values())).episodes))
     console.print(table)
-
-
-def rewrite_readme_section(readme: Path, section: str, body: str) -> None:
-    """Replace what lies between `<!-- {section}:begin -->` and `<!-- {section}:end -->` in `readme`."""
-    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
-    text = readme.read_text()
-    if begin not in text or end not in text:
-        raise SystemExit(f"{readme} has no {begin} ... {end} section to rewrite")
-    before, rest = text.split(begin, 1)
-    readme.write_text(f"{before}{begin}\n{body}{end}{rest.split(end, 1)[1]}")

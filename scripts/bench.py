@@ -4,7 +4,7 @@
     python scripts/bench.py --models small,base --inner-steps 1,5,10,20
     python scripts/bench.py --memory                 # second order, store vs recompute, model=base, 1..20 steps
     python scripts/bench.py --loop                   # a real `metarun` run's outer step vs the pure meta-step
-    python scripts/bench.py --readme README.md       # also rewrite the README's bench section
+    python scripts/bench.py --doc docs/performance.md    # also rewrite that document's bench sections
 
 Before anything is timed, every implementation's meta-gradient is compared with the naive reference on the
 same weights and tasks (the reference model, up to 5 inner steps: the same code paths as every timed
@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from docsection import rewrite_section  # scripts/docsection.py, beside this script
 from metarun.algorithms import MAML, Reptile
 from metarun.episodes import Episode
 from metarun.loop import accumulate_meta_gradient
 from metarun.model import TransformerClassifier, twice_differentiable_attention
-from metarun.reporting import rewrite_readme_section
 
 ALGOS = ("maml", "fomaml", "reptile")
 PEERS = ("higher", "naive")
@@ -370,7 +370,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--tolerance", type=float, default=1e-6)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
-    parser.add_argument("--readme", type=Path, help="rewrite this README's bench section with the tables")
+    parser.add_argument("--doc", type=Path, help="rewrite this document's bench sections (docs/performance.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory:
@@ -410,8 +410,8 @@ def main(argv: list[str] | None = None) -> str:
     args.out.mkdir(parents=True, exist_ok=True)
     name = "loop" if args.loop else "memory" if args.memory else "speed"
     (args.out / f"{name}.md").write_text(body)
-    if args.readme:
-        rewrite_readme_section(args.readme, f"bench-{name}", body)
+    if args.doc:
+        rewrite_section(args.doc, f"bench-{name}", body)
     print(body)
     return body
 

@@ -7,7 +7,7 @@ half-finished matrix resumes where it stopped.
 
     python scripts/benchmark.py                       # the default matrix on CLINC150
     python scripts/benchmark.py --quick               # a smoke check in minutes
-    python scripts/benchmark.py --readme README.md    # also rewrite the README's results section
+    python scripts/benchmark.py --doc docs/results.md    # also rewrite that document's results section
     python scripts/benchmark.py --model minilm --algos prototypes,protonet,maml,fomaml,reptile,finetune,scratch
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from metarun.reporting import rewrite_readme_section
+from docsection import rewrite_section  # scripts/docsection.py, beside this script
 
 METARUN = str(Path(sys.executable).with_name("metarun"))
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
@@ -126,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny model and budget: a smoke check of the matrix")
     parser.add_argument("--out", type=Path, help="default: outputs/benchmark, or outputs/benchmark-<model>")
     parser.add_argument("--finished-only", action="store_true", help="table the finished cells, run none")
-    parser.add_argument("--readme", type=Path, help="rewrite this README's benchmark section with the table")
+    parser.add_argument("--doc", type=Path, help="rewrite this document's benchmark section (docs/results.md)")
     parser.add_argument(
         "override", nargs="*", help="extra metarun overrides for every cell, e.g. train.outer_steps=500"
     )
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     (args.out / "benchmark.json").write_text(json.dumps({"header": header, "rows": table}, indent=1))
     body = markdown(table, header) + (f"\nNot run yet: {', '.join(missing)}.\n" if missing else "")
     (args.out / "benchmark.md").write_text(body)
-    if args.readme:  # one README section per model: `benchmark` (small), `benchmark-minilm`, ...
-        rewrite_readme_section(args.readme, "benchmark" if args.model == "small" else f"benchmark-{args.model}", body)
+    if args.doc:  # one section per model: `benchmark` (small), `benchmark-minilm`, ...
+        rewrite_section(args.doc, "benchmark" if args.model == "small" else f"benchmark-{args.model}", body)
     console.print(body)
     return table
 

@@ -11,6 +11,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def load(name):
+    sys.path.insert(0, str(SCRIPTS))  # as when the script runs: its sibling modules import
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the file executes
@@ -29,10 +30,10 @@ def test_results_table_has_one_row_per_run(tmp_path):
 
 def test_benchmark_runs_a_matrix_writes_the_table_and_resumes(tmp_path):
     benchmark = load("benchmark")
-    readme = tmp_path / "README.md"
+    readme = tmp_path / "results.md"
     readme.write_text("# title\n\n<!-- benchmark:begin -->\nold table\n<!-- benchmark:end -->\n\nafter\n")
     argv = ["--data", "synthetic", "--families", "fewshot_cls", "--shots", "1", "--algos", "protonet,scratch",
-            "--test-episodes", "4", "--out", str(tmp_path / "bench"), "--readme", str(readme),
+            "--test-episodes", "4", "--out", str(tmp_path / "bench"), "--doc", str(readme),
             "train.outer_steps=2", "eval.val_interval=2", "eval.val_episodes=2", "model=tiny"]  # fmt: skip
     table = benchmark.main(argv)
     assert [(r["family"], r["shots"], r["algo"]) for r in table] == [
