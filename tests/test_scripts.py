@@ -1,35 +1,21 @@
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-from test_compose import compose_config
+from conftest import compose_config, load_script
 
 from metarun.run import run
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def load(name):
-    sys.path.insert(0, str(SCRIPTS))  # as when the script runs: its sibling modules import
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_results_table_has_one_row_per_run(tmp_path):
     for algo in ("maml", "scratch"):
         run(compose_config(f"algo={algo}"), tmp_path / algo)
-    rows = load("results_table").rows(tmp_path)
+    rows = load_script("results_table").rows(tmp_path)
     assert len(rows) == 2
     assert rows[0].startswith("| maml | tiny | fewshot_cls 5-way 1-shot | synthetic | ")
     assert rows[1].startswith("| scratch |") and "| 3 |" in rows[1]
 
 
 def test_benchmark_runs_a_matrix_writes_the_table_and_resumes(tmp_path):
-    benchmark = load("benchmark")
+    benchmark = load_script("benchmark")
     readme = tmp_path / "results.md"
     readme.write_text("# title\n\n<!-- benchmark:begin -->\nold table\n<!-- benchmark:end -->\n\nafter\n")
     argv = ["--data", "synthetic", "--families", "fewshot_cls", "--shots", "1", "--algos", "protonet,scratch",
@@ -61,7 +47,7 @@ def test_benchmark_runs_a_matrix_writes_the_table_and_resumes(tmp_path):
 
 
 def test_benchmark_averages_over_seeds():
-    benchmark = load("benchmark")
+    benchmark = load_script("benchmark")
     cell = lambda seed: benchmark.Cell("fewshot_cls", 1, "maml", seed)  # noqa: E731
     metrics = lambda acc, ci: {"test_acc": acc, "test_ci95": ci, "test_episodes": 600, "meta_train_seconds": 60.0}  # noqa: E731
     (row,) = benchmark.aggregate([(cell(0), metrics(0.6, 0.02)), (cell(1), metrics(0.8, 0.04))])
@@ -69,7 +55,7 @@ def test_benchmark_averages_over_seeds():
 
 
 def test_benchmark_picks_the_per_shot_preset_and_budget():
-    benchmark = load("benchmark")
+    benchmark = load_script("benchmark")
     args = benchmark.parse_args(["--outer-steps", "7"])
     five, one = (benchmark.Cell("fewshot_cls", k, "maml", 0) for k in (5, 1))
     assert benchmark.cell_preset(five, "clinc150") == "clinc150_intents_5shot"
