@@ -27,7 +27,18 @@ def _tree(node, tree: Tree) -> Tree:
 
 
 def print_config(cfg: DictConfig) -> None:
-    console.print(_tree(OmegaConf.to_container(cfg, resolve=True), Tree("[bold]config")))
+    """The config as a tree, headed by the options Hydra chose (the `tuning` file among them) when it composed."""
+    from hydra.core.hydra_config import HydraConfig
+
+    title = "[bold]config"
+    if HydraConfig.initialized():
+        from metarun.cli import CONF_DIR
+
+        chosen = {k: v for k, v in HydraConfig.get().runtime.choices.items() if v and not k.startswith("hydra/")}
+        if not (Path(CONF_DIR) / "tuning" / f"{chosen.get('tuning')}.yaml").is_file():
+            chosen.pop("tuning", None)  # an optional default Hydra records even when no such file exists
+        title += " [dim](" + ", ".join(f"{k}={v}" for k, v in chosen.items()) + ")"
+    console.print(_tree(OmegaConf.to_container(cfg, resolve=True), Tree(title)))
 
 
 def _mean(values: Sequence[float]) -> float:
