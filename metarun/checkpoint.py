@@ -91,23 +91,31 @@ def same_run_config(config: dict) -> dict:
     return {**config, "train": {**config["train"], "resume": None}}
 
 
-def setting_changes(before: dict, now: dict) -> list[str]:
-    """The settings that differ between two configs, leaving out those a resumed run may change."""
+def setting_changes(before: dict, now: dict) -> list[tuple[str, object, object]]:
+    """(key, old, new) of each setting that differs between two configs, leaving out those a resume may change."""
     before, now = _flatten(before), _flatten(now)
-    return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    keys = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    return [(k, before.get(k), now.get(k)) for k in keys]
 
 
 def check_same_settings(saved: dict, config: dict, path: Path) -> None:
     """Refuse to continue the run of checkpoint `saved` (read from `path`) under settings that change its maths."""
-    before, now = _flatten(saved["config"]), _flatten(config)
     changed = setting_changes(saved["config"], config)
     if changed:
-        shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+        shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changed[:6])
         raise UserError(
             f"Cannot resume {path}: these settings differ from the run's own and would change its results: "
             f"{shown}{' ...' if len(changed) > 6 else ''}. Resume with the run's overrides (they are in "
             f"{path.parent.parent / '.hydra' / 'overrides.yaml'}), or start a new run."
         )
+
+
+def restore_weights(algorithm: Algorithm, saved: dict) -> None:
+    """The model's and the algorithm's own tensors from a checkpoint, onto the devices they live on."""
+    algorithm.model.load_state_dict(saved["model"])
+    with torch.no_grad():
+        for name, param in algorithm.extra_parameters().items():
+            param.copy_(saved["extra"][name])
 
 
 def _interned(node):
@@ -190,15 +198,12 @@ class Checkpoints:
         torch.save(_interned(payload), buffer)
         write_atomically(path, buffer.getbuffer(), run_folder=self.folder.parent)
 
-    def resume(self, algorithm: Algorithm, optimizer, schedule, rng: random.Random) -> TrainState:
-        """Restore everything `save` wrote into `last.pt`, after checking it belongs to this run's config."""
-        saved = load_checkpoint(self.last_path, next(algorithm.model.parameters()).device)
+    def resume(self, saved: dict, algorithm: Algorithm, optimizer, schedule, rng: random.Random) -> TrainState:
+        """Restore everything `save` wrote into `last.pt` (`saved`, read on the CPU, where random generator states
+        live), after checking it belongs to this run's config and tokenizer."""
         self._check_same_run(saved)
-        algorithm.model.load_state_dict(saved["model"])
-        with torch.no_grad():
-            for name, param in algorithm.extra_parameters().items():
-                param.copy_(saved["extra"][name])
-        optimizer.load_state_dict(saved["optimizer"])
+        restore_weights(algorithm, saved)
+        optimizer.load_state_dict(saved["optimizer"])  # moves its state to the parameters' device
         schedule.load_state_dict(saved["schedule"])
         version, internal, gauss = saved["rng"]["python"]
         rng.setstate((version, tuple(internal), gauss))
@@ -227,10 +232,7 @@ class Checkpoints:
                 f"{self.best_path} holds step {saved['step']}, but this run's best was step {self.best_step}: "
                 "another process wrote into this run's folder. Start the run again in a folder of its own."
             )
-        algorithm.model.load_state_dict(saved["model"])
-        with torch.no_grad():
-            for name, param in algorithm.extra_parameters().items():
-                param.copy_(saved["extra"][name])
+        restore_weights(algorithm, saved)
         return saved["step"]
 
 

@@ -38,7 +38,7 @@ from metarun.episodes import (
     trim_padding,
 )
 from metarun.errors import RunInterrupted, UserError, brief
-from metarun.evaluation import EvalResult, Scores, episode_scores, eval_mode, evaluate, summarize
+from metarun.evaluation import EvalResult, Scores, episode_scores, evaluate, summarize
 from metarun.loop import TrainSettings, build_outer_optimizer, meta_train
 from metarun.reporting import RunReporter, print_config, print_results
 from metarun.tokenizer import encode, make_tokenizer, padding_id
@@ -155,10 +155,10 @@ def build_algorithm(cfg: DictConfig, tokenizer: Tokenizer, n_train_classes: int,
     return algorithm
 
 
-def claim_run_folder(output_dir: Path, cfg: DictConfig) -> Path:
-    """The folder this run writes to: a fresh one, or with `train.resume` the stopped run's own, whose `last.pt`
-    must exist and hold this config's run (checked before any data is read). A folder holding another run's
-    results is refused: a run never reads what it did not write."""
+def claim_run_folder(output_dir: Path, cfg: DictConfig) -> tuple[Path, dict | None]:
+    """The folder this run writes to, and with `train.resume` the stopped run's `last.pt` as read: a fresh folder,
+    or the stopped run's own, whose `last.pt` must exist and hold this config's run (checked before any data is
+    read). A folder holding another run's results is refused: a run never reads what it did not write."""
     if cfg.train.resume:
         folder = Path(cfg.train.resume)
         last = folder / "checkpoints" / "last.pt"
@@ -167,13 +167,14 @@ def claim_run_folder(output_dir: Path, cfg: DictConfig) -> Path:
                 f"train.resume={cfg.train.resume!r} has no checkpoints/last.pt to continue from; give the folder of a "
                 "run that saved a checkpoint (a run saves one at each validation and when it is stopped)."
             )
-        check_same_settings(load_checkpoint(last), same_run_config(OmegaConf.to_container(cfg, resolve=True)), last)
+        saved = load_checkpoint(last)
+        check_same_settings(saved, same_run_config(OmegaConf.to_container(cfg, resolve=True)), last)
         check_writable(folder / "checkpoints")
-        return folder
+        return folder, saved
     refuse_taken_folder(output_dir)
     for folder in (output_dir, output_dir / "checkpoints"):
         check_writable(folder)
-    return output_dir
+    return output_dir, None
 
 
 def refuse_taken_folder(output_dir: Path) -> None:
@@ -190,15 +191,16 @@ def refuse_taken_folder(output_dir: Path) -> None:
 def run(cfg: DictConfig, output_dir: Path) -> float:
     """Meta-train, validate, test the best checkpoint; returns the best validation accuracy (for sweepers)."""
     check_config(cfg)
-    output_dir = claim_run_folder(output_dir, cfg)
+    output_dir, stopped = claim_run_folder(output_dir, cfg)
     try:
-        return _run(cfg, output_dir)
+        return _run(cfg, output_dir, stopped)
     except RunInterrupted as stop:
         stop.run_folder = output_dir
         raise
 
 
-def _run(cfg: DictConfig, output_dir: Path) -> float:
+def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None) -> float:
+    """The run proper; `stopped` is the checkpoint a resumed run continues from."""
     print_config(cfg)
     device = resolve_device(cfg.device.name)
     torch.manual_seed(cfg.seed)
@@ -214,8 +216,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     optimizer, schedule = build_outer_optimizer(algorithm, settings)
     rng = random.Random(cfg.seed)
     state = TrainState()
-    if cfg.train.resume:  # refused before anything is written when the data changed since
-        state = checkpoints.resume(algorithm, optimizer, schedule, rng)
+    if stopped is not None:  # refused before anything is written when the data changed since
+        state = checkpoints.resume(stopped, algorithm, optimizer, schedule, rng)
     write_run_files(output_dir, tokenizer, split)
     if not algorithm.meta_trains:  # the weights it tests, kept so that metarun-eval and load() serve it too
         checkpoints.save(algorithm, optimizer, schedule, rng, state, is_best=True)
@@ -305,23 +307,24 @@ def identity(cfg: DictConfig, device: torch.device) -> dict:
 
 
 # what `metarun-eval` may change in a run's settings: the data and tasks it is scored on, and how it adapts there
-EVAL_CHANGES = ("data", "task", "eval", "device", "debug", "algo.eval_inner_steps")
+EVAL_GROUPS = ("data", "task", "eval", "device")  # any setting inside these
+EVAL_CHANGES = (*EVAL_GROUPS, "debug", "algo.eval_inner_steps")
 
 
 def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> float:
     """`metarun-eval`: score a run's checkpoint with its own tokenizer and algorithm, changed only by the command
     line's `overrides`, on its test split or, when they change the data, on every class (or domain) of that data.
     The metrics go to `output_dir`; the run's folder is only read. Returns the test accuracy."""
-    from metarun.trained import checkpoint_path, load
+    from metarun.trained import checkpoint_path, model_from_checkpoint
 
     check_config(cfg)
-    saved = load_checkpoint(checkpoint_path(cfg.run, cfg.checkpoint))
+    saved = load_checkpoint(checkpoint_path(cfg.run, cfg.checkpoint))  # read once: its config, then its weights
     changed = _changed_settings(overrides)
     run_cfg = OmegaConf.create(saved["config"])
     for key in changed:
         OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
     print_config(run_cfg)
-    model = load(cfg.run, cfg.checkpoint, run_cfg.device.name, run_cfg)
+    model = model_from_checkpoint(saved, run_cfg.device.name, run_cfg)
     sampler = None
     if not run_cfg.task.eval_tasks:
         own_data = OmegaConf.to_container(run_cfg.data, resolve=True) == saved["config"]["data"]
@@ -331,8 +334,7 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
         sampler = make_samplers(corpus, encode(model.tokenizer, corpus.texts), run_cfg.task, {"test": rows["test"]})
         sampler = sampler["test"]
     params = model.head_of_size(run_cfg.task.n_way)
-    with eval_mode(model.algorithm.model):
-        test = score_test(run_cfg, model.algorithm, params, model.tokenizer, sampler, model.device)
+    test = score_test(run_cfg, model.algorithm, params, model.tokenizer, sampler, model.device)
     metrics = {**test.metrics(), "run": str(Path(cfg.run).resolve()), "checkpoint": cfg.checkpoint,
                "step": model.step, "changed": {k: _plain(OmegaConf.select(run_cfg, k)) for k in changed},
                **identity(run_cfg, model.device)}  # fmt: skip
@@ -352,7 +354,7 @@ def _changed_settings(overrides) -> list[str]:
 
     keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))]
     keys = [k for k in keys if k not in ("run", "checkpoint")]
-    refused = [k for k in keys if not (k in EVAL_CHANGES or k.split(".")[0] in EVAL_CHANGES[:4])]
+    refused = [k for k in keys if not (k in EVAL_CHANGES or k.split(".")[0] in EVAL_GROUPS)]
     if refused:
         raise UserError(
             f"metarun-eval cannot change {', '.join(refused)}: the checkpoint was trained with the run's own model and "

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
 from metarun.algorithms import Algorithm, Params
-from metarun.checkpoint import load_checkpoint
+from metarun.checkpoint import load_checkpoint, restore_weights
 from metarun.episodes import trim_padding
 from metarun.errors import UserError, brief
 from metarun.evaluation import eval_mode
@@ -119,9 +119,13 @@ def load(
 ) -> TrainedModel:
     """A run's `best.pt` (or `last.pt`) with its own tokenizer, config and algorithm, on `device` (auto|cpu|cuda);
     `config` replaces the run's own settings (metarun-eval: how it adapts and where it runs)."""
+    return model_from_checkpoint(load_checkpoint(checkpoint_path(run_folder, checkpoint)), device, config)
+
+
+def model_from_checkpoint(saved: dict, device: str = "auto", config: DictConfig | None = None) -> TrainedModel:
+    """The run of an already-read checkpoint as a model (see `load`)."""
     from metarun.run import build_algorithm, resolve_device
 
-    saved = load_checkpoint(checkpoint_path(run_folder, checkpoint))
     # the model is built as the run built it (its n_way head); adapting resizes what a task rebuilds anyway
     config = OmegaConf.create(saved["config"]) if config is None else config
     built_as = OmegaConf.merge(config, {"task": {"n_way": saved["config"]["task"]["n_way"]}})
@@ -130,8 +134,5 @@ def load(
     pretrain_head = saved["extra"].get("pretrain_head.weight")
     with torch.random.fork_rng(devices=[]):  # construction draws weights that the checkpoint then replaces
         algorithm = build_algorithm(built_as, tokenizer, 1 if pretrain_head is None else len(pretrain_head), target)
-    algorithm.model.load_state_dict(saved["model"])
-    with torch.no_grad():
-        for name, param in algorithm.extra_parameters().items():
-            param.copy_(saved["extra"][name])
+    restore_weights(algorithm, saved)
     return TrainedModel(algorithm, tokenizer, config, saved["step"], target)
