@@ -16,13 +16,10 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from metarun.config import register_configs, register_resolvers  # noqa: E402
+from metarun.config import CONF_DIR, register_configs, register_resolvers  # noqa: E402
 from metarun.callbacks import FailedJobs  # noqa: E402
 from metarun.errors import EXIT_USER_ERROR, RunInterrupted, composition_error, report, reported_stops, stop_signals  # noqa: E402,E501
 
-# absolute, from any working directory: a wheel ships conf/ as metarun/conf; an editable install reads the repo's conf/
-_PACKAGE = Path(__file__).resolve().parent
-CONF_DIR = str(_PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent / "conf")
 register_configs()
 register_resolvers()
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from metarun.errors import UserError
+
+# absolute, from any working directory: a wheel ships conf/ as metarun/conf; an editable install reads the repo's conf/
+_PACKAGE = Path(__file__).resolve().parent
+CONF_DIR = str(_PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent / "conf")
 
 
 def setting(default: Any = MISSING, *, least: float | None = None, above: float | None = None, below=None,

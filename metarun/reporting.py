@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -12,6 +13,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from metarun.algorithms import TaskStats
+from metarun.config import CONF_DIR
 from metarun.evaluation import EvalResult
 
 console = Console()
@@ -28,12 +30,8 @@ def _tree(node, tree: Tree) -> Tree:
 
 def print_config(cfg: DictConfig) -> None:
     """The config as a tree, headed by the options Hydra chose (the `tuning` file among them) when it composed."""
-    from hydra.core.hydra_config import HydraConfig
-
     title = "[bold]config"
     if HydraConfig.initialized():
-        from metarun.cli import CONF_DIR
-
         chosen = {k: v for k, v in HydraConfig.get().runtime.choices.items() if v and not k.startswith("hydra/")}
         if not (Path(CONF_DIR) / "tuning" / f"{chosen.get('tuning')}.yaml").is_file():
             chosen.pop("tuning", None)  # an optional default Hydra records even when no such file exists
