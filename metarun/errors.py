@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 EXIT_USER_ERROR = 2
 
@@ -78,9 +79,11 @@ def reported_stops(debug: bool, resume_command: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def stop_signals() -> Iterator[None]:
-    """Inside, Ctrl-C and SIGTERM raise RunInterrupted (meta-training defers it to the end of its step)."""
-    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+def stop_signals(handler: Callable[[int, Any], None] | None = None) -> Iterator[None]:
+    """Inside, Ctrl-C and SIGTERM go to `handler`; by default they raise RunInterrupted at once (meta-training
+    passes its own, which finishes the step first)."""
+    handler = handler or _raise_interrupt
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

@@ -18,7 +18,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from metarun.algorithms import Algorithm, Params, TaskStats
 from metarun.checkpoint import Checkpoints, TrainState
 from metarun.episodes import Episode, EpisodeSampler
-from metarun.errors import RunInterrupted, UserError
+from metarun.errors import RunInterrupted, UserError, stop_signals
 from metarun.evaluation import evaluate
 from metarun.reporting import RunReporter
 
@@ -80,15 +80,8 @@ class StopRequests:
     def __init__(self) -> None:
         self.signum: int | None = None
 
-    def __enter__(self) -> StopRequests:
-        self.previous = {s: signal.signal(s, self._request) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _request(self, signum: int, frame) -> None:
+    def request(self, signum: int, frame) -> None:
+        """The signal handler (see `stop_signals`)."""
         if self.signum is not None:
             raise RunInterrupted(signum, f"Stopped at once by a second {signal.Signals(signum).name}.")
         self.signum = signum
@@ -113,7 +106,8 @@ def meta_train(
     params: Params = dict(algorithm.model.named_parameters())
     trained = [*params.values(), *algorithm.extra_parameters().values()]
     algorithm.model.train()
-    with StopRequests() as stop:
+    stop = StopRequests()
+    with stop_signals(stop.request):
         for step in range(state.step + 1, settings.outer_steps + 1):
             started = time.perf_counter()
             episodes = [sampler.sample(rng).to(device) for _ in range(settings.meta_batch_size)]
