@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metarun.algorithms.heads import HEAD, head_logits, starting_head
-from metarun.algorithms.inner import INNER_OPTIMIZERS, SGD
+from metarun.algorithms.inner import INNER_OPTIMIZERS, LR_PREFIX, SGD
 from metarun.algorithms.recompute import recomputed_sgd_step
 from metarun.episodes import Episode, trim_padding
 from metarun.errors import UserError
@@ -173,8 +173,9 @@ class Algorithm:
         return features if features_only else head_logits(params, features)
 
     def extra_parameters(self) -> dict[str, nn.Parameter]:
-        """Parameters the outer optimizer trains besides the model's (none by default)."""
-        return {}
+        """Parameters the outer optimizer trains besides the model's: a learned inner rule's rates (none by
+        default), checkpointed and loaded with the model."""
+        return {LR_PREFIX + n: lr for n, lr in self.inner_optimizer.learned.items()}
 
     def meta_gradient(
         self, params: Params, episode: Episode, outer_step: int | None = None

@@ -9,17 +9,19 @@ outer loop trains.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 Params = dict[str, torch.Tensor]
+LR_PREFIX = "inner_lr."  # a learned rule's rate for parameter `p` is the algorithm's tensor `inner_lr.p`
 
 
 @dataclass(frozen=True)
 class SGD:
     lr: float
+    learned: Params = field(default_factory=dict)  # tensors the outer loop trains: none for a fixed rule
 
     def init(self, params: Params) -> Any:
         return None
@@ -33,6 +35,7 @@ class Adam:
     lr: float
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    learned: Params = field(default_factory=dict)
 
     def init(self, params: Params) -> tuple[int, Params, Params]:
         zeros = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -58,6 +61,10 @@ class LearnedSGD:
 
     lrs: Params
 
+    @property
+    def learned(self) -> Params:
+        return self.lrs
+
     def init(self, params: Params) -> Any:
         return None
 
@@ -71,6 +78,10 @@ class PerStepSGD:
     when evaluation adapts longer than meta-training did)."""
 
     lrs: Params  # one rate per inner step for each parameter tensor (MAML++'s LSLR)
+
+    @property
+    def learned(self) -> Params:
+        return self.lrs
 
     def init(self, params: Params) -> int:
         return 0

@@ -51,10 +51,7 @@ class MAMLpp(MAML):
         like = next(self.model.parameters())  # the rates take the model's dtype and device
         rates = torch.full((self.inner_steps,), self.inner_lr, dtype=like.dtype, device=like.device)
         self.lrs = {n: nn.Parameter(rates.clone()) for n in self.inner_names}
-        self.inner_optimizer = PerStepSGD(self.lrs)
-
-    def extra_parameters(self) -> dict[str, nn.Parameter]:
-        return {f"inner_lr.{n}": lr for n, lr in self.lrs.items()}
+        self.inner_optimizer = PerStepSGD(self.lrs)  # its rates are this algorithm's extra_parameters()
 
     def second_order_at(self, outer_step: int | None) -> bool:
         """DA: first order while `outer_step` <= first_order_steps (and always with first_order=true)."""

@@ -14,8 +14,6 @@ from metarun.algorithms.inner import LearnedSGD
 from metarun.algorithms.maml import MAML
 from metarun.errors import UserError
 
-LR_PREFIX = "inner_lr."  # alpha of parameter `p` is the extra parameter `inner_lr.p`
-
 
 def lr_shape(name: str, param: torch.Tensor) -> tuple[int, ...]:
     """One rate per element, except that the head's rows share theirs: its classes are permuted in every episode,
@@ -36,7 +34,4 @@ class MetaSGD(MAML):
         params = dict(self.model.named_parameters())
         self.lrs = {n: nn.Parameter(torch.full(lr_shape(n, params[n]), self.inner_lr, dtype=params[n].dtype,
                                                device=params[n].device)) for n in self.inner_names}  # fmt: skip
-        self.inner_optimizer = LearnedSGD(self.lrs)
-
-    def extra_parameters(self) -> dict[str, nn.Parameter]:
-        return {LR_PREFIX + n: lr for n, lr in self.lrs.items()}
+        self.inner_optimizer = LearnedSGD(self.lrs)  # its rates are this algorithm's extra_parameters()
