@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from metarun.errors import UserError, brief
+from metarun.tokens import trim_padding
 
 SPLITS = ("train", "val", "test")
 
@@ -79,12 +80,6 @@ class Episode:
 
     def to(self, device: torch.device) -> Episode:
         return replace(self, **{k: getattr(self, k).to(device) for k in self.__dataclass_fields__})
-
-
-def trim_padding(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
-    """Drop padding columns that every row has, so attention runs over the batch's real length."""
-    length = int((tokens != pad_id).sum(1).max())
-    return tokens[:, : max(length, 1)]
 
 
 class EpisodeSampler:

@@ -11,9 +11,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 
 from metarun.algorithms import Algorithm, Params
 from metarun.episodes import Episode
+from metarun.tokens import text_key, trim_padding
 
 Z_95 = 1.959964  # two-sided 95% quantile of the standard normal
 
@@ -81,6 +83,24 @@ def summarize(scores: list[Scores]) -> dict[str, EvalResult]:
     return {metric: mean_with_ci([getattr(s, metric) for s in scores]) for metric in METRICS}
 
 
+class FeatureTable:
+    """Each text's encoder features, computed once for all rows of `token_batches` and looked up by the text's
+    tokens: head-only adaptation over many episodes runs the encoder once per distinct text."""
+
+    def __init__(self, algorithm: Algorithm, params: Params, token_batches: list[torch.Tensor], batch_size=256):
+        width = max(t.shape[1] for t in token_batches)
+        rows = torch.unique(torch.cat([F.pad(t, (0, width - t.shape[1])) for t in token_batches]), dim=0)
+        with torch.no_grad():
+            features = torch.cat([
+                algorithm.logits(params, trim_padding(rows[i : i + batch_size]), features_only=True)
+                for i in range(0, len(rows), batch_size)
+            ])  # fmt: skip
+        self.features = {text_key(row): f for row, f in zip(rows.cpu(), features)}
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.features[text_key(row)] for row in tokens.cpu()])
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """No dropout while adapting and scoring; the model's training flag is restored afterwards."""
@@ -100,9 +120,10 @@ def predict(
     features from a table computed once."""
     episodes = [e.to(device) for e in episodes]
     predictions = []
-    reused = algorithm.adapts_head_only and len(episodes) > 1
-    tokens = [x for e in episodes for x in (e.support_x, e.query_x)]
-    with eval_mode(algorithm.model), algorithm.cached_features(params, tokens) if reused else contextlib.nullcontext():
+    with eval_mode(algorithm.model):
+        if algorithm.adapts_head_only and len(episodes) > 1:
+            tokens = [x for e in episodes for x in (e.support_x, e.query_x)]
+            algorithm = algorithm.reading_features(FeatureTable(algorithm, params, tokens))
         for episode in episodes:
             adapted = algorithm.adapt(params, episode.support_x, episode.support_y)
             with torch.no_grad():

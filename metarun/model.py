@@ -2,43 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-PAD_ID = 0
-
-
-def twice_differentiable_attention() -> contextlib.AbstractContextManager:
-    """Pick SDPA's math kernel: the fused CPU flash kernel has no double backward on torch 2.13."""
-    return sdpa_kernel([SDPBackend.MATH])
-
-
-_written_out_layer_norm = False
-
-
-@contextlib.contextmanager
-def vmap_safe_layer_norm():
-    """Write LayerNorm out in elementary ops: under `torch.func.vmap`, torch 2.13 differentiates the fused
-    layer_norm twice wrongly (tests/test_gradients.py keeps the evidence)."""
-    global _written_out_layer_norm
-    previous, _written_out_layer_norm = _written_out_layer_norm, True
-    try:
-        yield
-    finally:
-        _written_out_layer_norm = previous
-
-
-class LayerNorm(nn.LayerNorm):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _written_out_layer_norm:
-            return super().forward(x)
-        mean = x.mean(-1, keepdim=True)
-        variance = (x - mean).square().mean(-1, keepdim=True)
-        return (x - mean) * torch.rsqrt(variance + self.eps) * self.weight + self.bias
+from metarun.tokens import PAD_ID
+from metarun.torch_workarounds import LayerNorm
 
 
 class SelfAttention(nn.Module):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.errors import UserError
-from metarun.tokenizer import swap_padding
+from metarun.tokens import swap_padding
 
 WEIGHTS = "model.safetensors"
 HUB_FILES = ["*.json", "*.txt", "*.model", WEIGHTS]  # config, tokenizer and weights; never *.bin (pickle)
@@ -148,7 +148,7 @@ class PretrainedClassifier(nn.Module):
                 )
             for key in keys:
                 setattr(config, key, dropout)
-        # SDPA: metarun selects its math kernel whenever it differentiates twice (model.twice_differentiable_attention)
+        # SDPA: metarun picks its math kernel whenever it differentiates twice (metarun.torch_workarounds)
         self.encoder = transformers.AutoModel.from_config(config, attn_implementation="sdpa")
         state = load_weights(folder, sha256)
         prefix = self.encoder.base_model_prefix + "."

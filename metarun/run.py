@@ -35,13 +35,13 @@ from metarun.episodes import (
     class_groups,
     split_keys,
     split_rows,
-    trim_padding,
 )
 from metarun.errors import RunInterrupted, UserError, brief
 from metarun.evaluation import EvalResult, Scores, episode_scores, evaluate, summarize
 from metarun.loop import TrainSettings, build_outer_optimizer, meta_train
 from metarun.reporting import RunReporter, print_config, print_results
 from metarun.tokenizer import encode, make_tokenizer, padding_id
+from metarun.tokens import trim_padding
 
 NOT_CONSTRUCTOR_ARGS = ("name", "vocab_size", "pad_id", "outer_optimizer", "outer_lr", "eps")
 RESULTS = ("metrics.json", "checkpoints/last.pt", "checkpoints/best.pt")  # what marks a folder as a run's own
@@ -149,10 +149,10 @@ def build_algorithm(cfg: DictConfig, tokenizer: Tokenizer, n_train_classes: int,
         sizes["pad_id"] = padding_id(tokenizer)
     model = build(cfg.model, **sizes).to(device)
     extra = {"n_train_classes": n_train_classes} if "n_train_classes" in cfg.algo else {}
-    algorithm: Algorithm = build(cfg.algo, model=model, **extra)
-    algorithm.diagnostic_scores = cfg.train.diagnostic_scores
-    algorithm.autocast_dtype = resolve_precision(cfg.device.precision, device, "pad_id" in cfg.model)
-    return algorithm
+    autocast_dtype = resolve_precision(cfg.device.precision, device, "pad_id" in cfg.model)
+    return build(
+        cfg.algo, model=model, diagnostic_scores=cfg.train.diagnostic_scores, autocast_dtype=autocast_dtype, **extra
+    )
 
 
 def claim_run_folder(output_dir: Path, cfg: DictConfig) -> tuple[Path, dict | None]:

@@ -7,6 +7,8 @@ import torch
 from omegaconf import DictConfig
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+from metarun.tokens import swap_padding
+
 PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1
 
 
@@ -37,15 +39,8 @@ def padding_id(tokenizer: Tokenizer) -> int:
     return tokenizer.padding["pad_id"]
 
 
-def swap_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Exchange ids 0 and `pad_id` (its own inverse): metarun pads with 0, the model with its own id."""
-    if pad_id == 0:
-        return tokens
-    return torch.where(tokens == 0, pad_id, torch.where(tokens == pad_id, 0, tokens))
-
-
 def encode(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
-    """All texts as one [rows, max_len] tensor of token ids, padded with 0 whatever the tokenizer's padding id
-    (ids 0 and that id swap places; metarun.pretrained swaps them back)."""
+    """All texts as one [rows, max_len] tensor of token ids, padded with `PAD_ID` whatever the tokenizer's padding
+    id (the two ids swap places; metarun.pretrained swaps them back)."""
     tokens = torch.tensor([e.ids for e in tokenizer.encode_batch(texts)], dtype=torch.long)
     return swap_padding(tokens, padding_id(tokenizer))

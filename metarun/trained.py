@@ -21,10 +21,10 @@ from tokenizers import Tokenizer
 
 from metarun.algorithms import Algorithm, Params
 from metarun.checkpoint import load_checkpoint, restore_weights
-from metarun.episodes import trim_padding
 from metarun.errors import UserError, brief
 from metarun.evaluation import eval_mode
 from metarun.tokenizer import encode
+from metarun.tokens import trim_padding
 
 CHECKPOINTS = ("best", "last")
 

@@ -37,7 +37,8 @@ from docsection import rewrite_section  # scripts/docsection.py, beside this scr
 from metarun.algorithms import MAML, Reptile
 from metarun.episodes import Episode
 from metarun.loop import accumulate_meta_gradient
-from metarun.model import TransformerClassifier, twice_differentiable_attention
+from metarun.model import TransformerClassifier
+from metarun.torch_workarounds import twice_differentiable_attention
 
 ALGOS = ("maml", "fomaml", "reptile")
 PEERS = ("higher", "naive")

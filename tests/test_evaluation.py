@@ -47,7 +47,9 @@ def test_cached_features_score_as_the_encoder_does(name):
     per_episode = [evaluate(algorithm, params, [e], torch.device("cpu")).mean for e in episodes]
     assert len(calls) > len(episodes)  # a single episode runs the encoder itself
     assert cached.mean == pytest.approx(sum(per_episode) / len(episodes), abs=1e-12)
-    assert algorithm._feature_table is None  # the table lives only as long as the evaluation
+    before = len(calls)
+    algorithm.logits(params, episodes[0].query_x)
+    assert len(calls) == before + 1  # the table lived only inside the evaluation: the algorithm runs its encoder
 
 
 @pytest.mark.parametrize("inner_scope", ["all", "top"])

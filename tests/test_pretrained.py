@@ -14,7 +14,8 @@ from conftest import INNER_LR, INNER_STEPS, compose_config, naive_maml_loss, ran
 from metarun.algorithms import MAML, ProtoNet
 from metarun.errors import UserError
 from metarun.evaluation import evaluate
-from metarun.tokenizer import encode, swap_padding
+from metarun.tokenizer import encode
+from metarun.tokens import swap_padding
 
 transformers = pytest.importorskip("transformers")
 from metarun.pretrained import PretrainedClassifier, model_folder, pretrained_tokenizer  # noqa: E402

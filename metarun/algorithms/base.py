@@ -6,7 +6,7 @@ explicit values: differentiable (MAML), detached (first-order, Reptile) or fresh
 
 from __future__ import annotations
 
-import contextlib
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +18,7 @@ from torch.func import functional_call
 from metarun.algorithms.heads import HEAD, head_logits, starting_head
 from metarun.algorithms.inner import INNER_OPTIMIZERS, LR_PREFIX, SGD
 from metarun.algorithms.recompute import recomputed_sgd_step
-from metarun.episodes import Episode, trim_padding
+from metarun.episodes import Episode
 from metarun.errors import UserError
 
 Params = dict[str, torch.Tensor]
@@ -47,14 +47,15 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 class Algorithm:
-    """Public surface: `meta_gradient` (one task's contribution to the outer step), `adapt`, and for the
-    algorithms that can batch their tasks, `batched_meta_gradient` (the whole meta-batch's mean at once)."""
+    """Public surface: `meta_gradient` (one task's contribution to the outer step), `adapt`, the tensors it
+    meta-learns besides the model's (`extra_parameters`), and for the algorithms that can batch their tasks,
+    `batched_meta_gradient` (the whole meta-batch's mean at once). Its flags are constructor arguments:
 
-    meta_trains = True  # False: the loop skips meta-training (the `scratch` and `prototypes` baselines)
-    can_batch_tasks = False  # whether `batched_meta_gradient` exists for this algorithm
-    diagnostic_scores = False  # forwards that only feed the logs, per task (train.diagnostic_scores)
-    autocast_dtype: torch.dtype | None = None  # the model's forward under autocast to this dtype (device.precision)
-    _feature_table: dict | None = None  # set inside `cached_features`
+    - `meta_trains`: False makes the loop skip meta-training (the `scratch` and `prototypes` baselines);
+    - `can_batch_tasks`: whether this algorithm has `batched_meta_gradient` (given by the subclass);
+    - `diagnostic_scores`: forwards that only feed the logs, per task (train.diagnostic_scores);
+    - `autocast_dtype`: the model's forward under autocast to this dtype (device.precision).
+    """
 
     def __init__(
         self,
@@ -69,8 +70,15 @@ class Algorithm:
         top_layers: int = 2,
         prototype_scale: float = 10.0,
         batch_tasks: str | bool = "auto",
+        meta_trains: bool = True,
+        can_batch_tasks: bool = False,
+        diagnostic_scores: bool = False,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model
+        self.meta_trains, self.can_batch_tasks = meta_trains, can_batch_tasks
+        self.diagnostic_scores, self.autocast_dtype = diagnostic_scores, autocast_dtype
+        self.feature_lookup: Callable[[torch.Tensor], torch.Tensor] | None = None  # see `reading_features`
         self.inner_steps, self.inner_lr, self.eval_inner_steps = inner_steps, inner_lr, eval_inner_steps
         self.inner_optimizer = INNER_OPTIMIZERS[inner_optimizer](inner_lr)  # a learned rule replaces it (Meta-SGD)
         self.head_init, self.prototype_scale = head_init, prototype_scale
@@ -115,10 +123,9 @@ class Algorithm:
         if batch_tasks is True and not possible:
             raise UserError(
                 f"algo.batch_tasks=true is not available for {type(self).__name__} with "
-                f"inner_optimizer={type(self.inner_optimizer).__name__.lower()}, inner_scope={self.inner_scope}"
-                f"{', memory=recompute' if getattr(self, 'memory', None) == 'recompute' else ''}; batching needs "
-                "maml, fomaml or reptile with sgd inner steps over all parameters of a metarun-built model; use "
-                "algo.batch_tasks=false."
+                f"inner_optimizer={type(self.inner_optimizer).__name__.lower()}, inner_scope={self.inner_scope}; "
+                "batching needs maml, fomaml or reptile with sgd inner steps over all parameters of a metarun-built "
+                "model (and algo.memory=store); use algo.batch_tasks=false."
             )
         on_cuda = next(self.model.parameters()).is_cuda
         return possible and (batch_tasks is True or on_cuda)
@@ -142,28 +149,16 @@ class Algorithm:
         """Whether test-time adaptation leaves the encoder as it is, so features can be computed once per text."""
         return self.inner_scope == "head" or self.eval_inner_steps == 0
 
-    @contextlib.contextmanager
-    def cached_features(self, params: Params, token_batches: list[torch.Tensor], batch_size: int = 256):
-        """Inside: `logits` reads each text's features from a table computed once for all rows of `token_batches`
-        (every model here is `head(features(tokens))`), instead of running the encoder again."""
-        width = max(t.shape[1] for t in token_batches)
-        rows = torch.unique(torch.cat([F.pad(t, (0, width - t.shape[1])) for t in token_batches]), dim=0)
-        with torch.no_grad():
-            features = torch.cat(
-                [
-                    self.logits(params, trim_padding(rows[i : i + batch_size]), True)
-                    for i in range(0, len(rows), batch_size)
-                ]
-            )
-        self._feature_table = {_text_key(row): f for row, f in zip(rows.cpu(), features)}
-        try:
-            yield
-        finally:
-            self._feature_table = None
+    def reading_features(self, lookup: Callable[[torch.Tensor], torch.Tensor]) -> Algorithm:
+        """A copy of this algorithm whose `logits` take each text's features from `lookup(tokens)` instead of the
+        encoder (every model here is `head(features(tokens))`); this one is unchanged."""
+        reader = copy.copy(self)
+        reader.feature_lookup = lookup
+        return reader
 
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
-        if self._feature_table is not None:
-            features = torch.stack([self._feature_table[_text_key(row)] for row in tokens.cpu()])
+        if self.feature_lookup is not None:
+            features = self.feature_lookup(tokens)
             return features if features_only else head_logits(params, features)
         if self.autocast_dtype is None:
             return functional_call(self.model, params, (tokens,), {"features_only": features_only})
@@ -294,8 +289,3 @@ class Algorithm:
             stats.loss_before = F.cross_entropy(start_logits, episode.query_y).item()
             stats.acc_before = accuracy(start_logits, episode.query_y)
         return stats
-
-
-def _text_key(row: torch.Tensor) -> tuple[int, ...]:
-    """A token row without its padding: the same text trimmed to different widths gives the same key."""
-    return tuple(row[row != 0].tolist())

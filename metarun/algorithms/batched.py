@@ -17,7 +17,7 @@ from torch.func import grad_and_value, vmap
 from metarun.algorithms.base import Algorithm, Params, TaskStats
 from metarun.algorithms.heads import HEAD, starting_head
 from metarun.episodes import Episode
-from metarun.model import twice_differentiable_attention, vmap_safe_layer_norm
+from metarun.torch_workarounds import twice_differentiable_attention, vmap_safe_layer_norm
 
 
 def stack_episodes(episodes: list[Episode]) -> tuple[torch.Tensor, ...]:

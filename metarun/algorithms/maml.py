@@ -17,13 +17,14 @@ from metarun.algorithms.inner import Adam
 from metarun.algorithms.batched import over_tasks, sgd_steps, task_start, task_stats
 from metarun.episodes import Episode
 from metarun.errors import UserError
-from metarun.model import twice_differentiable_attention
+from metarun.torch_workarounds import twice_differentiable_attention
 
 
 class MAML(Algorithm):
     def __init__(self, *args, first_order: bool = False, memory: str = "store", **kwargs) -> None:
-        self.first_order, self.memory = first_order, memory  # set first: they decide whether tasks can batch
+        kwargs.setdefault("can_batch_tasks", memory == "store")  # recompute keeps its own per-task backward
         super().__init__(*args, **kwargs)
+        self.first_order, self.memory = first_order, memory
         if not first_order and isinstance(self.inner_optimizer, Adam):
             raise UserError(
                 "algo.inner_optimizer=adam cannot be differentiated through by second-order MAML; use "
@@ -34,10 +35,6 @@ class MAML(Algorithm):
                 f"algo.memory=recompute needs algo.inner_scope=all, not {self.inner_scope!r}; a partial inner loop "
                 "is already lighter, use algo.memory=store."
             )
-
-    @property
-    def can_batch_tasks(self) -> bool:
-        return self.memory == "store"
 
     def meta_gradient(
         self, params: Params, episode: Episode, outer_step: int | None = None

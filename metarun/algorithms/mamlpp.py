@@ -19,7 +19,7 @@ from metarun.algorithms.inner import SGD, PerStepSGD
 from metarun.algorithms.maml import MAML
 from metarun.episodes import Episode
 from metarun.errors import UserError
-from metarun.model import twice_differentiable_attention
+from metarun.torch_workarounds import twice_differentiable_attention
 
 
 def step_weights(steps: int, outer_step: int | None, msl_steps: int) -> torch.Tensor:
@@ -37,10 +37,8 @@ def step_weights(steps: int, outer_step: int | None, msl_steps: int) -> torch.Te
 
 
 class MAMLpp(MAML):
-    can_batch_tasks = False  # its per-step losses and rates live in its own loop below
-
     def __init__(self, *args, msl_steps: int = 100, first_order_steps: int = 50, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, can_batch_tasks=False, **kwargs)  # its per-step losses and rates: its own loop
         if self.memory == "recompute" or not isinstance(self.inner_optimizer, SGD):
             raise UserError("algo=mamlpp learns its own per-step SGD rates: it needs algo.inner_optimizer=sgd and "
                             "algo.memory=store.")  # fmt: skip

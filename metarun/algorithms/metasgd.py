@@ -22,10 +22,9 @@ def lr_shape(name: str, param: torch.Tensor) -> tuple[int, ...]:
 
 
 class MetaSGD(MAML):
-    can_batch_tasks = False  # the learning rates are shared by all tasks; the batched path leaves them out
-
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        # the rates are shared by all tasks, and the batched path leaves them out
+        super().__init__(*args, can_batch_tasks=False, **kwargs)
         if self.first_order or self.memory == "recompute":
             raise UserError(
                 "algo=metasgd learns its inner learning rates through the second-order inner loop: it needs "

@@ -22,8 +22,8 @@ class ProtoNet(Algorithm):
     learns_head = False  # the prototypes replace the model's head in every episode
 
     def __init__(self, *args, distance: str = "euclidean", meta_train: bool = True, **kwargs) -> None:
-        self.distance, self.meta_trains = distance, meta_train
-        super().__init__(*args, inner_steps=0, eval_inner_steps=0, **kwargs)
+        super().__init__(*args, inner_steps=0, eval_inner_steps=0, meta_trains=meta_train, **kwargs)
+        self.distance = distance
 
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
         if self.distance == "euclidean":

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch.autograd.function import once_differentiable
 
-from metarun.model import twice_differentiable_attention
+from metarun.torch_workarounds import twice_differentiable_attention
 
 LossFn = Callable[[list[torch.Tensor]], torch.Tensor]
 

@@ -15,10 +15,8 @@ from metarun.errors import UserError
 
 
 class Reptile(Algorithm):
-    can_batch_tasks = True
-
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, can_batch_tasks=True, **kwargs)
         still = sorted(set(self.meta_learned_names(dict(self.model.named_parameters()))) - set(self.inner_names))
         if still:
             raise UserError(

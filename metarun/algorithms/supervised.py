@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy
-from metarun.episodes import Episode, trim_padding
+from metarun.episodes import Episode
+from metarun.tokens import trim_padding
 
 
 class SupervisedBaseline(Algorithm):
@@ -20,8 +21,7 @@ class SupervisedBaseline(Algorithm):
 
     def __init__(self, *args, pretrain: bool = True, n_train_classes: int = 1, **kwargs) -> None:
         kwargs.setdefault("head_init", "random")
-        self.meta_trains = pretrain
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, meta_trains=pretrain, **kwargs)
         width = self.model.head.in_features
         head = nn.Linear(width, n_train_classes).to(next(self.model.parameters()).device)
         self.pretrain_head = {"pretrain_head.weight": head.weight, "pretrain_head.bias": head.bias}
