@@ -24,7 +24,7 @@ from metarun.algorithms import Algorithm
 from metarun.errors import UserError, brief
 from metarun.evaluation import EvalResult
 
-FORMAT = 2  # the layout below; a checkpoint of another format is refused
+FORMAT = 3  # the layout below; a checkpoint of another format is refused
 # settings a resumed run may change: they do not touch the maths of meta-training
 RESUMABLE_CHANGES = ("train.resume", "debug", "device.name")
 STORAGE_FAULTS = {

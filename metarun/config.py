@@ -11,10 +11,11 @@ import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from collections.abc import Sequence
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 from metarun.errors import UserError
 
@@ -40,7 +41,6 @@ HEAD_INITS = ("learned", "zero", "random", "prototypes")  # prototypes: Proto-MA
 # ---- model ----
 @dataclass
 class ModelConfig:
-    name: str = MISSING
     _target_: str = MISSING
     max_len: int = setting(32, least=2)  # tokens per text; longer texts are truncated
 
@@ -71,7 +71,6 @@ class PretrainedConfig(ModelConfig):
 # ---- algorithm ----
 @dataclass
 class AlgoConfig:
-    name: str = MISSING
     _target_: str = MISSING
     outer_optimizer: str = setting("adam", choices=("adam", "sgd"))
     outer_lr: float = setting(3.0e-3, above=0.0)
@@ -161,7 +160,6 @@ class EvalTaskConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = MISSING
     split_by: str = setting("class", choices=("class", "domain"))
     split: SplitConfig = field(default_factory=SplitConfig)
     n_way: int = setting(5, least=2)
@@ -176,7 +174,6 @@ class TaskConfig:
 # ---- data ----
 @dataclass
 class DataConfig:
-    name: str = MISSING
     _target_: str = MISSING
 
 
@@ -217,6 +214,11 @@ class SyntheticDataConfig(DataConfig):
     filler_vocab: int = setting(60, least=1)
 
 
+@dataclass
+class PathsConfig:
+    data: str = MISSING  # the folder that holds the data sets the presets name (conf/paths/default.yaml)
+
+
 # ---- device, training, evaluation ----
 @dataclass
 class DeviceConfig:
@@ -250,6 +252,8 @@ class Config:
     task: Any = MISSING
     data: Any = MISSING
     device: Any = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    choices: Dict[str, str] = setting(factory=dict)  # the option picked in each group, as Hydra recorded it
     seed: int = 0  # model initialisation and meta-training episodes
     debug: bool = False  # true: Python tracebacks instead of one-paragraph errors
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -314,10 +318,28 @@ def register_resolvers() -> None:
     """`${run_id:}` for unique run folders; `${run_dir:resume,default}` puts a resumed run in its own folder, and
     `${hydra_subdir:resume}` its config files in `.hydra/resume-ID`, beside the original ones."""
     OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID, replace=True)
+    OmegaConf.register_new_resolver("abspath", lambda path: str(Path(path).expanduser().resolve()), replace=True)
     OmegaConf.register_new_resolver("run_dir", lambda resume, default: resume or default, replace=True)
     OmegaConf.register_new_resolver(
         "hydra_subdir", lambda resume: f".hydra/resume-{_RUN_ID}" if resume else ".hydra", replace=True
     )
+
+
+def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictConfig:
+    """metarun's config (`config`, `evaluate` or `predict`) as its command line composes it, for Python callers:
+    Hydra's record of the composition is set as inside the app, so `${hydra:...}` values resolve."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra  # as the app's task config: Hydra's own settings live in HydraConfig only
+    return cfg
 
 
 def _problem(key: str, value: Any, rules: dict) -> str | None:

@@ -43,7 +43,7 @@ from metarun.reporting import RunReporter, print_config, print_results
 from metarun.tokenizer import encode, make_tokenizer, padding_id
 from metarun.tokens import trim_padding
 
-NOT_CONSTRUCTOR_ARGS = ("name", "vocab_size", "pad_id", "outer_optimizer", "outer_lr", "eps")
+NOT_CONSTRUCTOR_ARGS = ("vocab_size", "pad_id", "outer_optimizer", "outer_lr", "eps")
 RESULTS = ("metrics.json", "checkpoints/last.pt", "checkpoints/best.pt")  # what marks a folder as a run's own
 
 
@@ -296,13 +296,13 @@ def score_test(cfg: DictConfig, algorithm: Algorithm, params: Params, tokenizer:
 
 
 def title(cfg: DictConfig) -> str:
-    task = f"{cfg.task.name} {cfg.task.n_way}-way {cfg.task.k_shot}-shot"
-    return f"{cfg.algo.name} · {cfg.model.name} · {task} · {cfg.data.name}"
+    picked = cfg.choices
+    return f"{picked.algo} · {picked.model} · {picked.task} {cfg.task.n_way}-way {cfg.task.k_shot}-shot · {picked.data}"
 
 
 def identity(cfg: DictConfig, device: torch.device) -> dict:
     """What a metrics.json row is about: the run's main choices, and what produced its numbers."""
-    return {"algo": cfg.algo.name, "model": cfg.model.name, "task": cfg.task.name, "data": cfg.data.name,
+    return {**{group: cfg.choices[group] for group in ("algo", "model", "task", "data")},
             "n_way": cfg.task.n_way, "k_shot": cfg.task.k_shot, "seed": cfg.seed, **provenance(device)}  # fmt: skip
 
 
@@ -323,6 +323,8 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
     run_cfg = OmegaConf.create(saved["config"])
     for key in changed:
         OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
+        if key in cfg.choices:  # another option of a group: its name too
+            run_cfg.choices[key] = cfg.choices[key]
     print_config(run_cfg)
     model = model_from_checkpoint(saved, run_cfg.device.name, run_cfg)
     sampler = None

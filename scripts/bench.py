@@ -309,15 +309,13 @@ def loop_overhead(args: argparse.Namespace) -> str:
     import random
     import tempfile
 
-    from hydra import compose, initialize_config_dir
-
+    from metarun.config import compose
     from metarun.loop import build_optimizer
     from metarun.run import build_algorithm, prepare_episodes, resolve_device, run
 
     steps = args.steps + args.warmup  # both sides: the median over the same steps, warm-up included
     overrides = [*args.loop_overrides, f"train.outer_steps={steps}"]
-    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose("config", overrides)
     out = Path(tempfile.mkdtemp())
 
     def pure_meta_step() -> float:

@@ -15,18 +15,16 @@ from metarun.episodes import Episode  # noqa: E402
 from metarun.model import TransformerClassifier  # noqa: E402
 
 CLINC150 = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
+os.environ.setdefault("METARUN_DATA", str(CLINC150.parent))  # conf/paths: runs started in any folder find it
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SMOKE = ["budget=smoke", "data=synthetic", "device=cpu"]  # conf/budget/smoke.yaml: a run in seconds
 
 
 def compose_config(*overrides):
     """metarun's config as the command line composes it, on the smoke budget, with `overrides` on top."""
-    from hydra import compose, initialize_config_dir
+    from metarun.config import compose
 
-    from metarun.cli import CONF_DIR
-
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[*SMOKE, *overrides])
+    return compose("config", [*SMOKE, *overrides])
 
 
 def load_script(name: str):

@@ -46,7 +46,8 @@ def test_synthetic_run_writes_everything_a_user_looks_for(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test_episodes"] == 6 and metrics["algo"] == "maml"
     assert "meta-test" in result.stdout and "accuracy % (95% CI)" in result.stdout
-    chosen = "config (device=cpu, data=synthetic, task=fewshot_cls, algo=maml, model=tiny)"  # Hydra's choices
+    # the tree is headed by the options Hydra chose
+    chosen = "config (paths=default, device=cpu, data=synthetic, task=fewshot_cls, algo=maml, model=tiny)"
     assert chosen in " ".join(result.stdout.split())
     best = torch.load(run / "checkpoints/best.pt")
     assert best["step"] == metrics["best_step"] and best["step"] in (2, 3)

@@ -4,10 +4,9 @@ import itertools
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
+from metarun.config import compose
 
 from conftest import compose_config
-from metarun.cli import CONF_DIR
 from metarun.run import run
 
 MODELS, ALGOS, TASKS = (
@@ -78,7 +77,7 @@ def test_fixed_evaluation_tasks_adapt_on_their_train_file_and_score_the_whole_te
      ("clinc150_domains", "domain_adapt", 1, 2), ("clinc150_domains_5shot", "domain_adapt", 5, 2)],
 )  # fmt: skip
 def test_clinc150_benchmark_cells_have_one_preset_each(experiment, task, shots, held_out):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={experiment}", "algo=maml"])
-    assert (cfg.data.name, cfg.task.name, cfg.task.k_shot, cfg.task.split.test) == ("clinc150", task, shots, held_out)
-    assert cfg.model.name == "small" and cfg.algo.name == "maml"
+    cfg = compose("config", [f"experiment={experiment}", "algo=maml"])
+    picked = cfg.choices
+    assert (picked.data, picked.task, cfg.task.k_shot, cfg.task.split.test) == ("clinc150", task, shots, held_out)
+    assert picked.model == "small" and picked.algo == "maml"

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from metarun.config import compose
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -20,8 +20,7 @@ GROUPS = {group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
 
 
 def config(*overrides):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose("config", overrides)
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])

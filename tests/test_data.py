@@ -3,6 +3,7 @@ import json
 import pytest
 
 from conftest import CLINC150
+from metarun.config import compose
 from metarun.data import generate_synthetic, load_clinc150, load_local
 from metarun.errors import UserError
 from metarun.tokenizer import encode, fit_tokenizer
@@ -73,7 +74,16 @@ def test_empty_texts_are_refused_or_dropped(tmp_path):
 def test_clinc150_reads_the_shared_folder():
     corpus = load_clinc150(str(CLINC150))
     assert len(corpus) == 22500 and len(set(corpus.labels)) == 150 and len(set(corpus.domains)) == 10
-    assert load_clinc150().texts[:3] == corpus.texts[:3]  # the default path is the same folder
+
+
+def test_data_folders_come_from_metarun_data_else_shared_data_beside_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("METARUN_DATA", str(tmp_path / "sets"))
+    assert compose("config", ["data=clinc150"]).data.path == str(tmp_path / "sets" / "clinc150")
+    monkeypatch.delenv("METARUN_DATA")
+    monkeypatch.chdir(tmp_path / "..")
+    assert compose("config", ["data=clinc150"]).data.path == str(
+        tmp_path.parent.parent / "shared" / "data" / "clinc150"
+    )
 
 
 def test_clinc150_bad_path_is_named(tmp_path):

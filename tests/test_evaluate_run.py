@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from metarun.config import compose
 
 from conftest import CLINC150
-from metarun.cli import CONF_DIR
 from metarun.data import generate_synthetic
 from metarun.errors import UserError
 from metarun.run import evaluate_run, run
@@ -23,15 +22,13 @@ BUDGET = [
 
 
 def trained(folder: Path, *overrides) -> Path:
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        data = [] if any(o.startswith("data=") for o in overrides) else ["data.examples_per_class=20"]
-        run(compose("config", overrides=[*BUDGET, *data, *overrides]), folder)
+    data = [] if any(o.startswith("data=") for o in overrides) else ["data.examples_per_class=20"]
+    run(compose("config", [*BUDGET, *data, *overrides]), folder)
     return folder
 
 
 def evaluated(run_folder: Path, out: Path, *overrides) -> dict:
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        cfg = compose("evaluate", overrides=[f"run={run_folder}", *overrides])
+    cfg = compose("evaluate", [f"run={run_folder}", *overrides])
     evaluate_run(cfg, out, list(overrides))
     return json.loads((out / "metrics.json").read_text())
 

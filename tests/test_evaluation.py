@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from metarun.config import compose
 
 import metarun
 from conftest import random_episode, tiny_model
 from metarun.algorithms import MAML, ProtoNet, SupervisedBaseline
-from metarun.cli import CONF_DIR
 from metarun.evaluation import EvalResult, classification_scores, episode_scores, evaluate, predict, summarize
 from metarun.run import provenance, run
 
@@ -151,8 +150,7 @@ def compose_config(*overrides):
         "train.meta_batch_size=1", "eval.val_interval=2", "eval.val_episodes=1", "eval.test_episodes=3",
         "device=cpu",
     ]  # fmt: skip
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[*budget, *overrides])
+    return compose("config", [*budget, *overrides])
 
 
 LABELS = ("_00", "_01", "_02", "_03", "_04")

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from metarun.config import compose
 
 from metarun import checkpoint
 from metarun.checkpoint import load_checkpoint
-from metarun.cli import CONF_DIR
 from metarun.errors import UserError
 from metarun.run import run
 
@@ -29,8 +28,7 @@ FAST = [
 
 
 def config(*overrides):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[*FAST, *overrides])
+    return compose("config", [*FAST, *overrides])
 
 
 def metarun(*args, cwd=None):

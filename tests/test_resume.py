@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from metarun.config import compose
 
 from metarun import reporting
-from metarun.cli import CONF_DIR
 from metarun.errors import RunInterrupted, UserError
 from metarun.run import run
 
@@ -27,8 +26,7 @@ METARUN = str(Path(sys.executable).with_name("metarun"))
 
 def config(*overrides):
     data = [] if any(o.startswith("data=") for o in overrides) else ["data.examples_per_class=20"]
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[*BUDGET, *data, *overrides])
+    return compose("config", [*BUDGET, *data, *overrides])
 
 
 def stop_at(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:

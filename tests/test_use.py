@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from metarun.config import compose
 
 from metarun import load
-from metarun.cli import CONF_DIR
 from metarun.data import generate_synthetic
 from metarun.episodes import Episode
 from metarun.errors import UserError
@@ -29,8 +28,7 @@ CORPUS = generate_synthetic(examples_per_class=20)
 
 
 def trained(folder: Path, *overrides) -> Path:
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        run(compose("config", overrides=[*BUDGET, *overrides]), folder)
+    run(compose("config", [*BUDGET, *overrides]), folder)
     return folder
 
 

@@ -16,8 +16,6 @@ from metarun.data.corpus import Corpus
 from metarun.errors import UserError, brief
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CLINC150_DEFAULT = PROJECT_ROOT.parent / "shared" / "data" / "clinc150"
 CHUNK = 1 << 16  # bytes read at a time, so a huge line is never held whole
 KEEP_AT_LEAST = 1 << 16  # source characters kept of any string while reading: no label or column name is as long
 # Tokens of a line: a JSON escape (kept or dropped whole; a partial one at a piece's end waits for the next piece),
@@ -254,14 +252,17 @@ class _Cutter:
 
 
 def load_clinc150(path: str | None = None, drop_empty: bool = False, max_chars: int = 5000) -> Corpus:
-    """CLINC150 in-scope intents: from a local folder of JSONL splits, else from the Hub (`clinc_oos`, `plus`)."""
-    folder = Path(path) if path else CLINC150_DEFAULT
-    if folder.is_dir():
-        files = sorted(str(f) for f in folder.glob("*.jsonl"))
-        return load_local(files, domain_column="domain", drop_empty=drop_empty, max_chars=max_chars)
-    if path:
-        raise UserError(f"data.path={path!r} is not a folder; give the folder that holds CLINC150's *.jsonl files.")
-    return _clinc150_from_hub(max_chars)
+    """CLINC150 in-scope intents: from a local folder of JSONL splits, or with no `path` from the Hub (`clinc_oos`)."""
+    if path is None:
+        return _clinc150_from_hub(max_chars)
+    if not Path(path).is_dir():
+        raise UserError(
+            f"data.path={path!r} is not a folder. Give the folder that holds CLINC150's *.jsonl files with "
+            "data.path=<folder>, or point METARUN_DATA at the folder that holds clinc150/ (data.path defaults to "
+            "${paths.data}/clinc150), or load the Hub's copy with data.path=null."
+        )
+    files = sorted(str(f) for f in Path(path).glob("*.jsonl"))
+    return load_local(files, domain_column="domain", drop_empty=drop_empty, max_chars=max_chars)
 
 
 def _clinc150_from_hub(max_chars: int) -> Corpus:
@@ -271,8 +272,8 @@ def _clinc150_from_hub(max_chars: int) -> Corpus:
         splits = datasets.load_dataset("clinc_oos", "plus")
     except Exception as error:  # noqa: BLE001 - any hub failure means the same thing to the user
         raise UserError(
-            f"CLINC150 was not found at {CLINC150_DEFAULT} and the Hub dataset 'clinc_oos' could not be "
-            f"loaded ({type(error).__name__}). Give data.path=<folder with train/validation/test.jsonl>."
+            f"data.path=null asks for the Hub dataset 'clinc_oos', which could not be loaded "
+            f"({type(error).__name__}). Give data.path=<folder with train/validation/test.jsonl>."
         ) from error
     names = splits["train"].features["intent"].names
     texts, labels = [], []
