@@ -1,0 +1,108 @@
+"""`metarun-report` on a small real sweep (table values, plots, failed jobs, bad input), and the interval maths
+against known values."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metarun import report
+
+BIN = Path(sys.executable).parent
+T_975 = {1: 12.706, 2: 4.303, 4: 2.776, 10: 2.228, 30: 2.042, 60: 2.000, 120: 1.980}  # printed tables, 3 decimals
+
+
+def command(name, *args, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([str(BIN / name), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Two seeds of 1 and 2 shots, and a 20-shot job that fails (12 examples per class): a piped `metarun -m`."""
+    folder = tmp_path_factory.mktemp("sweep")
+    done = command("metarun", "-m", "budget=smoke", "data=synthetic", "device=cpu", "seed=0,1",
+                   "task.k_shot=1,2,20", f"hydra.sweep.dir={folder}")  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]  # the sweep ends non-zero: two jobs failed
+    assert "2 job(s) of the sweep failed" in done.stderr
+    return folder, done.stdout
+
+
+def test_report_tables_the_seed_means_and_lists_the_failed_jobs(sweep, tmp_path, capsys):
+    folder, _ = sweep
+    report.main([str(folder), "--out", str(tmp_path / "report")])
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "across seeds (Student-t, per-seed means)" in text  # the header says what the interval is
+    assert "| task.k_shot | test accuracy %" in text  # the swept setting; seed aggregated away
+    for shots in (1, 2):
+        runs = [json.loads(p.read_text()) for p in folder.glob(f"*,task.k_shot={shots}/metrics.json")]
+        assert sorted(m["seed"] for m in runs) == [0, 1]
+        a, b = (m["test_acc"] for m in runs)
+        half = 12.706204736 * abs(a - b) / 2  # t(1) * sd / sqrt(2), with sd = |a - b| / sqrt(2)
+        assert f"| {shots} | {100 * (a + b) / 2:.1f} ± {100 * half:.1f} | 2 | 3 |" in text
+    assert "| 20 |" not in text
+    assert "Failed runs (2, not in the table)" in text
+    assert "`2_budget=smoke,data=synthetic,device=cpu,seed=0,task.k_shot=20`: task.k_shot + task.n_query" in text
+    assert "| 1 | " in capsys.readouterr().out  # the table is printed too
+
+    import matplotlib.image
+
+    for name in report.PLOTS:
+        png = tmp_path / "report" / name
+        assert png.stat().st_size > 5000, name
+        pixels = matplotlib.image.imread(png)
+        assert len({tuple(p) for p in pixels.reshape(-1, pixels.shape[-1])[::7]}) > 20, name  # not one colour
+        assert f"]({name})" in text
+
+
+def test_report_default_folder_and_bad_input(sweep, tmp_path):
+    folder, _ = sweep
+    done = command("metarun-report", str(folder / "0_budget=smoke,data=synthetic,device=cpu,seed=0,task.k_shot=1"))
+    assert done.returncode == 0, done.stderr
+    assert (folder / "0_budget=smoke,data=synthetic,device=cpu,seed=0,task.k_shot=1" / "report" / "report.md").is_file()
+
+    empty = tmp_path / "empty"
+    (empty / "something").mkdir(parents=True)
+    done = command("metarun-report", str(empty))
+    assert done.returncode == 2 and not done.stdout
+    message = " ".join(done.stderr.split())
+    assert f"{empty} holds no metarun runs" in message and "expects a sweep folder" in message
+    assert "Traceback" not in done.stderr
+
+
+def test_t_quantiles_against_the_t_distribution():
+    """Each quantile puts 0.975 of Student's t below it (its density integrated by Simpson's rule), and matches the
+    closed forms for 1 and 2 degrees of freedom and the printed tables."""
+
+    def cdf(t, df, n=4000):
+        c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+        f = lambda x: c * (1 + x * x / df) ** (-(df + 1) / 2)  # noqa: E731
+        h = t / n
+        total = f(0) + f(t) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, n))
+        return 0.5 + total * h / 3
+
+    for df in [*range(1, 31), 31, 40, 60, 120, 1000]:
+        assert abs(cdf(report.t_quantile_975(df), df) - 0.975) < 1e-7, df
+    assert report.t_quantile_975(1) == pytest.approx(math.tan(0.475 * math.pi), abs=1e-8)
+    assert report.t_quantile_975(2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), abs=1e-8)
+    for df, printed in T_975.items():
+        assert round(report.t_quantile_975(df), 3) == printed, df
+    assert report.t_quantile_975(10**6) == pytest.approx(report.Z_975, abs=1e-5)
+    with pytest.raises(ValueError):
+        report.t_quantile_975(0)
+
+
+def test_interval_across_seeds_and_over_episodes():
+    two = report.across_seeds([0.6, 0.8])
+    assert two.over == "seeds" and two.mean == pytest.approx(0.7)
+    assert two.half_width == pytest.approx(12.706204736 * 0.1)  # sd 0.1414, / sqrt(2)
+    three = report.across_seeds([0.5, 0.6, 0.7], episode_half_width=0.01)  # the episode interval is not used
+    assert three.half_width == pytest.approx(4.302652730 * 0.1 / math.sqrt(3))
+    one = report.across_seeds([0.55], episode_half_width=0.04)
+    assert (one.mean, one.half_width, one.over) == (0.55, 0.04, "episodes")
+    assert report.percent(one) == "55.0 ± 4.0" and report.percent(report.across_seeds([0.5])) == "50.0"
