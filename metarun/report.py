@@ -89,7 +89,7 @@ class Run:
     metrics: dict | None = None
     timing: dict | None = None
     error: str | None = None
-    _config: dict | None = field(default=None, repr=False)
+    _hydra: dict = field(default_factory=dict, repr=False)  # the .hydra/ files read so far
 
     @property
     def finished(self) -> bool:
@@ -101,23 +101,25 @@ class Run:
 
     def setting(self, key: str) -> str:
         """The value of an override key for this run: as typed when it was given, else the run's own (its
-        metrics.json identity or `.hydra/config.yaml`; a config group by its `name`), else `-`."""
+        metrics.json identity, the option Hydra chose for a config group, or `.hydra/config.yaml`), else `-`."""
         if key in self.overrides:
             return self.overrides[key]
         if self.metrics is not None and IDENTITY.get(key) in self.metrics:
             return str(self.metrics[IDENTITY[key]])
-        value = self.config()
+        choices = self._hydra_file("hydra.yaml").get("hydra", {}).get("runtime", {}).get("choices") or {}
+        if key in choices:
+            return "-" if choices[key] is None else str(choices[key])
+        value = self._hydra_file("config.yaml")
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        if isinstance(value, dict):
-            value = value.get("name")
-        return "-" if value is None else str(value)
+        return "-" if value is None or isinstance(value, dict) else str(value)
 
-    def config(self) -> dict:
-        if self._config is None:
-            path = self.folder / ".hydra" / "config.yaml"
-            self._config = _yaml(path) if path.is_file() else {}
-        return self._config
+    def _hydra_file(self, name: str) -> dict:
+        """`.hydra/<name>` as read (once), {} when absent."""
+        if name not in self._hydra:
+            path = self.folder / ".hydra" / name
+            self._hydra[name] = (_yaml(path) if path.is_file() else None) or {}
+        return self._hydra[name]
 
     def val_curve(self) -> list[tuple[int, float]]:
         """(outer step, validation accuracy) from the run's TensorBoard events, read by TensorBoard's own reader

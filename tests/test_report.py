@@ -17,7 +17,8 @@ T_975 = {1: 12.706, 2: 4.303, 4: 2.776, 10: 2.228, 30: 2.042, 60: 2.000, 120: 1.
 
 
 def command(name, *args, timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # tiny models: one thread each, not two threads fighting whatever else runs on the machine (5x slower then)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([str(BIN / name), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=env, timeout=timeout)  # fmt: skip
 
@@ -73,6 +74,35 @@ def test_report_default_folder_and_bad_input(sweep, tmp_path):
     message = " ".join(done.stderr.split())
     assert f"{empty} holds no metarun runs" in message and "expects a sweep folder" in message
     assert "Traceback" not in done.stderr
+
+
+def test_swept_settings_are_the_overrides_that_differ(tmp_path):
+    """A run that left a swept group at its default shows the option Hydra chose; where each run wrote (hydra.*) and
+    its seed are no settings; a run without metrics.json is no row."""
+
+    def fake_run(name, overrides, algo, seed, acc=None):
+        hydra = tmp_path / name / ".hydra"
+        hydra.mkdir(parents=True)
+        (hydra / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (hydra / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n      algo: {algo}\n      budget: null\n")
+        if acc is not None:
+            metrics = {"test_acc": acc, "test_ci95": 0.05, "test_episodes": 10, "val_acc": 0.5, "seed": seed}
+            (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+
+    fake_run("a", ["hydra.run.dir=a", "seed=0", "train.outer_steps=5"], "maml", 0, 0.6)
+    fake_run("b", ["hydra.run.dir=b", "seed=1", "train.outer_steps=5"], "maml", 1, 0.8)
+    fake_run("c", ["hydra.run.dir=c", "algo=reptile", "+budget=smoke", "train.outer_steps=5"], "reptile", 0, 0.4)
+    fake_run("d", ["hydra.run.dir=d", "algo=protonet"], "protonet", 0)  # unfinished
+    runs = report.find_runs([tmp_path])
+    assert report.swept_keys([r for r in runs if r.finished]) == ["algo", "budget"]
+    assert report.common_settings([r for r in runs if r.finished]) == ["train.outer_steps=5"]
+    rows = report.sweep_rows(runs)
+    assert [(row.settings, row.seeds) for row in rows] == [
+        ({"algo": "maml", "budget": "-"}, 2),
+        ({"algo": "reptile", "budget": "smoke"}, 1),
+    ]
+    assert report.percent(rows[1].test) == "40.0 ± 5.0" and rows[0].test.over == "seeds"
+    assert "Unfinished runs (1, not in the table" in report.not_finished(runs, [tmp_path])
 
 
 def test_t_quantiles_against_the_t_distribution():
