@@ -1,7 +1,11 @@
-"""What a run shows: the config as a tree, a live progress bar, TensorBoard scalars and a results table."""
+"""What a run shows: the config as a tree, a live progress bar (plain lines in a log), TensorBoard scalars and a
+results table."""
 
 from __future__ import annotations
 
+import datetime
+import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,14 +47,61 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-class RunReporter:
-    """TensorBoard events under `log_dir` and a rich progress bar over the outer steps."""
+def _clock(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))  # 0:01:05, as rich's bar shows times
 
-    def __init__(self, log_dir: Path, total_steps: int, start_step: int = 0) -> None:
-        from torch.utils.tensorboard import SummaryWriter
 
-        # a resumed run hides what the stopped one logged after its checkpoint, and goes on from there
-        self.writer = SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step else None)
+class LogLines:
+    """Progress for a log (stdout not a terminal: a Slurm log, `| tee`): whole lines that a narrow or absent
+    terminal cannot cut. A step's line waits for the next call, to carry its validation when it has one; it is
+    shown for the first and last step, each validation, every `steps`-th step (about `lines` in a run) and after
+    `seconds` without a line."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, lines: int = 20, seconds: float = 30.0) -> None:
+        self.total, self.first = total_steps, start_step + 1
+        self.every = max(1, math.ceil((total_steps - start_step) / lines))
+        self.seconds = seconds
+        self.started = self.shown_at = time.monotonic()
+        self.pending: tuple[int, str, float] | None = None  # (step, status, when)
+
+    def step(self, step: int, status: str) -> None:
+        self.flush(force=False)
+        self.pending = (step, status, time.monotonic())
+
+    def validation(self, step: int, result: str) -> None:
+        if self.pending is not None and self.pending[0] == step:
+            step, status, at = self.pending
+            self.pending = None
+            self._show(step, f"{status} | val {result}", at)
+        else:
+            self._show(step, f"val {result}", time.monotonic())
+
+    def close(self) -> None:
+        self.flush(force=True)
+
+    def flush(self, force: bool) -> None:
+        if self.pending is None:
+            return
+        step, status, at = self.pending
+        due = step in (self.first, self.total) or step % self.every == 0 or at - self.shown_at >= self.seconds
+        if force or due:
+            self.pending = None
+            self._show(step, status, at)
+
+    def _show(self, step: int, status: str, at: float) -> None:
+        elapsed = at - self.started
+        done = step - self.first + 1
+        eta = elapsed / done * (self.total - step) if done > 0 else 0.0
+        line = (f"meta-train step {step}/{self.total} ({100 * step / self.total:.0f}%) | elapsed {_clock(elapsed)} | "
+                f"eta {_clock(eta)} | {status}")  # fmt: skip
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+        self.shown_at = at
+
+
+class LiveBar:
+    """Progress on a terminal: a rich bar with step/total, elapsed, ETA and the current status."""
+
+    def __init__(self, total_steps: int, start_step: int = 0) -> None:
         self.progress = Progress(
             TextColumn("[bold]meta-train"),
             BarColumn(),
@@ -62,14 +113,39 @@ class RunReporter:
             console=console,
         )
         self.task = self.progress.add_task("meta-train", total=total_steps, completed=start_step, status="")
-        self.val_status = ""
+        self.status = self.val_status = ""
+
+    def step(self, step: int, status: str) -> None:
+        self.progress.start()  # idempotent: shown from the first step on
+        self.status = status
+        self.progress.update(self.task, completed=step, status=status + self.val_status)
+
+    def validation(self, step: int, result: str) -> None:
+        self.val_status = f" | val {result}"
+        self.progress.update(self.task, status=self.status + self.val_status)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class RunReporter:
+    """TensorBoard events under `log_dir`, and progress over the outer steps: a rich bar on a terminal, whole lines
+    now and then where stdout is not one (a log)."""
+
+    def __init__(self, log_dir: Path, total_steps: int, start_step: int = 0) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # a resumed run hides what the stopped one logged after its checkpoint, and goes on from there
+        self.writer = SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step else None)
+        shown = LiveBar if console.is_terminal else LogLines
+        self.progress: LiveBar | LogLines = shown(total_steps, start_step)
 
     def __enter__(self) -> RunReporter:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()  # a run that stops early still flushes its events
-        self.writer.close()
+        self.progress.close()
+        self.writer.close()  # a run that stops early still flushes its events
 
     def log_train(self, step: int, stats: list[TaskStats], lr: float, grad_norm: float) -> None:
         scalars = {"train/outer_lr": lr, "train/grad_norm": grad_norm}
@@ -83,18 +159,15 @@ class RunReporter:
             scalars[f"inner/loss_step_{k}"] = _mean([s.inner_losses[k] for s in stats])
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
-        self.progress.start()  # idempotent: shown from the first step on
         if "train/loss_after" in scalars:
-            status = f"loss {scalars['train/loss_after']:.3f} acc {scalars['train/acc_after']:.2f}"
+            self.progress.step(step, f"loss {scalars['train/loss_after']:.3f} acc {scalars['train/acc_after']:.2f}")
         else:
-            status = f"grad norm {grad_norm:.3f}"
-        status += self.val_status
-        self.progress.update(self.task, completed=step, status=status)
+            self.progress.step(step, f"grad norm {grad_norm:.3f}")
 
     def log_validation(self, step: int, result: EvalResult) -> None:
         self.writer.add_scalar("val/acc", result.mean, step)
         self.writer.add_scalar("val/acc_ci95", result.ci95, step)
-        self.val_status = f" | val {result}"
+        self.progress.validation(step, str(result))
 
     def log_hparams(self, hparams: dict, metrics: dict) -> None:
         self.writer.add_hparams(hparams, metrics, run_name=".")

@@ -1,9 +1,11 @@
-"""`metarun-report` on a small real sweep (table values, plots, failed jobs, bad input), and the interval maths
-against known values."""
+"""`metarun-report` on a small real sweep (table values, plots, failed jobs, bad input), the interval maths against
+known values, and the progress lines a run prints into a log."""
 
+import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +76,34 @@ def test_report_default_folder_and_bad_input(sweep, tmp_path):
     message = " ".join(done.stderr.split())
     assert f"{empty} holds no metarun runs" in message and "expects a sweep folder" in message
     assert "Traceback" not in done.stderr
+
+
+def test_progress_in_a_log_is_whole_lines(sweep):
+    """stdout piped: each meta-train line carries step/total, elapsed, eta and the loss, uncut."""
+    _, stdout = sweep
+    lines = [line for line in stdout.splitlines() if line.startswith("meta-train")]
+    full = r"meta-train step 2/2 \(100%\) \| elapsed \d+:\d\d:\d\d \| eta \d+:\d\d:\d\d \| loss \d+\.\d{3} acc \d\.\d\d"
+    assert len([line for line in lines if re.fullmatch(full + r" \| val \d+\.\d\d", line)]) == 4  # the 4 good jobs
+    assert len(lines) == 8 and not any("…" in line for line in lines)  # steps 1 and 2 of each
+
+
+def test_log_lines_come_every_few_steps_and_at_each_validation(monkeypatch):
+    from rich.console import Console
+
+    from metarun import reporting
+
+    out = io.StringIO()
+    monkeypatch.setattr(reporting, "console", Console(file=out, width=30))  # not a terminal, and narrow
+    lines = reporting.LogLines(100, lines=10)
+    for step in range(1, 101):
+        lines.step(step, f"loss {1 / step:.3f} acc 0.50")
+        if step % 25 == 0:
+            lines.validation(step, "61.00 ± 2.00")
+    lines.close()
+    shown = out.getvalue().splitlines()
+    steps = [int(re.match(r"meta-train step (\d+)/100 ", line).group(1)) for line in shown]
+    assert steps == [1, 10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 90, 100]
+    assert shown[3].endswith("| loss 0.040 acc 0.50 | val 61.00 ± 2.00") and " eta " in shown[3]
 
 
 def test_swept_settings_are_the_overrides_that_differ(tmp_path):
