@@ -1,9 +1,10 @@
 """Run a matrix of metarun runs and write one results table (Markdown and JSON).
 
-One row per (task family, shots, algorithm): mean test accuracy with its 95% CI over the test episodes,
-averaged over seeds where several were run, and meta-training wall time. Finished cells (a metrics.json in
-their run folder) are read, not rerun, and a stopped cell continues from its last checkpoint (train.resume), so a
-half-finished matrix resumes where it stopped.
+One row per (task family, shots, algorithm) in metarun.report's table (what `metarun-report` writes): mean test
+accuracy with its 95% CI (over the test episodes with one seed, a Student-t interval of the per-seed means with
+several), best validation accuracy and meta-training wall time. Finished cells (a metrics.json in their run folder)
+are read, not rerun, and a stopped cell continues from its last checkpoint (train.resume), so a half-finished
+matrix resumes where it stopped.
 
     python scripts/benchmark.py                       # the default matrix on CLINC150
     python scripts/benchmark.py --quick               # a smoke check in minutes
@@ -28,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from docsection import rewrite_section  # scripts/docsection.py, beside this script
+from metarun.report import Row, Run, group_runs, load_run, table
 
 METARUN = str(Path(sys.executable).with_name("metarun"))
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
@@ -62,8 +64,8 @@ def cell_overrides(cell: Cell, args: argparse.Namespace) -> list[str]:
             f"eval.test_episodes={args.test_episodes}", *budget, *args.override]  # fmt: skip
 
 
-def run_cell(cell: Cell, args: argparse.Namespace, folder: Path) -> dict:
-    """The cell's metrics, from its finished run folder or from a new metarun run."""
+def run_cell(cell: Cell, args: argparse.Namespace, folder: Path) -> Run:
+    """The cell's run, from its finished run folder or from a new metarun run."""
     if not (folder / "metrics.json").is_file():
         stopped = (folder / "checkpoints" / "last.pt").is_file()
         where = f"train.resume={folder}" if stopped else f"hydra.run.dir={folder}"
@@ -73,43 +75,35 @@ def run_cell(cell: Cell, args: argparse.Namespace, folder: Path) -> dict:
             done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode != 0:
             raise SystemExit(f"cell {cell.name} failed (exit {done.returncode}); see {folder / 'benchmark.log'}")
-    metrics = json.loads((folder / "metrics.json").read_text())
-    metrics["meta_train_seconds"] = json.loads((folder / "timing.json").read_text())["meta_train_seconds"]
-    return metrics
+    return load_run(folder)
 
 
-def aggregate(results: list[tuple[Cell, dict]]) -> list[dict]:
-    rows = {}
-    for cell, m in results:
-        rows.setdefault((cell.family, cell.shots, cell.algo), []).append(m)
-    table = []
-    for (family, shots, algo), runs in rows.items():
-        n = len(runs)
-        table.append({
-            "family": family, "shots": shots, "algo": algo, "seeds": n,
-            "test_acc": sum(r["test_acc"] for r in runs) / n, "test_ci95": sum(r["test_ci95"] for r in runs) / n,
-            "test_episodes": runs[0]["test_episodes"],
-            "meta_train_seconds": sum(r["meta_train_seconds"] for r in runs) / n,
-        })  # fmt: skip
-    return table
+def aggregate(results: list[tuple[Cell, Run]]) -> list[Row]:
+    """One row per (task family, shots, algorithm), its seeds aggregated, in the matrix's order."""
+    cells = {id(run): cell for cell, run in results}
+
+    def settings(run: Run) -> dict:
+        cell = cells[id(run)]
+        return {"task family": cell.family, "shots": cell.shots, "algo": cell.algo}
+
+    return group_runs([run for _, run in results], settings, sort=False)
 
 
-def markdown(table: list[dict], header: dict) -> str:
+def as_json(row: Row) -> dict:
+    """A row of benchmark.json."""
+    family, shots, algo = row.settings.values()
+    return {"family": family, "shots": int(shots), "algo": algo, **row.numbers()}
+
+
+def markdown(rows: list[Row], header: dict) -> str:
     lines = [
         f"Command: `{header['command']}`  ",
         f"Ran on: {header['machine']}, torch {header['torch']}, {header['date']}; model `{header['model']}`, "
         f"data `{header['data']}`, {header['test_episodes']} test episodes per run (5-way, 15 queries per class).  ",
         f"One cell by hand (the last one): `{header['one_cell']}`",
         "",
-        "| task family | shots | algo | test accuracy % (95% CI) | seeds | meta-training time per run |",
-        "| --- | ---: | --- | ---: | ---: | ---: |",
     ]
-    for row in table:
-        lines.append(
-            f"| {row['family']} | {row['shots']} | {row['algo']} | {100 * row['test_acc']:.1f} ± "
-            f"{100 * row['test_ci95']:.1f} | {row['seeds']} | {row['meta_train_seconds'] / 60:.1f} min |"
-        )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + table(rows)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -163,15 +157,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "test_episodes": args.test_episodes,
         "one_cell": shlex.join(["metarun", *cell_overrides(cells[-1], args)]),
     }  # fmt: skip
-    table = aggregate(results)
+    rows = aggregate(results)
+    saved = [as_json(row) for row in rows]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmark.json").write_text(json.dumps({"header": header, "rows": table}, indent=1))
-    body = markdown(table, header) + (f"\nNot run yet: {', '.join(missing)}.\n" if missing else "")
+    (args.out / "benchmark.json").write_text(json.dumps({"header": header, "rows": saved}, indent=1))
+    body = markdown(rows, header) + (f"\nNot run yet: {', '.join(missing)}.\n" if missing else "")
     (args.out / "benchmark.md").write_text(body)
     if args.doc:  # one section per model: `benchmark` (small), `benchmark-minilm`, ...
         rewrite_section(args.doc, "benchmark" if args.model == "small" else f"benchmark-{args.model}", body)
     console.print(body)
-    return table
+    return saved
 
 
 if __name__ == "__main__":

@@ -5,13 +5,15 @@ from conftest import compose_config, load_script
 from metarun.run import run
 
 
-def test_results_table_has_one_row_per_run(tmp_path):
-    for algo in ("maml", "scratch"):
+def test_results_table_has_one_row_per_swept_setting(tmp_path, capsys):
+    for algo in ("maml", "scratch"):  # run from Python: no .hydra/, so metrics.json says what each run was
         run(compose_config(f"algo={algo}"), tmp_path / algo)
-    rows = load_script("results_table").rows(tmp_path)
-    assert len(rows) == 2
-    assert rows[0].startswith("| maml | tiny | fewshot_cls 5-way 1-shot | synthetic | ")
-    assert rows[1].startswith("| scratch |") and "| 3 |" in rows[1]
+    capsys.readouterr()  # what the runs printed
+    load_script("results_table").main([str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| algo | test accuracy % ± 95% CI over test episodes | seeds | test episodes |")
+    assert lines[2].startswith("| maml | ") and lines[3].startswith("| scratch | ") and len(lines) == 5
+    assert all("| 1 | 3 |" in line for line in lines[2:4])  # one seed, 3 test episodes each
 
 
 def test_benchmark_runs_a_matrix_writes_the_table_and_resumes(tmp_path):
@@ -46,12 +48,18 @@ def test_benchmark_runs_a_matrix_writes_the_table_and_resumes(tmp_path):
     assert "Not run yet: fewshot_cls_1shot_maml_seed0." in readme.read_text()
 
 
-def test_benchmark_averages_over_seeds():
+def test_benchmark_aggregates_seeds_with_a_t_interval(tmp_path):
+    from metarun.report import Run
+
     benchmark = load_script("benchmark")
     cell = lambda seed: benchmark.Cell("fewshot_cls", 1, "maml", seed)  # noqa: E731
-    metrics = lambda acc, ci: {"test_acc": acc, "test_ci95": ci, "test_episodes": 600, "meta_train_seconds": 60.0}  # noqa: E731
-    (row,) = benchmark.aggregate([(cell(0), metrics(0.6, 0.02)), (cell(1), metrics(0.8, 0.04))])
-    assert row["seeds"] == 2 and abs(row["test_acc"] - 0.7) < 1e-12 and abs(row["test_ci95"] - 0.03) < 1e-12
+    result = lambda seed, acc, ci: (cell(seed), Run(tmp_path / str(seed), metrics={  # noqa: E731
+        "test_acc": acc, "test_ci95": ci, "test_episodes": 600, "val_acc": 0.5, "k_shot": 1, "seed": seed,
+    }, timing={"meta_train_seconds": 60.0}))  # fmt: skip
+    (row,) = [benchmark.as_json(r) for r in benchmark.aggregate([result(0, 0.6, 0.02), result(1, 0.8, 0.04)])]
+    assert (row["family"], row["shots"], row["algo"], row["seeds"]) == ("fewshot_cls", 1, "maml", 2)
+    assert abs(row["test_acc"] - 0.7) < 1e-12 and row["test_ci95_over"] == "seeds"
+    assert abs(row["test_ci95"] - 12.706204736 * 0.1) < 1e-9  # t(1) * sd / sqrt(2); not the episodes' intervals
 
 
 def test_benchmark_picks_the_per_shot_preset_and_budget():
