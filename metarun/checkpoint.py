@@ -26,7 +26,7 @@ from metarun.evaluation import EvalResult
 
 FORMAT = 3  # the layout below; a checkpoint of another format is refused
 # settings a resumed run may change: they do not touch the maths of meta-training
-RESUMABLE_CHANGES = ("train.resume", "debug", "device.name")
+RESUMABLE_CHANGES = ("train.resume", "debug", "device.name", "choices.device")
 STORAGE_FAULTS = {
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "the disk quota is exceeded",

@@ -40,40 +40,66 @@ HEAD_INITS = ("learned", "zero", "random", "prototypes")  # prototypes: Proto-MA
 
 # ---- model ----
 @dataclass
+class BPETokenizerConfig:
+    _target_: str = "metarun.tokenizer.BPETokenizer"
+    vocab_size: int = setting(2000, least=3)  # BPE vocabulary fitted on meta-train text
+    max_len: int = "${..max_len}"  # type: ignore[assignment]
+
+
+@dataclass
+class PretrainedTokenizerConfig:
+    _target_: str = "metarun.pretrained.PretrainedTokenizer"
+    name_or_path: str = "${..name_or_path}"
+    package: Optional[str] = "${..package}"
+    max_len: int = "${..max_len}"  # type: ignore[assignment]
+
+
+@dataclass
 class ModelConfig:
+    """A model, and in `tokenizer` the recipe of its tokenizer (built first: the model is sized by it)."""
+
     _target_: str = MISSING
+    tokenizer: Any = MISSING
     max_len: int = setting(32, least=2)  # tokens per text; longer texts are truncated
 
 
 @dataclass
 class TransformerConfig(ModelConfig):
     _target_: str = "metarun.model.TransformerClassifier"
+    tokenizer: BPETokenizerConfig = field(default_factory=BPETokenizerConfig)
     d_model: int = setting(64, least=1)
     n_layers: int = setting(2, least=1)
     n_heads: int = setting(4, least=1)
     d_ff: int = setting(128, least=1)
     dropout: float = setting(0.0, least=0.0, below=1.0)
-    vocab_size: int = setting(2000, least=3)  # BPE vocabulary fitted on meta-train text
 
 
 @dataclass
 class PretrainedConfig(ModelConfig):
     _target_: str = "metarun.pretrained.PretrainedClassifier"
+    tokenizer: PretrainedTokenizerConfig = field(default_factory=PretrainedTokenizerConfig)
     name_or_path: str = MISSING  # a local folder or a Hub name
     package: Optional[str] = None  # an installed Python package that ships the model folder, tried first
     sha256: Optional[str] = None  # of model.safetensors: checked before loading when given
     dropout: Optional[float] = setting(None, least=0.0, below=1.0)  # null keeps the model config's own
     pooling: Optional[str] = setting(None, choices=("mean", "cls"))  # null: as the folder prescribes (mean else)
     normalize: Optional[bool] = None  # null: as the folder prescribes (a Normalize module)
-    pad_id: Optional[int] = None  # set by metarun: the tokenizer's padding id
 
 
 # ---- algorithm ----
 @dataclass
+class OptimizerConfig:
+    """The outer optimizer as a partial target: metarun calls it with the tensors meta-training updates."""
+
+    _target_: str = "torch.optim.Adam"  # algo/outer_optimizer=adam|sgd picks it
+    _partial_: bool = True
+    lr: float = setting(3.0e-3, above=0.0)
+
+
+@dataclass
 class AlgoConfig:
     _target_: str = MISSING
-    outer_optimizer: str = setting("adam", choices=("adam", "sgd"))
-    outer_lr: float = setting(3.0e-3, above=0.0)
+    outer_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     outer_scope: str = setting("all", choices=SCOPES)  # what meta-training updates
     top_layers: int = setting(2, least=0)  # k for the "top" scopes
 
@@ -117,22 +143,20 @@ class MAMLppConfig(MAMLConfig):
 @dataclass
 class ReptileConfig(InnerLoopAlgoConfig):
     _target_: str = "metarun.algorithms.Reptile"
-    eps: float = setting(0.1, above=0.0)  # interpolation: the outer SGD learning rate on theta - theta'
-    outer_optimizer: str = setting("sgd", choices=("adam", "sgd"))
-    outer_lr: float = "${.eps}"  # type: ignore[assignment]
+    # epsilon, the interpolation theta + eps * (theta' - theta): plain SGD at lr eps on theta - theta'
+    outer_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("torch.optim.SGD", lr=0.1))
 
 
 @dataclass
 class SupervisedConfig(AdaptingAlgoConfig):
     _target_: str = "metarun.algorithms.SupervisedBaseline"
     pretrain: bool = True  # supervised training over all meta-train classes first (finetune) or not (scratch)
-    n_train_classes: Optional[int] = None  # set by metarun: the number of meta-train classes
     eval_inner_steps: int = setting(100, least=0)  # Adam steps on a fresh head (Chen et al., 2019, "Baseline")
     inner_lr: float = setting(0.01, above=0.0)
     inner_optimizer: str = setting("adam", choices=("sgd", "adam"))
     inner_scope: str = setting("head", choices=SCOPES)
     head_init: str = setting("random", choices=HEAD_INITS)
-    outer_lr: float = setting(1.0e-3, above=0.0)
+    outer_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1.0e-3))
 
 
 @dataclass
@@ -231,7 +255,7 @@ class DeviceConfig:
 class TrainConfig:
     outer_steps: int = setting(250, least=1)
     meta_batch_size: int = setting(4, least=1)  # episodes per outer step
-    lr_schedule: str = setting("cosine", choices=("constant", "cosine"))  # cosine decays algo.outer_lr to 0
+    lr_schedule: Any = MISSING  # a partial target called with the outer optimizer: lr_schedule=cosine|constant
     grad_clip: Optional[float] = setting(1.0, above=0.0)  # max norm of the averaged (meta-)gradient; null: none
     diagnostic_scores: bool = False  # forwards only for logging: the query before adaptation, Reptile's query after
     resume: Optional[str] = None  # a run folder: continue that run from its checkpoints/last.pt

@@ -10,6 +10,7 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,31 +23,22 @@ from metarun.errors import RunInterrupted, UserError, stop_signals
 from metarun.evaluation import evaluate
 from metarun.reporting import RunReporter
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-
 
 @dataclass(frozen=True)
 class TrainSettings:
     outer_steps: int
     meta_batch_size: int
-    outer_optimizer: str  # "adam" or "sgd"
-    outer_lr: float
-    lr_schedule: str  # "constant" or "cosine"
     grad_clip: float | None
     val_interval: int
 
 
-def build_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    return OPTIMIZERS[name](params, lr=lr)
-
-
-def build_outer_optimizer(algorithm: Algorithm, settings: TrainSettings) -> tuple[torch.optim.Optimizer, LRScheduler]:
-    """The outer optimizer over the model's and the algorithm's own tensors, and its learning-rate schedule."""
+def build_outer_optimizer(
+    algorithm: Algorithm, lr_schedule: Callable[[torch.optim.Optimizer], LRScheduler]
+) -> tuple[torch.optim.Optimizer, LRScheduler]:
+    """The algorithm's outer optimizer over the model's and its own tensors, and `lr_schedule` of it."""
     trained = [p for _, p in algorithm.model.named_parameters()] + list(algorithm.extra_parameters().values())
-    optimizer = build_optimizer(settings.outer_optimizer, trained, settings.outer_lr)
-    if settings.lr_schedule == "cosine":
-        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.outer_steps)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    optimizer = algorithm.outer_optimizer(trained)
+    return optimizer, lr_schedule(optimizer)
 
 
 def accumulate_meta_gradient(
@@ -121,7 +113,7 @@ def meta_train(
                     f"Meta-training diverged at outer step {step} (loss {loss}, gradient norm {grad_norm}) and "
                     "stopped before applying that step. The last good checkpoint "
                     f"(step {checkpoints.last_step or 'none yet'}) and the logs are kept in "
-                    f"{checkpoints.folder.parent}. Lower algo.outer_lr or algo.inner_lr."
+                    f"{checkpoints.folder.parent}. Lower algo.outer_optimizer.lr or algo.inner_lr."
                 )
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()

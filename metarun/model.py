@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.tokens import PAD_ID
+from metarun.tokens import PAD_ID, swap_padding
 from metarun.torch_workarounds import LayerNorm
 
 
@@ -42,6 +42,11 @@ class EncoderLayer(nn.Module):
 
 
 class TransformerClassifier(nn.Module):
+    """Sized by its tokenizer: `vocab_size` ids, padded with `pad_id` (token tensors arrive padded with `PAD_ID`)."""
+
+    batches_tasks = True  # its forward runs under torch.func.vmap (algo.batch_tasks)
+    prefers_bf16 = False  # device.precision=auto: float32
+
     def __init__(
         self,
         vocab_size: int,
@@ -52,10 +57,11 @@ class TransformerClassifier(nn.Module):
         d_ff: int = 128,
         max_len: int = 32,
         dropout: float = 0.1,
+        pad_id: int = PAD_ID,
     ) -> None:
         super().__init__()
-        self.max_len = max_len
-        self.token_embedding = nn.Embedding(vocab_size, d_model, padding_idx=PAD_ID)
+        self.max_len, self.pad_id = max_len, pad_id
+        self.token_embedding = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         self.position_embedding = nn.Embedding(max_len, d_model)
         self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
         self.final_norm = LayerNorm(d_model)
@@ -70,7 +76,7 @@ class TransformerClassifier(nn.Module):
         """Masked mean of the final hidden states: one [d_model] vector per sequence."""
         keep = tokens != PAD_ID
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.drop(self.token_embedding(tokens) + self.position_embedding(positions))
+        x = self.drop(self.token_embedding(swap_padding(tokens, self.pad_id)) + self.position_embedding(positions))
         for layer in self.layers:
             x = layer(x, keep)
         x = self.final_norm(x)

@@ -12,14 +12,16 @@ import importlib
 import importlib.util
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from torch import nn
 
 from metarun.errors import UserError
-from metarun.tokens import swap_padding
+from metarun.tokens import PAD_ID, swap_padding
 
 WEIGHTS = "model.safetensors"
 HUB_FILES = ["*.json", "*.txt", "*.model", WEIGHTS]  # config, tokenizer and weights; never *.bin (pickle)
@@ -97,6 +99,18 @@ def pretrained_tokenizer(name_or_path: str, max_len: int, package: str | None = 
     return tokenizer
 
 
+@dataclass(frozen=True)
+class PretrainedTokenizer:
+    """The recipe of a pretrained encoder's tokenizer (`model.tokenizer`): the model's own, nothing to fit."""
+
+    name_or_path: str
+    max_len: int
+    package: str | None = None
+
+    def fit(self, train_texts: list[str]) -> Tokenizer:
+        return pretrained_tokenizer(self.name_or_path, self.max_len, self.package)
+
+
 def prescribed_pooling(folder: Path) -> tuple[str, bool]:
     """The pooling mode and normalisation a sentence-transformers folder prescribes; mean, unnormalised otherwise."""
     config, modules = folder / "1_Pooling" / "config.json", folder / "modules.json"
@@ -121,6 +135,7 @@ class PretrainedClassifier(nn.Module):
     """
 
     batches_tasks = False  # the meta-batch is not run under torch.func.vmap: HF's attention-mask code is untested there
+    prefers_bf16 = True  # device.precision=auto: bf16 autocast on CUDA, what such encoders are trained for
 
     def __init__(
         self,
@@ -177,7 +192,7 @@ class PretrainedClassifier(nn.Module):
         return [f"{stack}.{i}." for i in range(len(self.get_submodule(stack)))]
 
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
-        keep = tokens != 0
+        keep = tokens != PAD_ID
         ids = swap_padding(tokens, self.pad_id)
         hidden = self.encoder(input_ids=ids, attention_mask=keep.long()).last_hidden_state
         if self.pooling == "cls":

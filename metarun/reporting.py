@@ -21,6 +21,7 @@ from metarun.config import CONF_DIR
 from metarun.evaluation import EvalResult
 
 console = Console()
+TITLE_ORDER = ("experiment", "tuning", "budget", "model", "algo", "task", "data", "device")
 
 
 def _tree(node, tree: Tree) -> Tree:
@@ -39,7 +40,9 @@ def print_config(cfg: DictConfig) -> None:
         chosen = {k: v for k, v in HydraConfig.get().runtime.choices.items() if v and not k.startswith("hydra/")}
         if not (Path(CONF_DIR) / "tuning" / f"{chosen.get('tuning')}.yaml").is_file():
             chosen.pop("tuning", None)  # an optional default Hydra records even when no such file exists
-        title += " [dim](" + ", ".join(f"{k}={v}" for k, v in chosen.items()) + ")"
+        first = [k for k in TITLE_ORDER if k in chosen]  # the presets first, then the main parts
+        shown = [*first, *sorted(set(chosen) - set(first))]
+        title += " [dim](" + ", ".join(f"{k}={chosen[k]}" for k in shown) + ")"
     console.print(_tree(OmegaConf.to_container(cfg, resolve=True), Tree(title)))
 
 

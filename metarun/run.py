@@ -43,7 +43,6 @@ from metarun.reporting import RunReporter, print_config, print_results
 from metarun.tokenizer import encode, make_tokenizer, padding_id
 from metarun.tokens import trim_padding
 
-NOT_CONSTRUCTOR_ARGS = ("vocab_size", "pad_id", "outer_optimizer", "outer_lr", "eps")
 RESULTS = ("metrics.json", "checkpoints/last.pt", "checkpoints/best.pt")  # what marks a folder as a run's own
 
 
@@ -57,18 +56,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device, pretrained: bool) -> torch.dtype | None:
-    """The autocast dtype for the encoder's forward passes, None for float32: `auto` is bf16 for pretrained
-    encoders on CUDA (what they are trained for), float32 otherwise."""
-    if name == "bf16" or (name == "auto" and pretrained and device.type == "cuda"):
+def resolve_precision(name: str, device: torch.device, prefers_bf16: bool) -> torch.dtype | None:
+    """The autocast dtype for the encoder's forward passes, None for float32: `auto` is bf16 on CUDA for models
+    that prefer it (pretrained encoders, trained for it), float32 otherwise."""
+    if name == "bf16" or (name == "auto" and prefers_bf16 and device.type == "cuda"):
         return torch.bfloat16
     return None
 
 
 def build(node: DictConfig, **kwargs):
-    """Instantiate a config group's `_target_`, leaving out the keys that describe rather than construct."""
+    """Instantiate a config node's `_target_`, its sub-nodes' too (an outer optimizer as a partial)."""
     try:
-        return instantiate({k: v for k, v in node.items() if k not in NOT_CONSTRUCTOR_ARGS}, **kwargs)
+        return instantiate(node, **kwargs)
     except InstantiationException as error:
         if isinstance(error.__cause__, UserError):  # Hydra wraps it; the user needs the original message
             raise error.__cause__ from None
@@ -144,15 +143,15 @@ def write_run_files(output_dir: Path, tokenizer: Tokenizer, split: MetaSplit) ->
 def build_algorithm(cfg: DictConfig, tokenizer: Tokenizer, n_train_classes: int, device: torch.device) -> Algorithm:
     """The model (initialised from the current torch seed) on `device`, inside the configured algorithm;
     `n_train_classes` sizes the supervised baseline's pre-training head."""
-    sizes = {"vocab_size": tokenizer.get_vocab_size(), "n_classes": cfg.task.n_way}
-    if "pad_id" in cfg.model:  # pretrained models get their tokenizer's padding id back (metarun pads with 0)
-        sizes["pad_id"] = padding_id(tokenizer)
-    model = build(cfg.model, **sizes).to(device)
-    extra = {"n_train_classes": n_train_classes} if "n_train_classes" in cfg.algo else {}
-    autocast_dtype = resolve_precision(cfg.device.precision, device, "pad_id" in cfg.model)
+    architecture = {k: v for k, v in cfg.model.items() if k != "tokenizer"}  # the tokenizer is built: it sizes it
+    model = build(
+        OmegaConf.create(architecture), vocab_size=tokenizer.get_vocab_size(), pad_id=padding_id(tokenizer),
+        n_classes=cfg.task.n_way,
+    ).to(device)  # fmt: skip
     return build(
-        cfg.algo, model=model, diagnostic_scores=cfg.train.diagnostic_scores, autocast_dtype=autocast_dtype, **extra
-    )
+        cfg.algo, model=model, n_train_classes=n_train_classes, diagnostic_scores=cfg.train.diagnostic_scores,
+        autocast_dtype=resolve_precision(cfg.device.precision, device, model.prefers_bf16),
+    )  # fmt: skip
 
 
 def claim_run_folder(output_dir: Path, cfg: DictConfig) -> tuple[Path, dict | None]:
@@ -210,10 +209,9 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None) -> float:
     checkpoints = Checkpoints(output_dir / "checkpoints", OmegaConf.to_container(cfg, resolve=True), tokenizer.to_str())
     checkpoints.prepare(algorithm)
     settings = TrainSettings(
-        cfg.train.outer_steps, cfg.train.meta_batch_size, cfg.algo.outer_optimizer, cfg.algo.outer_lr,
-        cfg.train.lr_schedule, cfg.train.grad_clip, cfg.eval.val_interval,
-    )  # fmt: skip
-    optimizer, schedule = build_outer_optimizer(algorithm, settings)
+        cfg.train.outer_steps, cfg.train.meta_batch_size, cfg.train.grad_clip, cfg.eval.val_interval
+    )
+    optimizer, schedule = build_outer_optimizer(algorithm, instantiate(cfg.train.lr_schedule))
     rng = random.Random(cfg.seed)
     state = TrainState()
     if stopped is not None:  # refused before anything is written when the data changed since

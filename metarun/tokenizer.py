@@ -3,7 +3,10 @@ into known pieces), or a pretrained model's own (metarun.pretrained)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
@@ -26,13 +29,20 @@ def fit_tokenizer(texts: list[str], vocab_size: int, max_len: int) -> Tokenizer:
     return tokenizer
 
 
-def make_tokenizer(model: DictConfig, train_texts: list[str]) -> Tokenizer:
-    """The pretrained model's tokenizer when `model.name_or_path` names one, else BPE fitted on `train_texts`."""
-    if model.get("name_or_path"):
-        from metarun.pretrained import pretrained_tokenizer
+@dataclass(frozen=True)
+class BPETokenizer:
+    """The recipe of a metarun-built model's tokenizer (`model.tokenizer`): BPE fitted on the meta-train text."""
 
-        return pretrained_tokenizer(model.name_or_path, model.max_len, model.get("package"))
-    return fit_tokenizer(train_texts, model.vocab_size, model.max_len)
+    vocab_size: int
+    max_len: int
+
+    def fit(self, train_texts: list[str]) -> Tokenizer:
+        return fit_tokenizer(train_texts, self.vocab_size, self.max_len)
+
+
+def make_tokenizer(model: DictConfig, train_texts: list[str]) -> Tokenizer:
+    """The tokenizer `model.tokenizer` describes, fitted on `train_texts` when it learns from text."""
+    return instantiate(model.tokenizer).fit(train_texts)
 
 
 def padding_id(tokenizer: Tokenizer) -> int:

@@ -310,7 +310,6 @@ def loop_overhead(args: argparse.Namespace) -> str:
     import tempfile
 
     from metarun.config import compose
-    from metarun.loop import build_optimizer
     from metarun.run import build_algorithm, prepare_episodes, resolve_device, run
 
     steps = args.steps + args.warmup  # both sides: the median over the same steps, warm-up included
@@ -326,7 +325,7 @@ def loop_overhead(args: argparse.Namespace) -> str:
         algorithm = build_algorithm(cfg, tokenizer, len(samplers["train"].classes), device)
         params = dict(algorithm.model.named_parameters())
         trained = [*params.values(), *algorithm.extra_parameters().values()]
-        optimizer = build_optimizer(cfg.algo.outer_optimizer, trained, cfg.algo.outer_lr)
+        optimizer = algorithm.outer_optimizer(trained)
         rng, times = random.Random(cfg.seed), []
         algorithm.model.train()
         for _ in range(steps):

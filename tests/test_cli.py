@@ -47,7 +47,7 @@ def test_synthetic_run_writes_everything_a_user_looks_for(tmp_path):
     assert metrics["test_episodes"] == 6 and metrics["algo"] == "maml"
     assert "meta-test" in result.stdout and "accuracy % (95% CI)" in result.stdout
     # the tree is headed by the options Hydra chose
-    chosen = "config (paths=default, device=cpu, data=synthetic, task=fewshot_cls, algo=maml, model=tiny)"
+    chosen = "config (model=tiny, algo=maml, task=fewshot_cls, data=synthetic, device=cpu, algo/outer_optimizer=adam,"
     assert chosen in " ".join(result.stdout.split())
     best = torch.load(run / "checkpoints/best.pt")
     assert best["step"] == metrics["best_step"] and best["step"] in (2, 3)
@@ -136,8 +136,8 @@ def test_cuda_without_cuda(tmp_path):
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    message = bad_input(tmp_path, "algo.outer_lr=1e8", "train.grad_clip=null", "eval.val_interval=1",
-                        "train.outer_steps=20", "train.lr_schedule=constant")  # fmt: skip
+    message = bad_input(tmp_path, "algo.outer_optimizer.lr=1e8", "train.grad_clip=null", "eval.val_interval=1",
+                        "train.outer_steps=20", "lr_schedule=constant")  # fmt: skip
     assert "diverged at outer step" in message
     step = int(message.split("diverged at outer step ")[1].split()[0])
     last = torch.load(tmp_path / "run/checkpoints/last.pt")

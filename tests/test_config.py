@@ -42,7 +42,7 @@ def test_every_option_extends_its_groups_schema(group, option):
         ("algo.inner_lr=-1", "algo.inner_lr=-1.0 is not valid; it must be greater than 0.0."),
         ("algo.inner_scope=layer", "algo.inner_scope='layer' is not valid; use one of: all, top, head."),
         ("algo.batch_tasks=maybe", "algo.batch_tasks='maybe' is not valid; use one of: auto, true, false."),
-        ("train.lr_schedule=linear", "train.lr_schedule='linear' is not valid; use one of: constant, cosine."),
+        ("algo.outer_optimizer.lr=0", "algo.outer_optimizer.lr=0.0 is not valid; it must be greater than 0.0."),
         ("device.name=tpu", "device.name='tpu' is not valid; use one of: auto, cpu, cuda."),
         ("model.dropout=1.0", "model.dropout=1.0 is not valid; it must be less than 1.0."),
     ],
@@ -64,7 +64,8 @@ def test_all_problems_are_told_at_once_before_any_data_is_read(tmp_path):
 @pytest.mark.parametrize(
     "override, words",
     [("train.outer_steps=abc", "could not be converted to Integer"), ("task.k_shot=1.5", "to Integer"),
-     ("algo.inner_lr=abc", "could not be converted to Float"), ("algo=nope", "Available options in 'algo'"),
+     ("algo.inner_lr=abc", "could not be converted to Float"),
+     ("lr_schedule=linear", "Available options in 'lr_schedule'"),
      ("train.outer_stepz=3", "Key 'outer_stepz' not in 'TrainConfig'")],
 )  # fmt: skip
 def test_wrong_types_and_unknown_names_exit_2_with_one_paragraph(tmp_path, override, words):

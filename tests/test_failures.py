@@ -16,7 +16,7 @@ import torch
 from metarun.config import compose
 
 from metarun import checkpoint
-from metarun.checkpoint import load_checkpoint
+from metarun.checkpoint import FORMAT, load_checkpoint
 from metarun.errors import UserError
 from metarun.run import run
 
@@ -100,8 +100,8 @@ def test_a_crafted_pickle_checkpoint_never_runs(tmp_path, monkeypatch):
 
 
 def test_a_checkpoint_of_another_format_is_named(tmp_path):
-    torch.save({"format": 1, "model": {}}, tmp_path / "old.pt")
-    with pytest.raises(UserError, match=r"not a metarun checkpoint of format 2 \(found 1"):
+    torch.save({"format": FORMAT - 1, "model": {}}, tmp_path / "old.pt")
+    with pytest.raises(UserError, match=rf"not a metarun checkpoint of format {FORMAT} \(found {FORMAT - 1}"):
         load_checkpoint(tmp_path / "old.pt")
 
 
@@ -127,14 +127,14 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
 
 
 def test_a_failing_job_does_not_end_the_sweep(tmp_path):
-    result = metarun("-m", *FAST, "algo=fomaml", "algo.outer_lr=1e30,3e-3", "train.grad_clip=null",
-                     "train.lr_schedule=constant", f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    result = metarun("-m", *FAST, "algo=fomaml", "algo.outer_optimizer.lr=1e30,3e-3", "train.grad_clip=null",
+                     "lr_schedule=constant", f"hydra.sweep.dir={tmp_path}")  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     failed, done = sorted(tmp_path.glob("[01]_*"))
     assert "diverged at outer step" in (failed / "error.txt").read_text()
     assert (done / "metrics.json").is_file() and not (failed / "metrics.json").exists()
     summary = " ".join(result.stderr.split()).split("1 job(s) of the sweep failed:")[1]
-    assert "algo.outer_lr=1e+30" in summary and "diverged" in summary and "0.003" not in summary
+    assert "algo.outer_optimizer.lr=1e+30" in summary and "diverged" in summary and "0.003" not in summary
 
 
 def test_a_refused_folder_keeps_the_other_runs_config_files(tmp_path):

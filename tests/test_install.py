@@ -49,6 +49,6 @@ def test_wheel_ships_the_configs_and_the_installed_command_composes_them(tmp_pat
 
     command = site / "bin" / "metarun"
     composed = run([str(command), "--cfg", "job"], elsewhere, env)
-    assert "name: maml" in composed and "outer_steps:" in composed
+    assert "_target_: metarun.algorithms.MAML" in composed and "outer_steps:" in composed
     searchpath = run([str(command), "--info", "searchpath"], elsewhere, env)
     assert f"file://{site / 'metarun' / 'conf'}" in searchpath and str(REPO / "conf") not in searchpath

@@ -217,7 +217,7 @@ def test_minilm_runs_offline_with_its_tuned_settings(tmp_path):
     from metarun.run import run
 
     cfg = compose_config("model=minilm", "algo=protonet")
-    assert cfg.algo.distance == "cosine" and cfg.algo.outer_lr == 3.0e-5  # conf/tuning/protonet_minilm.yaml
+    assert cfg.algo.distance == "cosine" and cfg.algo.outer_optimizer.lr == 3.0e-5  # conf/tuning/protonet_minilm.yaml
     assert cfg.task.meta_train_query == 5
     run(cfg, tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["model"] == "minilm"
@@ -227,8 +227,8 @@ def test_precision_is_bf16_autocast_for_pretrained_encoders_on_cuda_unless_asked
     from metarun.run import resolve_precision
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_precision("auto", cpu, pretrained=True) is None
-    assert resolve_precision("auto", cuda, pretrained=True) is torch.bfloat16
-    assert resolve_precision("auto", cuda, pretrained=False) is None  # metarun's own models stay float32
-    assert resolve_precision("fp32", cuda, pretrained=True) is None
-    assert resolve_precision("bf16", cpu, pretrained=False) is torch.bfloat16
+    assert resolve_precision("auto", cpu, prefers_bf16=True) is None
+    assert resolve_precision("auto", cuda, prefers_bf16=True) is torch.bfloat16
+    assert resolve_precision("auto", cuda, prefers_bf16=False) is None  # metarun's own models stay float32
+    assert resolve_precision("fp32", cuda, prefers_bf16=True) is None
+    assert resolve_precision("bf16", cpu, prefers_bf16=False) is torch.bfloat16

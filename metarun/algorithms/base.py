@@ -7,6 +7,7 @@ explicit values: differentiable (MAML), detached (first-order, Reptile) or fresh
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from metarun.episodes import Episode
 from metarun.errors import UserError
 
 Params = dict[str, torch.Tensor]
+DEFAULT_OUTER_OPTIMIZER = functools.partial(torch.optim.Adam, lr=3e-3)  # the schema's default (metarun.config)
 
 
 @dataclass
@@ -55,6 +57,9 @@ class Algorithm:
     - `can_batch_tasks`: whether this algorithm has `batched_meta_gradient` (given by the subclass);
     - `diagnostic_scores`: forwards that only feed the logs, per task (train.diagnostic_scores);
     - `autocast_dtype`: the model's forward under autocast to this dtype (device.precision).
+
+    `outer_optimizer` builds the optimizer of meta-training from the tensors it updates (a partial target, like
+    `functools.partial(torch.optim.Adam, lr=3e-3)`); `n_train_classes` is the number of meta-training classes.
     """
 
     def __init__(
@@ -70,12 +75,14 @@ class Algorithm:
         top_layers: int = 2,
         prototype_scale: float = 10.0,
         batch_tasks: str | bool = "auto",
+        outer_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] = DEFAULT_OUTER_OPTIMIZER,
+        n_train_classes: int | None = None,
         meta_trains: bool = True,
         can_batch_tasks: bool = False,
         diagnostic_scores: bool = False,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
-        self.model = model
+        self.model, self.outer_optimizer, self.n_train_classes = model, outer_optimizer, n_train_classes
         self.meta_trains, self.can_batch_tasks = meta_trains, can_batch_tasks
         self.diagnostic_scores, self.autocast_dtype = diagnostic_scores, autocast_dtype
         self.feature_lookup: Callable[[torch.Tensor], torch.Tensor] | None = None  # see `reading_features`
@@ -118,7 +125,7 @@ class Algorithm:
             self.can_batch_tasks
             and isinstance(self.inner_optimizer, SGD)
             and self.inner_scope == "all"
-            and getattr(self.model, "batches_tasks", True)
+            and self.model.batches_tasks
         )
         if batch_tasks is True and not possible:
             raise UserError(

@@ -19,11 +19,11 @@ from metarun.tokens import trim_padding
 class SupervisedBaseline(Algorithm):
     learns_head = False  # the N-way head is only used after pre-training
 
-    def __init__(self, *args, pretrain: bool = True, n_train_classes: int = 1, **kwargs) -> None:
+    def __init__(self, *args, pretrain: bool = True, **kwargs) -> None:
         kwargs.setdefault("head_init", "random")
         super().__init__(*args, meta_trains=pretrain, **kwargs)
         width = self.model.head.in_features
-        head = nn.Linear(width, n_train_classes).to(next(self.model.parameters()).device)
+        head = nn.Linear(width, self.n_train_classes or 1).to(next(self.model.parameters()).device)
         self.pretrain_head = {"pretrain_head.weight": head.weight, "pretrain_head.bias": head.bias}
 
     def extra_parameters(self) -> dict[str, nn.Parameter]:
