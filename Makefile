@@ -17,4 +17,4 @@ run: setup
 	$(BIN)/metarun algo=maml task=fewshot_cls
 
 test: setup
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/pytest -q
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/pytest -q -n 2  # two workers, one thread each (tests/conftest.py)

@@ -3,6 +3,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the suite may wait on the network
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# one thread per process: the suite runs on two workers (pytest -n 2), and tests start metarun in subprocesses;
+# threads beyond the cores slow tiny models many times over
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
