@@ -42,7 +42,7 @@ from metarun.torch_workarounds import twice_differentiable_attention
 
 ALGOS = ("maml", "fomaml", "reptile")
 PEERS = ("higher", "naive")
-MODELS = {  # the reference workload, and conf/model's small and base at the same vocabulary
+MODELS = {  # the reference workload, and conf/model's small and base at the same vocabulary
     "reference": dict(d_model=128, n_layers=2, n_heads=4, d_ff=256, max_len=32),
     "small": dict(d_model=128, n_layers=4, n_heads=4, d_ff=256, max_len=32),
     "base": dict(d_model=256, n_layers=6, n_heads=8, d_ff=1024, max_len=32),
