@@ -17,8 +17,8 @@ from torch import nn
 from torch.func import functional_call
 
 from metarun.algorithms.heads import HEAD, head_logits, starting_head
-from metarun.algorithms.inner import INNER_OPTIMIZERS, LR_PREFIX, SGD
-from metarun.algorithms.recompute import recomputed_sgd_step
+from metarun.algorithms.inner import INNER_OPTIMIZERS, LR_PREFIX, SGD, gradient_steps
+from metarun.algorithms.recompute import recomputed_sgd_steps
 from metarun.episodes import Episode
 from metarun.errors import UserError
 
@@ -222,7 +222,8 @@ class Algorithm:
         if self.inner_scope == "head":
             features = self.logits(params, tokens, features_only=True)
             features = features if create_graph else features.detach()
-            head, losses = self._gradient_steps(
+            head, losses = gradient_steps(
+                self.inner_optimizer,
                 {n: params[n] for n in HEAD},
                 lambda p: head_logits(p, features),
                 labels,
@@ -231,8 +232,10 @@ class Algorithm:
             )
             return {**params, **head}, losses
         if create_graph and recompute:
-            return self._recomputed_inner_loop(params, tokens, labels, steps)
-        adapted, losses = self._gradient_steps(  # "all" or "top": the rest stays at `params`
+            support_loss = lambda p: F.cross_entropy(self.logits(p, tokens), labels)  # noqa: E731
+            return recomputed_sgd_steps(support_loss, self.inner_lr, params, steps)
+        adapted, losses = gradient_steps(  # "all" or "top": the rest stays at `params`
+            self.inner_optimizer,
             {n: params[n] for n in self.inner_names},
             lambda p: self.logits({**params, **p}, tokens),
             labels,
@@ -240,40 +243,6 @@ class Algorithm:
             create_graph,
         )
         return {**params, **adapted}, losses
-
-    def _gradient_steps(
-        self,
-        params: Params,
-        logits_of: Callable[[Params], torch.Tensor],
-        labels: torch.Tensor,
-        steps: int,
-        create_graph: bool,
-    ) -> tuple[Params, list[float]]:
-        names = list(params)
-        if not create_graph:
-            params = {n: p.detach().requires_grad_() for n, p in params.items()}
-        state, losses = self.inner_optimizer.init(params), []
-        for _ in range(steps):
-            loss = F.cross_entropy(logits_of(params), labels)
-            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
-            losses.append(loss.item())
-            params, state = self.inner_optimizer.update(params, dict(zip(names, grads)), state)
-            if not create_graph:
-                params = {n: p.detach().requires_grad_() for n, p in params.items()}
-        return params, losses
-
-    def _recomputed_inner_loop(
-        self, params: Params, tokens: torch.Tensor, labels: torch.Tensor, steps: int
-    ) -> tuple[Params, list[float]]:
-        names, values, losses = list(params), list(params.values()), []
-
-        def support_loss(weights: list[torch.Tensor]) -> torch.Tensor:
-            return F.cross_entropy(self.logits(dict(zip(names, weights)), tokens), labels)
-
-        for _ in range(steps):
-            loss, values = recomputed_sgd_step(support_loss, self.inner_lr, values)
-            losses.append(loss.item())
-        return dict(zip(names, values)), losses
 
     def adapt(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor) -> Params:
         """Evaluation-time adaptation on a support set: `eval_inner_steps` steps, no graph kept."""

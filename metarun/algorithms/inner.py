@@ -9,10 +9,12 @@ outer loop trains.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 Params = dict[str, torch.Tensor]
 LR_PREFIX = "inner_lr."  # a learned rule's rate for parameter `p` is the algorithm's tensor `inner_lr.p`
@@ -91,3 +93,28 @@ class PerStepSGD:
 
 
 INNER_OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def gradient_steps(
+    optimizer,
+    params: Params,
+    logits_of: Callable[[Params], torch.Tensor],
+    labels: torch.Tensor,
+    steps: int,
+    create_graph: bool,
+) -> tuple[Params, list[float]]:
+    """`steps` steps of `optimizer` on the cross-entropy of `logits_of(params)`; differentiable through every step
+    iff `create_graph`, else the weights are detached leaves after every step (no graph builds up across steps).
+    Returns the adapted weights and each step's loss."""
+    names = list(params)
+    if not create_graph:
+        params = {n: p.detach().requires_grad_() for n, p in params.items()}
+    state, losses = optimizer.init(params), []
+    for _ in range(steps):
+        loss = F.cross_entropy(logits_of(params), labels)
+        grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
+        losses.append(loss.item())
+        params, state = optimizer.update(params, dict(zip(names, grads)), state)
+        if not create_graph:
+            params = {n: p.detach().requires_grad_() for n, p in params.items()}
+    return params, losses

@@ -59,3 +59,17 @@ def recomputed_sgd_step(
     """One SGD step, differentiable to second order, that stores only `params`; returns (loss, new params)."""
     loss, *updated = RecomputedSGDStep.apply(loss_fn, lr, *params)
     return loss, updated
+
+
+def recomputed_sgd_steps(
+    support_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    lr: float,
+    params: dict[str, torch.Tensor],
+    steps: int,
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """`steps` such steps on `support_loss(weights)`; returns the adapted weights and each step's loss."""
+    names, values, losses = list(params), list(params.values()), []
+    for _ in range(steps):
+        loss, values = recomputed_sgd_step(lambda weights: support_loss(dict(zip(names, weights))), lr, values)
+        losses.append(loss.item())
+    return dict(zip(names, values)), losses
