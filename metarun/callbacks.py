@@ -35,7 +35,10 @@ class RunFolderGuard(Callback):
 
 
 class FailedJobs(Callback):
-    failures: ClassVar[list[tuple[str, str]]] = []  # (the job's overrides, why it failed), in this process
+    sweep_dir: ClassVar[Path | None] = None  # the sweep this process launched, whose jobs' error.txt it lists
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        FailedJobs.sweep_dir = Path(config.hydra.sweep.dir)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status != JobStatus.FAILED or config.hydra.mode != RunMode.MULTIRUN:
@@ -43,11 +46,10 @@ class FailedJobs(Callback):
         error = job_return._return_value  # the exception itself; reading .return_value would raise it
         why = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
         overrides = " ".join(job_return.overrides or [])
-        FailedJobs.failures.append((overrides, why))
         report(f"job {overrides!r} failed: {why}", title="metarun sweep")
         folder = Path(config.hydra.runtime.output_dir)
-        if folder.is_dir():
-            (folder / "error.txt").write_text(why + "\n")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "error.txt").write_text(why + "\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if FailedJobs.summary():
@@ -55,10 +57,18 @@ class FailedJobs(Callback):
 
     @classmethod
     def summary(cls) -> bool:
-        """Print which jobs failed and why, once; True when any did."""
-        if not cls.failures:
+        """Print which jobs of the sweep failed and why, once; True when any did. Read from the jobs' error.txt:
+        a launcher may run the jobs in other processes or on other machines."""
+        failed = sorted(cls.sweep_dir.glob("*/error.txt"), key=_job_number) if cls.sweep_dir else []
+        cls.sweep_dir = None
+        if not failed:
             return False
-        lines = [f"  {overrides or '(no overrides)'}: {why}" for overrides, why in cls.failures]
-        report(f"{len(cls.failures)} job(s) of the sweep failed:\n" + "\n".join(lines), title="metarun sweep")
-        cls.failures = []
+        lines = [f"  {path.parent.name}: {path.read_text().strip()}" for path in failed]
+        report(f"{len(failed)} job(s) of the sweep failed:\n" + "\n".join(lines), title="metarun sweep")
         return True
+
+
+def _job_number(error_file: Path) -> int:
+    """The job's number, from its folder's name (`N_overrides`)."""
+    number = error_file.parent.name.split("_", 1)[0]
+    return int(number) if number.isdigit() else -1

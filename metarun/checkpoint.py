@@ -21,6 +21,7 @@ import torch
 
 import metarun
 from metarun.algorithms import Algorithm
+from metarun.distributed import Ranks
 from metarun.errors import UserError, brief
 from metarun.evaluation import EvalResult
 
@@ -154,7 +155,9 @@ class Checkpoints:
 
     def prepare(self, algorithm: Algorithm) -> None:
         """Before training: leftovers of a killed write are gone, and the disk has room for both checkpoints
-        (weights plus Adam's two moments, with a copy in flight)."""
+        (weights plus Adam's two moments, with a copy in flight). Only rank 0 writes checkpoints."""
+        if not Ranks.current().is_main:
+            return
         for partial in self.folder.glob("*.partial"):
             partial.unlink()
         weights = sum(t.numel() * t.element_size() for t in algorithm.model.state_dict().values())
@@ -168,6 +171,13 @@ class Checkpoints:
 
     def save(self, algorithm: Algorithm, optimizer, schedule, rng: random.Random, state: TrainState,
              is_best: bool) -> None:  # fmt: skip
+        """Called on every rank (each one's torch generator is kept); rank 0 writes."""
+        ranks = Ranks.current()
+        per_rank = ranks.gather([torch.get_rng_state()]) if ranks.world > 1 else []
+        if not ranks.is_main:  # what was saved, known to every rank (load_best reads it on all)
+            self.best_step = state.step if is_best else self.best_step
+            self.last_step = state.step
+            return
         version, internal, gauss = rng.getstate()
         payload = {
             "format": FORMAT,
@@ -183,6 +193,7 @@ class Checkpoints:
                 "python": [version, list(internal), gauss],
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "torch_per_rank": per_rank,  # under torchrun: every process's generator, by rank
             },
             "config": self.config,
             "tokenizer": self.tokenizer_json,
@@ -207,7 +218,14 @@ class Checkpoints:
         schedule.load_state_dict(saved["schedule"])
         version, internal, gauss = saved["rng"]["python"]
         rng.setstate((version, tuple(internal), gauss))
-        torch.set_rng_state(saved["rng"]["torch"])
+        ranks, per_rank = Ranks.current(), saved["rng"]["torch_per_rank"]
+        if len(per_rank) != (ranks.world if ranks.world > 1 else 0):
+            raise UserError(
+                f"Cannot resume {self.last_path}: the run had {len(per_rank) or 1} process(es) and this one has "
+                f"{ranks.world}, which would change its random draws. Resume with the same number of processes "
+                "(torchrun --nproc_per_node)."
+            )
+        torch.set_rng_state(per_rank[ranks.rank] if per_rank else saved["rng"]["torch"])
         if saved["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
         best = None if saved["best"] is None else EvalResult(**saved["best"])
@@ -223,17 +241,21 @@ class Checkpoints:
             )
 
     def load_best(self, algorithm: Algorithm) -> int | None:
-        """Restore the best weights this run wrote into the model; returns their step, None if it wrote none."""
+        """Restore the best weights this run wrote into the model; returns their step, None if it wrote none. Under
+        torchrun rank 0 reads them and the others receive them."""
         if self.best_step is None:
             return None
-        saved = load_checkpoint(self.best_path, next(algorithm.model.parameters()).device)
-        if saved["step"] != self.best_step or setting_changes(saved["config"], self.config):
-            raise UserError(
-                f"{self.best_path} holds step {saved['step']}, but this run's best was step {self.best_step}: "
-                "another process wrote into this run's folder. Start the run again in a folder of its own."
-            )
-        restore_weights(algorithm, saved)
-        return saved["step"]
+        ranks = Ranks.current()
+        if ranks.is_main:
+            saved = load_checkpoint(self.best_path, next(algorithm.model.parameters()).device)
+            if saved["step"] != self.best_step or setting_changes(saved["config"], self.config):
+                raise UserError(
+                    f"{self.best_path} holds step {saved['step']}, but this run's best was step {self.best_step}: "
+                    "another process wrote into this run's folder. Start the run again in a folder of its own."
+                )
+            restore_weights(algorithm, saved)
+        ranks.copy_from_main([*algorithm.model.parameters(), *algorithm.extra_parameters().values()])
+        return self.best_step
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:

@@ -27,6 +27,11 @@ register_resolvers()
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        report("torchrun runs one metarun run over several processes; a sweep (-m) would start every job in every "
+               "process. Sweep with a Hydra launcher instead (hydra/launcher=joblib, or submitit on Slurm), or give "
+               "torchrun one run's overrides.")  # fmt: skip
+        sys.exit(EXIT_USER_ERROR)
     if hydra_cfg.mode == RunMode.MULTIRUN:  # raise: Hydra records the job as failed and the sweep goes on
         from metarun.run import run
 

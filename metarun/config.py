@@ -8,6 +8,8 @@ ranges and choices written in each field's metadata before any data is read.
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,6 +251,7 @@ class DeviceConfig:
     name: str = setting("auto", choices=("auto", "cpu", "cuda"))
     # auto: bf16 autocast for pretrained encoders on CUDA, else float32
     precision: str = setting("auto", choices=("auto", "fp32", "bf16"))
+    threads: Optional[int] = setting(None, least=1)  # torch's CPU threads in this process; null: one per core
 
 
 @dataclass
@@ -343,10 +346,25 @@ def register_resolvers() -> None:
     `${hydra_subdir:resume}` its config files in `.hydra/resume-ID`, beside the original ones."""
     OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID, replace=True)
     OmegaConf.register_new_resolver("abspath", lambda path: str(Path(path).expanduser().resolve()), replace=True)
-    OmegaConf.register_new_resolver("run_dir", lambda resume, default: resume or default, replace=True)
-    OmegaConf.register_new_resolver(
-        "hydra_subdir", lambda resume: f".hydra/resume-{_RUN_ID}" if resume else ".hydra", replace=True
-    )
+    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+    OmegaConf.register_new_resolver("hydra_subdir", _hydra_subdir, replace=True)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _run_dir(resume: str | None, default: str) -> str:
+    if _rank() > 0:  # under torchrun rank 0 alone writes the run's folder; Hydra's logs of the others go aside
+        return str(Path(tempfile.gettempdir()) / f"metarun-rank{_rank()}-{_RUN_ID}")
+    return resume or default
+
+
+def _hydra_subdir(resume: str | None) -> str | None:
+    if _rank() > 0:
+        return None
+    return f".hydra/resume-{_RUN_ID}" if resume else ".hydra"
 
 
 def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictConfig:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from metarun.algorithms import Algorithm, Params
+from metarun.distributed import Ranks
 from metarun.episodes import Episode
 from metarun.tokens import text_key, trim_padding
 
@@ -138,10 +139,12 @@ def predict(
 def episode_scores(
     algorithm: Algorithm, params: Params, episodes: Iterable[Episode], device: torch.device, query_batch: int = 512
 ) -> list[Scores]:
-    """Accuracy, balanced accuracy and macro-F1 of each episode's query set, in the episodes' order."""
-    episodes = list(episodes)
-    predictions = predict(algorithm, params, episodes, device, query_batch)
-    return [classification_scores(p, e.query_y, e.n_way) for p, e in zip(predictions, episodes)]
+    """Accuracy, balanced accuracy and macro-F1 of each episode's query set, in the episodes' order (under torchrun
+    each process scores its share of the episodes, and every process gets all the scores)."""
+    ranks = Ranks.current()
+    share = ranks.share(list(episodes))
+    predictions = predict(algorithm, params, share, device, query_batch) if share else []
+    return ranks.gather([classification_scores(p, e.query_y, e.n_way) for p, e in zip(predictions, share)])
 
 
 def evaluate(

@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from metarun.algorithms import Algorithm, Params, TaskStats
 from metarun.checkpoint import Checkpoints, TrainState
+from metarun.distributed import Ranks
 from metarun.episodes import Episode, EpisodeSampler
 from metarun.errors import RunInterrupted, UserError, stop_signals
 from metarun.evaluation import evaluate
@@ -45,24 +46,30 @@ def accumulate_meta_gradient(
     algorithm: Algorithm, params: Params, episodes: list[Episode], outer_step: int | None = None
 ) -> list[TaskStats]:
     """Set each trained tensor's `.grad` (the model's and the algorithm's own) to the mean of the tasks'
-    (meta-)gradients at `outer_step` (schedules such as MAML++'s read it); returns the tasks' stats."""
+    (meta-)gradients at `outer_step` (schedules such as MAML++'s read it); returns the tasks' stats.
+
+    Under torchrun each process computes its share of `episodes` and an all-reduce sums the shares."""
+    ranks = Ranks.current()
+    share = ranks.share(episodes)
     trained = {**params, **algorithm.extra_parameters()}
+    count = len(episodes)
     if algorithm.batched:
-        mean, stats = algorithm.batched_meta_gradient(params, episodes, outer_step)
-        for name, param in trained.items():
-            param.grad = mean.get(name)
-        return stats
-    summed: Params = {}
-    stats = []
-    for episode in episodes:
-        grads, task_stats = algorithm.meta_gradient(params, episode, outer_step)
-        stats.append(task_stats)
-        for name, grad in grads.items():
-            if grad is not None:
-                summed[name] = summed[name] + grad if name in summed else grad
+        mean, stats = algorithm.batched_meta_gradient(params, share, outer_step)
+        # the share's sum; alone, the mean as it came (a single process's numbers stay as they were)
+        weight, count = (len(share), count) if ranks.world > 1 else (1, 1)
+        summed = {n: g * weight for n, g in mean.items() if g is not None}
+    else:
+        summed, stats = {}, []
+        for episode in share:
+            grads, task_stats = algorithm.meta_gradient(params, episode, outer_step)
+            stats.append(task_stats)
+            for name, grad in grads.items():
+                if grad is not None:
+                    summed[name] = summed[name] + grad if name in summed else grad
+    ranks.sum(list(summed.values()))  # every rank computes the same names: one algorithm, one scope
     for name, param in trained.items():
-        param.grad = summed[name] / len(episodes) if name in summed else None
-    return stats
+        param.grad = summed[name] / count if name in summed else None
+    return ranks.gather(stats)
 
 
 class StopRequests:
@@ -131,6 +138,8 @@ def meta_train(
                 is_best = state.best is None or val.mean > state.best.mean
                 if is_best:
                     state.best, state.best_step = val, step
+            if Ranks.current().any(stop.signum is not None):  # every process stops after the same step
+                stop.signum = stop.signum or signal.SIGTERM
             if validates or stop.signum:
                 checkpoints.save(algorithm, optimizer, schedule, rng, state, is_best)
             if stop.signum:

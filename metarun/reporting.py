@@ -135,22 +135,29 @@ class RunReporter:
     """TensorBoard events under `log_dir`, and progress over the outer steps: a rich bar on a terminal, whole lines
     now and then where stdout is not one (a log)."""
 
-    def __init__(self, log_dir: Path, total_steps: int, start_step: int = 0) -> None:
+    def __init__(self, log_dir: Path | None, total_steps: int, start_step: int = 0) -> None:
+        """`log_dir` None: report nothing (under torchrun, every process but rank 0)."""
         from torch.utils.tensorboard import SummaryWriter
 
+        self.writer, self.progress = None, None
+        if log_dir is None:
+            return
         # a resumed run hides what the stopped one logged after its checkpoint, and goes on from there
         self.writer = SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step else None)
         shown = LiveBar if console.is_terminal else LogLines
-        self.progress: LiveBar | LogLines = shown(total_steps, start_step)
+        self.progress: LiveBar | LogLines | None = shown(total_steps, start_step)
 
     def __enter__(self) -> RunReporter:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.close()
-        self.writer.close()  # a run that stops early still flushes its events
+        if self.writer is not None:
+            self.progress.close()
+            self.writer.close()  # a run that stops early still flushes its events
 
     def log_train(self, step: int, stats: list[TaskStats], lr: float, grad_norm: float) -> None:
+        if self.writer is None:
+            return
         scalars = {"train/outer_lr": lr, "train/grad_norm": grad_norm}
         if stats[0].loss_after is not None:
             scalars["train/loss_after"] = _mean([s.loss_after for s in stats])
@@ -168,11 +175,15 @@ class RunReporter:
             self.progress.step(step, f"grad norm {grad_norm:.3f}")
 
     def log_validation(self, step: int, result: EvalResult) -> None:
+        if self.writer is None:
+            return
         self.writer.add_scalar("val/acc", result.mean, step)
         self.writer.add_scalar("val/acc_ci95", result.ci95, step)
         self.progress.validation(step, str(result))
 
     def log_hparams(self, hparams: dict, metrics: dict) -> None:
+        if self.writer is None:
+            return
         self.writer.add_hparams(hparams, metrics, run_name=".")
 
 

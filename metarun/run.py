@@ -38,6 +38,8 @@ from metarun.episodes import (
 )
 from metarun.errors import RunInterrupted, UserError, brief
 from metarun.evaluation import EvalResult, Scores, episode_scores, evaluate, summarize
+from metarun import distributed, reporting
+from metarun.distributed import Ranks
 from metarun.loop import TrainSettings, build_outer_optimizer, meta_train
 from metarun.reporting import RunReporter, print_config, print_results
 from metarun.tokenizer import encode, make_tokenizer, padding_id
@@ -188,23 +190,34 @@ def refuse_taken_folder(output_dir: Path) -> None:
 
 
 def run(cfg: DictConfig, output_dir: Path) -> float:
-    """Meta-train, validate, test the best checkpoint; returns the best validation accuracy (for sweepers)."""
+    """Meta-train, validate, test the best checkpoint; returns the best validation accuracy (for sweepers).
+    Under torchrun every process runs this; rank 0 claims the folder and alone writes and prints."""
     check_config(cfg)
-    output_dir, stopped = claim_run_folder(output_dir, cfg)
+    if cfg.device.threads:
+        torch.set_num_threads(cfg.device.threads)
+    ranks, device_name = distributed.start(cfg.device.name)
     try:
-        return _run(cfg, output_dir, stopped)
-    except RunInterrupted as stop:
-        stop.run_folder = output_dir
-        raise
+        distributed.check_meta_batch(cfg.train.meta_batch_size, ranks)
+        reporting.console.quiet = not ranks.is_main
+        output_dir, stopped = ranks.from_main(claim_run_folder(output_dir, cfg) if ranks.is_main else None)
+        try:
+            return _run(cfg, output_dir, stopped, ranks, resolve_device(device_name))
+        except RunInterrupted as stop:
+            stop.run_folder = output_dir
+            raise
+    finally:
+        distributed.stop()
 
 
-def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None) -> float:
+def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, device: torch.device) -> float:
     """The run proper; `stopped` is the checkpoint a resumed run continues from."""
     print_config(cfg)
-    device = resolve_device(cfg.device.name)
     torch.manual_seed(cfg.seed)
     tokenizer, samplers, split = prepare_episodes(cfg)
     algorithm = build_algorithm(cfg, tokenizer, len(samplers["train"].classes), device)
+    if ranks.world > 1:  # one starting point for all, and each process its own draws (dropout, fresh heads)
+        ranks.copy_from_main([*algorithm.model.parameters(), *algorithm.extra_parameters().values()])
+        torch.manual_seed(cfg.seed + ranks.rank)
     val_episodes = samplers["val"].fixed_episodes(cfg.eval.val_episodes, cfg.eval.seed)
     checkpoints = Checkpoints(output_dir / "checkpoints", OmegaConf.to_container(cfg, resolve=True), tokenizer.to_str())
     checkpoints.prepare(algorithm)
@@ -216,11 +229,13 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None) -> float:
     state = TrainState()
     if stopped is not None:  # refused before anything is written when the data changed since
         state = checkpoints.resume(stopped, algorithm, optimizer, schedule, rng)
-    write_run_files(output_dir, tokenizer, split)
+    if ranks.is_main:
+        write_run_files(output_dir, tokenizer, split)
     if not algorithm.meta_trains:  # the weights it tests, kept so that metarun-eval and load() serve it too
         checkpoints.save(algorithm, optimizer, schedule, rng, state, is_best=True)
 
-    with RunReporter(output_dir / "tensorboard", cfg.train.outer_steps, state.step) as reporter:
+    log_dir = output_dir / "tensorboard" if ranks.is_main else None
+    with RunReporter(log_dir, cfg.train.outer_steps, state.step) as reporter:
         started = time.perf_counter()
         if algorithm.meta_trains:
             state = meta_train(
@@ -237,14 +252,16 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None) -> float:
             "meta_train_seconds": train_seconds,
             "outer_step_median_seconds": statistics.median(state.step_seconds) if state.step_seconds else None,
             "test_seconds": time.perf_counter() - started,
+            "processes": ranks.world,
         }
         metrics = {
             **test.metrics(),
             "val_acc": best_val.mean, "val_ci95": best_val.interval, "val_episodes": best_val.episodes,
             "best_step": best_step, **identity(cfg, device),
         }  # fmt: skip
-        write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=1))
-        write_text_atomically(output_dir / "timing.json", json.dumps(timing, indent=1))
+        if ranks.is_main:
+            write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=1))
+            write_text_atomically(output_dir / "timing.json", json.dumps(timing, indent=1))
         final = ("test_acc", "val_acc", "test_balanced_acc", "test_macro_f1")
         reporter.log_hparams(hparams(cfg), {f"hparam/{k}": metrics[k] for k in final if metrics[k] is not None})
 

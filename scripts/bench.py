@@ -350,6 +350,36 @@ def loop_overhead(args: argparse.Namespace) -> str:
     )
 
 
+def rank_scaling(args: argparse.Namespace) -> str:
+    """One real metarun run as `--ranks` processes of one thread (torchrun, gloo) against one process of that many
+    threads, at the same global meta-batch; rounds alternate the two, and each side's median outer step counts."""
+    steps = args.steps + args.warmup
+    overrides = [*args.loop_overrides, f"train.meta_batch_size={args.meta_batch}", f"train.outer_steps={steps}"]
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    sides = {
+        f"1 process x {args.ranks} threads": ([str(Path(sys.executable).with_name("metarun"))], args.ranks),
+        f"{args.ranks} processes x 1 thread": ([torchrun, "--standalone", f"--nproc_per_node={args.ranks}", "-m",
+                                                  "metarun"], 1),
+    }  # fmt: skip
+    steps_s: dict[str, list[float]] = {side: [] for side in sides}
+    for round_ in range(args.rounds):
+        for side, (command, threads) in sides.items():
+            print(f"round {round_ + 1}/{args.rounds}: {side}", flush=True)
+            folder = args.out / "ranks" / f"{len(steps_s[side])}-{threads}"
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            done = subprocess.run([*command, *overrides, f"hydra.run.dir={folder}"], capture_output=True, text=True,
+                                  env=env)  # fmt: skip
+            if done.returncode != 0:
+                raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
+            steps_s[side].append(json.loads((folder / "timing.json").read_text())["outer_step_median_seconds"])
+    (one, one_s), (many, many_s) = ((side, statistics.median(v)) for side, v in steps_s.items())
+    return (
+        f"Data-parallel meta-training (`{shlex.join(['metarun', *overrides])}`), median outer step: {one} "
+        f"{1000 * one_s:.0f} ms, {many} {1000 * many_s:.0f} ms; the processes take {many_s / one_s:.2f}x the time "
+        f"of the threads.\n"
+    )
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     split = lambda text: [s for s in text.split(",") if s]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -359,6 +389,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--meta-batch", type=int, default=4, help="tasks per outer step (peak memory is per task)")
     parser.add_argument("--memory", action="store_true", help="second order: store vs recompute vs peers")
     parser.add_argument("--loop", action="store_true", help="full metarun loop vs the pure meta-step")
+    parser.add_argument("--ranks", type=int, help="N torchrun processes x 1 thread vs 1 process x N threads")
     loop_run = ["data=synthetic", "model=small", "algo=maml", "task.k_shot=5", "eval.val_episodes=5",
                 "eval.test_episodes=5", "eval.val_interval=100000"]  # fmt: skip
     parser.add_argument("--loop-overrides", type=split, default=loop_run)
@@ -391,6 +422,8 @@ def main(argv: list[str] | None = None) -> str:
     )
     if args.loop:
         body = f"{header}\n\n{loop_overhead(args)}"
+    elif args.ranks:
+        body = f"{header}\n\n{rank_scaling(args)}"
     else:
         impls = ["metarun", "metarun-recompute"] if args.memory else ["metarun"]
         settings = [
@@ -406,7 +439,7 @@ def main(argv: list[str] | None = None) -> str:
         unit = {s.model: results[s]["median_s"] for s in units}
         body = markdown(speed_table(results, unit), header)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "loop" if args.loop else "memory" if args.memory else "speed"
+    name = "loop" if args.loop else "ranks" if args.ranks else "memory" if args.memory else "speed"
     (args.out / f"{name}.md").write_text(body)
     if args.doc:
         rewrite_section(args.doc, f"bench-{name}", body)

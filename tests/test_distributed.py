@@ -1,0 +1,64 @@
+"""Data-parallel meta-training: torchrun's processes share each meta-batch and end where one process ends."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metarun.config import compose
+from metarun.errors import UserError
+from metarun.run import run
+
+BIN = Path(sys.executable).parent
+# a dropout-free model and a zero head: the tasks draw no random numbers, so the shares add up to the same sums (up to
+# their order); SGD outside, since Adam turns a rounding difference in a near-zero gradient into a full step
+RUN = [
+    "device=cpu", "algo=maml", "algo/outer_optimizer=sgd", "algo.outer_optimizer.lr=0.3",
+    "data.examples_per_class=20", "task.n_query=5", "train.outer_steps=4", "train.meta_batch_size=4",
+    "eval.val_interval=2", "eval.val_episodes=6", "eval.test_episodes=10",
+]  # fmt: skip
+
+
+def metarun(command: list[str], folder: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([*command, *RUN, f"hydra.run.dir={folder}"], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_gloo_processes_end_where_one_process_ends(tmp_path):
+    metarun([str(BIN / "metarun")], tmp_path / "one")
+    metarun([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "metarun"], tmp_path / "two")
+    one, two = (torch.load(tmp_path / name / "checkpoints/last.pt") for name in ("one", "two"))
+    assert one["step"] == two["step"] == 4
+    for name, weight in one["model"].items():
+        torch.testing.assert_close(two["model"][name], weight, rtol=0, atol=1e-6)
+    scores = ("test_acc", "test_ci95", "test_episodes", "val_acc", "val_ci95", "val_episodes", "best_step")
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two")]
+    assert {k: metrics[0][k] for k in scores} == {k: metrics[1][k] for k in scores}
+    assert json.loads((tmp_path / "two/timing.json").read_text())["processes"] == 2
+    writers = {p.name.rsplit(".", 2)[1] for p in (tmp_path / "two/tensorboard").glob("events.*")}  # their pids
+    assert len(writers) == 1  # rank 0 alone writes
+
+
+def test_a_resume_with_another_number_of_processes_is_refused(tmp_path):
+    cfg = compose("config", [*RUN, "train.outer_steps=2"])
+    run(cfg, tmp_path / "run")
+    last = tmp_path / "run/checkpoints/last.pt"
+    saved = torch.load(last)
+    saved["rng"]["torch_per_rank"] = [saved["rng"]["torch"]] * 2  # as a run of two processes leaves it
+    torch.save(saved, last)
+    (tmp_path / "run/metrics.json").unlink()
+    with pytest.raises(UserError, match="the run had 2 process"):
+        run(compose("config", [*RUN, "train.outer_steps=2", f"train.resume={tmp_path / 'run'}"]), tmp_path / "run")
+
+
+def test_a_sweep_inside_torchrun_is_refused(tmp_path):
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(BIN / "metarun"), "-m", "seed=0,1", f"hydra.sweep.dir={tmp_path}"],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "Sweep with a Hydra launcher instead" in " ".join(done.stderr.split())
