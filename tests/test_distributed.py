@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,28 @@ def test_a_sweep_inside_torchrun_is_refused(tmp_path):
     done = subprocess.run([str(BIN / "metarun"), "-m", "seed=0,1", f"hydra.sweep.dir={tmp_path}"],
                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "Sweep with a Hydra launcher instead" in " ".join(done.stderr.split())
+
+
+def test_two_processes_stopped_and_resumed_end_as_if_never_stopped(tmp_path):
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "metarun"]
+    longer = ["train.outer_steps=40", "eval.val_interval=4", "model.dropout=0.2"]  # dropout: every rank's draws
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    whole = subprocess.run([*torchrun, *RUN, *longer, f"hydra.run.dir={tmp_path / 'whole'}"], capture_output=True,
+                           text=True, env=env, timeout=300)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    stopped = subprocess.Popen([*torchrun, *RUN, *longer, f"hydra.run.dir={tmp_path / 'run'}"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not (tmp_path / "run/checkpoints/last.pt").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    stopped.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+    stopped.communicate(timeout=120)
+    step = torch.load(tmp_path / "run/checkpoints/last.pt")["step"]
+    assert stopped.returncode != 0 and 4 <= step < 40 and not (tmp_path / "run/metrics.json").exists()
+    resumed = subprocess.run([*torchrun, *RUN, *longer, f"train.resume={tmp_path / 'run'}"], capture_output=True,
+                             text=True, env=env, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ends = [torch.load(tmp_path / name / "checkpoints/last.pt") for name in ("whole", "run")]
+    assert all(torch.equal(ends[0]["model"][n], ends[1]["model"][n]) for n in ends[0]["model"])
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("whole", "run")]
+    assert metrics[0]["test_acc"] == metrics[1]["test_acc"] and metrics[0]["val_acc"] == metrics[1]["val_acc"]
