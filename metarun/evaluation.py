@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 from metarun.algorithms import Algorithm, Params
 from metarun.distributed import Ranks
+from metarun.stats import half_width_95
 from metarun.episodes import Episode
 from metarun.tokens import text_key, trim_padding
 
-Z_95 = 1.959964  # two-sided 95% quantile of the standard normal
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,9 @@ class EvalResult:
 
 
 def mean_with_ci(values: list[float]) -> EvalResult:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return EvalResult(mean, float("nan"), n)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return EvalResult(mean, Z_95 * std / math.sqrt(n), n)
+    """The mean of `values` (episodes or tasks) with its 95% Student-t interval: over a dozen tasks the normal
+    quantile would be 10% too narrow; over 600 episodes the two agree to 0.2%."""
+    return EvalResult(sum(values) / len(values), half_width_95(values), len(values))
 
 
 @dataclass(frozen=True)

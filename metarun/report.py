@@ -16,20 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# t_{0.975, df} for df = 1..30: the 95% two-sided Student-t quantiles (scipy.stats.t.ppf(0.975, df), 9 digits)
-T_975 = (
-    12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252, 2.306004135,
-    2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688, 2.131449546, 2.119905299,
-    2.109815578, 2.100922040, 2.093024054, 2.085963447, 2.079613845, 2.073873068, 2.068657610, 2.063898562,
-    2.059538553, 2.055529439, 2.051830516, 2.048407142, 2.045229642, 2.042272456,
-)  # fmt: skip
-Z_975 = 1.959963984540054  # the standard normal's 0.975 quantile
+from metarun.stats import half_width_95
 
 NOT_SWEPT = ("seed", "train.resume")  # seeds are aggregated; a resume continues the same run
 IDENTITY = {"algo": "algo", "model": "model", "task": "task", "data": "data", "task.n_way": "n_way",
@@ -39,23 +31,6 @@ PLOTS = {
     "val_accuracy_vs_step.png": "Validation accuracy against outer step",
     "accuracy_vs_time.png": "Test accuracy against meta-training time",
 }
-
-
-def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with `df` degrees of freedom: the table up to 30, above it the
-    Cornish-Fisher expansion around the normal quantile (Abramowitz & Stegun 26.7.5; error under 1e-6 there)."""
-    if df < 1:
-        raise ValueError(f"a t interval needs at least one degree of freedom, got {df}")
-    if df <= len(T_975):
-        return T_975[df - 1]
-    z = Z_975
-    terms = (
-        (z**3 + z) / 4,
-        (5 * z**5 + 16 * z**3 + 3 * z) / 96,
-        (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
-        (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160,
-    )
-    return z + sum(term / df ** (power + 1) for power, term in enumerate(terms))
 
 
 @dataclass(frozen=True)
@@ -71,12 +46,10 @@ def across_seeds(means: Sequence[float], episode_half_width: float | None = None
     """The mean of the per-seed means with its 95% interval: with one seed that run's own interval over its test
     episodes (`episode_half_width`), with several a Student-t interval of the per-seed means (n - 1 degrees of
     freedom, the sample standard deviation)."""
-    n = len(means)
-    mean = sum(means) / n
-    if n == 1:
+    mean = sum(means) / len(means)
+    if len(means) == 1:
         return Interval(mean, episode_half_width, "episodes")
-    sd = math.sqrt(sum((m - mean) ** 2 for m in means) / (n - 1))
-    return Interval(mean, t_quantile_975(n - 1) * sd / math.sqrt(n), "seeds")
+    return Interval(mean, half_width_95(means), "seeds")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 balanced accuracy and macro-F1 as counted by hand; fixed tasks report all three, and metrics.json says what ran."""
 
 import json
+import statistics
 import shutil
 import subprocess
 from fractions import Fraction
@@ -14,7 +15,15 @@ from metarun.config import compose
 import metarun
 from conftest import random_episode, tiny_model
 from metarun.algorithms import MAML, ProtoNet, SupervisedBaseline
-from metarun.evaluation import EvalResult, classification_scores, episode_scores, evaluate, predict, summarize
+from metarun.evaluation import (
+    EvalResult,
+    classification_scores,
+    episode_scores,
+    evaluate,
+    mean_with_ci,
+    predict,
+    summarize,
+)
 from metarun.run import provenance, run
 
 ALGORITHMS = {
@@ -256,3 +265,12 @@ def test_no_commit_for_an_installed_copy_inside_another_repository(tmp_path, mon
     (tmp_path / "metarun").mkdir()
     monkeypatch.setattr(metarun, "__file__", str(tmp_path / "metarun" / "__init__.py"))
     assert provenance(torch.device("cpu"))["git_commit"] is None
+
+
+def test_the_interval_over_a_few_tasks_is_students_t():
+    scores = [0.55, 0.62, 0.71, 0.80]  # four fixed tasks
+    result = mean_with_ci(scores)
+    # t(0.975, 3 degrees of freedom) = 3.182 in printed tables; the normal's 1.960 would be 38% too narrow
+    assert result.ci95 == pytest.approx(3.182 * statistics.stdev(scores) / 2, rel=2e-4)
+    many = [0.5] * 599 + [1.0]  # 600 episodes: t(0.975, 599) = 1.964
+    assert mean_with_ci(many).ci95 == pytest.approx(1.964 * statistics.stdev(many) / 600**0.5, rel=2e-4)

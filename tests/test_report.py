@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from metarun import report
+from metarun import report, stats
 
 BIN = Path(sys.executable).parent
 T_975 = {1: 12.706, 2: 4.303, 4: 2.776, 10: 2.228, 30: 2.042, 60: 2.000, 120: 1.980}  # printed tables, 3 decimals
@@ -147,14 +147,14 @@ def test_t_quantiles_against_the_t_distribution():
         return 0.5 + total * h / 3
 
     for df in [*range(1, 31), 31, 40, 60, 120, 1000]:
-        assert abs(cdf(report.t_quantile_975(df), df) - 0.975) < 1e-7, df
-    assert report.t_quantile_975(1) == pytest.approx(math.tan(0.475 * math.pi), abs=1e-8)
-    assert report.t_quantile_975(2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), abs=1e-8)
+        assert abs(cdf(stats.t_quantile_975(df), df) - 0.975) < 1e-7, df
+    assert stats.t_quantile_975(1) == pytest.approx(math.tan(0.475 * math.pi), abs=1e-8)
+    assert stats.t_quantile_975(2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), abs=1e-8)
     for df, printed in T_975.items():
-        assert round(report.t_quantile_975(df), 3) == printed, df
-    assert report.t_quantile_975(10**6) == pytest.approx(report.Z_975, abs=1e-5)
+        assert round(stats.t_quantile_975(df), 3) == printed, df
+    assert stats.t_quantile_975(10**6) == pytest.approx(stats.Z_975, abs=1e-5)
     with pytest.raises(ValueError):
-        report.t_quantile_975(0)
+        stats.t_quantile_975(0)
 
 
 def test_interval_across_seeds_and_over_episodes():
