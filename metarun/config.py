@@ -212,7 +212,7 @@ class FileDataConfig(DataConfig):
 @dataclass
 class LocalDataConfig(FileDataConfig):
     _target_: str = "metarun.data.load_local"
-    files: Any = MISSING  # a path, or a list of paths
+    files: Any = MISSING  # a path, a folder or a glob pattern, or a list of them (their files are pooled)
     text_column: str = "text"
     label_column: str = "label"
     domain_column: Optional[str] = None  # needed for task=domain_adapt

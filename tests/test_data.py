@@ -102,3 +102,18 @@ def test_tokenizer_ids_do_not_depend_on_hash_order():
     vocabularies = [fit_tokenizer(texts, vocab_size=300, max_len=16).get_vocab() for _ in range(4)]
     assert all(v == vocabularies[0] for v in vocabularies)
     assert vocabularies[0]["[PAD]"] == 0 and vocabularies[0]["[UNK]"] == 1
+
+
+def test_data_files_take_folders_and_glob_patterns(tmp_path):
+    for name, label in (("b.train.jsonl", "y"), ("a.train.jsonl", "x"), ("a.test.jsonl", "z")):
+        rows = [{"text": f"{label} text {i}", "label": label} for i in range(3)]
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "README.txt").write_text("not data\n")
+    listed = load_local([str(tmp_path / n) for n in ("a.test.jsonl", "a.train.jsonl", "b.train.jsonl")])
+    assert load_local(str(tmp_path)).labels == listed.labels  # a folder: its data files, sorted
+    assert load_local(str(tmp_path / "*.train.jsonl")).labels == ["x"] * 3 + ["y"] * 3
+    with pytest.raises(UserError, match=r"pattern '.*\*\.dev\.jsonl' matches no file"):
+        load_local(str(tmp_path / "*.dev.jsonl"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no .jsonl, .csv or .parquet file"):
+        load_local(str(tmp_path / "empty"))

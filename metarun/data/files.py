@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import glob
 import json
 import re
 import logging
@@ -66,8 +67,10 @@ def load_texts(file: str, text_column: str = "text", max_chars: int = 5000, sett
 
 
 def _readable(files: str | Sequence[str], setting: str) -> list[Path]:
-    """The paths of `files`, each an existing, non-empty file, all of one format."""
-    paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+    """The paths of `files`, each an existing, non-empty file, all of one format. An entry may be a folder (its
+    JSONL, CSV or Parquet files) or a glob pattern (`data/*.train.jsonl`), each expanded in sorted order."""
+    entries = [files] if isinstance(files, (str, Path)) else list(files)
+    paths = [path for entry in entries for path in _expand(str(entry), setting)]
     if not paths:
         raise UserError(f"{setting} is empty; give at least one JSONL, CSV or Parquet file.")
     missing = [str(p) for p in paths if not p.is_file()]
@@ -78,6 +81,24 @@ def _readable(files: str | Sequence[str], setting: str) -> list[Path]:
         raise UserError(f"Data file(s) are empty: {brief(empty)}; each file needs labelled rows.")
     _check_one_format(paths)
     return paths
+
+
+def _expand(entry: str, setting: str) -> list[Path]:
+    """One `data.files` entry as the files it names: itself, a folder's data files, or a glob's matches."""
+    if Path(entry).is_dir():
+        found = sorted(p for p in Path(entry).iterdir() if p.suffix in FORMATS and p.is_file())
+        if not found:
+            raise UserError(f"{setting}: the folder {entry} holds no .jsonl, .csv or .parquet file.")
+        return found
+    if glob.has_magic(entry):
+        found = sorted(Path(p) for p in glob.glob(entry, recursive=True) if Path(p).is_file())
+        if not found:
+            raise UserError(
+                f"{setting}: the pattern {entry!r} matches no file (patterns resolve from {Path.cwd()}); check the "
+                "folder and the pattern, e.g. 'data/*.train.jsonl'."
+            )
+        return found
+    return [Path(entry)]
 
 
 def _read(paths: list[Path], columns: dict[str, str], max_chars: int) -> list[list]:
