@@ -194,6 +194,9 @@ class TaskConfig:
     # query examples per class in meta-training episodes (fewer is faster); null: n_query
     meta_train_query: Optional[int] = setting(None, least=1)
     drop_small_classes: bool = False  # true: leave out classes with fewer than k_shot + n_query examples
+    # permuted: labels drawn anew for every episode | fixed: a class's label id is its label name's place among the
+    # sorted names, in every episode (a label set that every domain shares, e.g. sentiment across products)
+    labels: str = setting("permuted", choices=("permuted", "fixed"))
     eval_tasks: List[EvalTaskConfig] = setting(factory=list)  # fixed evaluation tasks instead of sampled episodes
 
 

@@ -7,6 +7,7 @@ split, or one domain), K support and Q query examples of each, labels in a fresh
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -95,6 +96,7 @@ class EpisodeSampler:
         n_query: int,
         split_name: str,
         drop_small_classes: bool = False,
+        fixed_labels: bool = False,
     ) -> None:
         self.tokens, self.n_way, self.k_shot, self.n_query = tokens, n_way, k_shot, n_query
         rows = defaultdict(list)
@@ -111,13 +113,22 @@ class EpisodeSampler:
             )
         self.groups = {g: [c for c in cs if c not in small] for g, cs in class_groups.items()}
         thin = {g: len(cs) for g, cs in self.groups.items() if len(cs) < n_way}
-        if thin:
+        if thin and len(thin) < len(self.groups):  # domains that cannot form an episode leave, the others serve
+            logging.getLogger(__name__).warning(
+                f"meta-{split_name}: domain(s) {brief(sorted(thin))} have fewer than task.n_way={n_way} usable "
+                "classes and are left out of its episodes."
+            )
+            self.groups = {g: cs for g, cs in self.groups.items() if g not in thin}
+        elif thin:
             where = "the split" if list(self.groups) == ["all"] else f"group(s) {brief(thin)}"
             raise UserError(
                 f"task.n_way={n_way} is larger than the {min(thin.values())} usable classes of {where} in "
                 f"meta-{split_name}; choose n_way of at most {min(thin.values())}, or move more classes "
                 "into that split with task.split."
             )
+        self.label_ids = fixed_label_ids(self.groups, n_way, split_name) if fixed_labels else None
+        if self.label_ids is not None:
+            self.groups = {g: cs for g, cs in self.groups.items() if all(c in self.label_ids for c in cs)}
         self.classes = sorted(c for cs in self.groups.values() for c in cs)
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.rows = {c: torch.tensor(rows[c]) for c in self.classes}
@@ -131,7 +142,10 @@ class EpisodeSampler:
             picked = self.rows[c][rng.sample(range(len(self.rows[c])), self.k_shot + self.n_query)]
             support.append(picked[: self.k_shot])
             query.append(picked[self.k_shot :])
-        labels = torch.arange(self.n_way)
+        if self.label_ids is None:
+            labels = torch.arange(self.n_way)  # the draw's order: labels permuted per episode
+        else:
+            labels = torch.tensor([self.label_ids[c] for c in classes])
         return Episode(
             support_x=trim_padding(self.tokens[torch.cat(support)]),
             support_y=labels.repeat_interleave(self.k_shot),
@@ -144,6 +158,32 @@ class EpisodeSampler:
         """The same `count` episodes for every run and algorithm that uses this seed."""
         rng = random.Random(seed)
         return [self.sample(rng) for _ in range(count)]
+
+
+def label_name(class_key: str) -> str:
+    """The label of a class key (`label`, or `domain/label` when classes live inside domains)."""
+    return class_key.rsplit("/", 1)[-1]
+
+
+def fixed_label_ids(groups: dict[str, list[str]], n_way: int, split_name: str) -> dict[str, int]:
+    """task.labels=fixed: each class's label id, its label name's place among the sorted names. Every episode must
+    hold the same `n_way` names once each: a domain without all of them is left out, with a warning."""
+    names = sorted({label_name(c) for cs in groups.values() for c in cs})
+    uneven = sorted(g for g, cs in groups.items() if sorted(map(label_name, cs)) != names)
+    if len(names) != n_way or len(uneven) == len(groups):
+        raise UserError(
+            f"task.labels=fixed gives every label the same id in every episode, so every meta-{split_name} episode "
+            f"must hold the same {n_way} labels (task.n_way), once each; meta-{split_name} has {len(names)} label "
+            f"names ({brief(names)}). Use task.n_way={len(names)} with a label set every domain shares, or "
+            "task.labels=permuted."
+        )
+    if uneven:
+        logging.getLogger(__name__).warning(
+            f"meta-{split_name}: domain(s) {brief(uneven)} lack some of the labels {brief(names)} and are left out "
+            "of its episodes (task.labels=fixed)."
+        )
+    ids = {name: i for i, name in enumerate(names)}
+    return {c: ids[label_name(c)] for g, cs in groups.items() if g not in uneven for c in cs}
 
 
 def split_rows(keys_per_row: list[str], split: MetaSplit) -> dict[str, list[int]]:

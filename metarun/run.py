@@ -88,7 +88,7 @@ def make_samplers(corpus: Corpus, tokens: torch.Tensor, task: DictConfig, rows: 
         n_query = task.n_query if name != "train" or task.get("meta_train_query") is None else task.meta_train_query
         samplers[name] = EpisodeSampler(
             tokens[index], [row_classes[i] for i in index], groups, task.n_way, task.k_shot, n_query,
-            split_name=name, drop_small_classes=task.drop_small_classes,
+            split_name=name, drop_small_classes=task.drop_small_classes, fixed_labels=task.labels == "fixed",
         )  # fmt: skip
     return samplers
 

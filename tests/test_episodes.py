@@ -110,3 +110,44 @@ def test_classes_too_small_for_k_plus_q_are_named_and_can_be_dropped(corpus):
     assert "task.drop_small_classes=true" in str(error.value)
     sampler = EpisodeSampler(tokens[rows], classes, groups, 5, 5, 10, "train", drop_small_classes=True)
     assert keys[0] not in sampler.classes and len(sampler.classes) == len(set(keys)) - 1
+
+
+def shared_labels(domains=("books", "dvd", "kitchen"), labels=("negative", "positive"), rows_per_class=6):
+    """Sentiment-like data: every domain has the same labels; class keys are domain/label."""
+    keys = [f"{d}/{label}" for d in domains for label in labels for _ in range(rows_per_class)]
+    tokens = torch.arange(len(keys))[:, None] + 2  # one distinct token per row
+    return tokens, keys, class_groups(keys, [k.split("/")[0] for k in keys])
+
+
+def test_fixed_labels_keep_each_label_name_on_its_id_in_every_episode():
+    tokens, keys, groups = shared_labels()
+    fixed = EpisodeSampler(tokens, keys, groups, 2, 2, 3, "train", fixed_labels=True)
+    permuted = EpisodeSampler(tokens, keys, groups, 2, 2, 3, "train")
+    seen = set()
+    for sampler, episodes in ((fixed, fixed.fixed_episodes(40, 0)), (permuted, permuted.fixed_episodes(40, 0))):
+        for episode in episodes:
+            label_of_row = {int(t): keys[int(t) - 2].split("/")[1] for t in episode.support_x[:, 0]}
+            ids = {label_of_row[int(t)]: int(y) for t, y in zip(episode.support_x[:, 0], episode.support_y)}
+            if sampler is fixed:
+                assert ids == {"negative": 0, "positive": 1}  # the sorted names' places, whatever the draw
+            else:
+                seen.add(ids["negative"])
+    assert seen == {0, 1}  # permuted: "negative" is label 0 in some episodes and 1 in others
+
+
+def test_fixed_labels_leave_out_a_domain_without_every_label_and_refuse_another_n_way(caplog):
+    tokens, keys, groups = shared_labels()
+    keys = [k for k in keys if k != "dvd/positive"]  # dvd has lost its positive reviews
+    tokens, groups = tokens[: len(keys)], class_groups(keys, [k.split("/")[0] for k in keys])
+    sampler = EpisodeSampler(tokens, keys, groups, 2, 2, 3, "train", fixed_labels=True)
+    assert sampler.group_names == ["books", "kitchen"] and "dvd" in caplog.text
+    tokens, keys, groups = shared_labels(labels=("negative", "neutral", "positive"))
+    with pytest.raises(UserError, match=r"task.labels=fixed .* has 3 label names .* task.n_way=3"):
+        EpisodeSampler(tokens, keys, groups, 2, 2, 3, "train", fixed_labels=True)
+
+
+def test_a_domain_too_small_for_an_episode_is_left_out_with_a_warning(caplog):
+    tokens, keys, groups = shared_labels()
+    groups["tiny"] = ["books/negative"]  # a domain with one usable class cannot form a 2-way episode
+    sampler = EpisodeSampler(tokens, keys, groups, 2, 2, 3, "train")
+    assert "tiny" not in sampler.group_names and "tiny" in caplog.text and "left out" in caplog.text
