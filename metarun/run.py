@@ -257,7 +257,8 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
         metrics = {
             **test.metrics(),
             "val_acc": best_val.mean, "val_ci95": best_val.interval, "val_episodes": best_val.episodes,
-            "best_step": best_step, **identity(cfg, device),
+            "best_step": best_step, "best_at_last_step": best_at_last_step(best_step, cfg),
+            **identity(cfg, device),
         }  # fmt: skip
         if ranks.is_main:
             write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=1))
@@ -266,7 +267,17 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
         reporter.log_hparams(hparams(cfg), {f"hparam/{k}": metrics[k] for k in final if metrics[k] is not None})
 
     print_results(title(cfg), [("meta-val (best)", best_val), *test.rows()])
+    if metrics["best_at_last_step"]:
+        reporting.console.print(
+            f"[yellow]The best validation came at the last outer step ({best_step} of {cfg.train.outer_steps}): the "
+            "budget may be what limits this run; more outer steps (train.outer_steps) may still help."
+        )
     return best_val.mean
+
+
+def best_at_last_step(best_step: int | None, cfg: DictConfig) -> bool:
+    """Whether validation, having been run more than once, was still improving when meta-training ended."""
+    return best_step == cfg.train.outer_steps and cfg.train.outer_steps > cfg.eval.val_interval
 
 
 @dataclass

@@ -274,3 +274,17 @@ def test_the_interval_over_a_few_tasks_is_students_t():
     assert result.ci95 == pytest.approx(3.182 * statistics.stdev(scores) / 2, rel=2e-4)
     many = [0.5] * 599 + [1.0]  # 600 episodes: t(0.975, 599) = 1.964
     assert mean_with_ci(many).ci95 == pytest.approx(1.964 * statistics.stdev(many) / 600**0.5, rel=2e-4)
+
+
+def test_a_best_validation_at_the_last_step_says_the_budget_may_be_the_limit(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from metarun.run import best_at_last_step, run
+
+    cfg = OmegaConf.create({"train": {"outer_steps": 10}, "eval": {"val_interval": 5}})
+    assert best_at_last_step(10, cfg) and not best_at_last_step(5, cfg) and not best_at_last_step(None, cfg)
+    assert not best_at_last_step(10, OmegaConf.merge(cfg, {"eval": {"val_interval": 10}}))  # one validation only
+    run(compose_config("train.outer_steps=4", "eval.val_interval=1", "algo=protonet"), tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    note = "The best validation came at the last outer step" in " ".join(capsys.readouterr().out.split())
+    assert metrics["best_at_last_step"] == (metrics["best_step"] == 4) == note
