@@ -20,7 +20,6 @@ from metarun.episodes import Episode
 from metarun.tokens import text_key, trim_padding
 
 
-
 @dataclass(frozen=True)
 class EvalResult:
     mean: float  # mean score (accuracy unless said otherwise) over episodes, in [0, 1]
