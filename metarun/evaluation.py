@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -50,9 +50,10 @@ class Scores:
     accuracy: float
     balanced_accuracy: float  # mean recall over the classes present in the query set
     macro_f1: float  # mean F1 over the classes present in the query set or predicted for it
+    recall: tuple[float | None, ...] = ()  # each class's recall, by label id; None for a class absent from the query
 
 
-METRICS = tuple(f.name for f in fields(Scores))  # accuracy, balanced_accuracy, macro_f1
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")  # the scores averaged over episodes or tasks
 
 
 def classification_scores(predicted: torch.Tensor, target: torch.Tensor, n_classes: int | None = None) -> Scores:
@@ -72,6 +73,7 @@ def classification_scores(predicted: torch.Tensor, target: torch.Tensor, n_class
         accuracy=int(confusion.diag().sum()) / len(target),
         balanced_accuracy=float((hits[in_test] / present[in_test]).mean()),
         macro_f1=float((2 * hits[involved] / (present[involved] + chosen[involved])).mean()),
+        recall=tuple(float(h / p) if p > 0 else None for h, p in zip(hits, present)),
     )
 
 

@@ -93,8 +93,9 @@ def make_samplers(corpus: Corpus, tokens: torch.Tensor, task: DictConfig, rows: 
     return samplers
 
 
-def fixed_task_episodes(task: DictConfig, data: DictConfig, tokenizer) -> list[tuple[str, Episode]]:
-    """The ARSC protocol: adapt on a held-out domain's own train file, score its whole test file."""
+def fixed_task_episodes(task: DictConfig, data: DictConfig, tokenizer) -> list[tuple[str, Episode, list[str]]]:
+    """The ARSC protocol: adapt on a held-out domain's own train file, score its whole test file. Each task's name,
+    episode, and label names by id."""
     episodes = []
     columns = {k: data[k] for k in ("text_column", "label_column", "max_chars") if k in data}
     for spec in task.eval_tasks:
@@ -117,7 +118,7 @@ def fixed_task_episodes(task: DictConfig, data: DictConfig, tokenizer) -> list[t
             query_x=trim_padding(encode(tokenizer, query.texts)),
             query_y=torch.tensor([ids[label] for label in query.labels]),
             class_ids=torch.arange(len(labels)),
-        )))  # fmt: skip
+        ), labels))  # fmt: skip
     return episodes
 
 
@@ -288,6 +289,7 @@ class TestScores:
     accuracy: EvalResult
     summary: dict[str, EvalResult] | None = None  # fixed tasks only
     per_task: list[tuple[str, Scores]] = field(default_factory=list)
+    label_names: dict[str, list[str]] = field(default_factory=dict)  # each fixed task's labels, by id
 
     def metrics(self) -> dict:
         """The `test_*` and `per_task_*` entries of metrics.json; the extra metrics are null for sampled episodes."""
@@ -299,6 +301,9 @@ class TestScores:
             found[f"test_{key}"] = None if result is None else result.mean
             found[f"test_{key}_ci95"] = None if result is None else result.interval
             found[f"per_task_{key}"] = None if result is None else {n: getattr(s, metric) for n, s in self.per_task}
+        found["per_task_recall"] = {  # each label's recall: where an imbalanced test file's errors fall
+            name: dict(zip(self.label_names[name], s.recall)) for name, s in self.per_task
+        } if self.per_task else None  # fmt: skip
         return found
 
     def rows(self) -> list[tuple[str, EvalResult | dict]]:
@@ -314,9 +319,9 @@ def score_test(cfg: DictConfig, algorithm: Algorithm, params: Params, tokenizer:
         torch.manual_seed(cfg.eval.seed + 1)
         if cfg.task.eval_tasks:  # one score per fixed task; the intervals are over tasks
             fixed = fixed_task_episodes(cfg.task, cfg.data, tokenizer)
-            per_task = [(name, episode_scores(algorithm, params, [episode], device)[0]) for name, episode in fixed]
+            per_task = [(name, episode_scores(algorithm, params, [episode], device)[0]) for name, episode, _ in fixed]
             summary = summarize([scores for _, scores in per_task])
-            return TestScores(summary["accuracy"], summary, per_task)
+            return TestScores(summary["accuracy"], summary, per_task, {name: labels for name, _, labels in fixed})
         episodes = sampler.fixed_episodes(cfg.eval.test_episodes, cfg.eval.seed + 1)
         return TestScores(evaluate(algorithm, params, episodes, device))
 

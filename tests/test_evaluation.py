@@ -90,7 +90,11 @@ def test_scores_match_a_hand_counted_confusion_matrix():
     assert scores.accuracy == pytest.approx(7 / 11, abs=1e-12)
     assert scores.balanced_accuracy == pytest.approx(float(sum(recall) / 3), abs=1e-12)
     assert scores.macro_f1 == pytest.approx(float(sum(f1) / 4), abs=1e-12)
-    assert classification_scores(predicted, target) == scores  # the classes seen are enough to count them
+    assert scores.recall == pytest.approx((*map(float, recall), None, None))  # 3 and 4 are absent: no recall
+    inferred = classification_scores(predicted, target)  # the classes seen (0 to 3) are enough to count them
+    assert (inferred.accuracy, inferred.balanced_accuracy, inferred.macro_f1) == (
+        scores.accuracy, scores.balanced_accuracy, scores.macro_f1,
+    ) and inferred.recall == scores.recall[:4]  # fmt: skip
 
 
 def naive_scores(predicted: list[int], target: list[int]) -> tuple[float, float, float]:
@@ -204,6 +208,9 @@ def test_fixed_tasks_report_balanced_accuracy_and_macro_f1(tmp_path, capsys, dom
         acc = metrics["per_task_acc"][name]
         assert acc * 18 == round(acc * 18)  # scored on all 18 test rows (10 + 4 x 2)
         assert 0 <= metrics["per_task_balanced_acc"][name] <= 1 and 0 <= metrics["per_task_macro_f1"][name] <= 1
+        recall = metrics["per_task_recall"][name]  # by label name: the mean of those present is balanced accuracy
+        assert sorted(label[-3:] for label in recall) == sorted(LABELS)  # the task's five labels, by name
+        assert sum(recall.values()) / len(recall) == pytest.approx(metrics["per_task_balanced_acc"][name], abs=1e-12)
     n = len(domains)
     assert metrics["test_episodes"] == n
     for key, per_task in (("test_acc", "per_task_acc"), ("test_balanced_acc", "per_task_balanced_acc"),
