@@ -172,8 +172,8 @@ class ProtoNetConfig(AlgoConfig):
 # ---- task ----
 @dataclass
 class SplitConfig:
-    val: float = setting(0.15, above=0.0)  # a fraction of the classes (or domains), or a count
-    test: float = setting(0.25, above=0.0)
+    val: float = setting(0.15, least=0.0)  # a fraction of the classes (or domains), or a count; 0: dev files
+    test: float = setting(0.25, least=0.0)  # 0: fixed evaluation tasks only (task.eval_tasks)
     seed: int = 0
 
 
@@ -182,6 +182,7 @@ class EvalTaskConfig:
     name: str = MISSING
     train: str = MISSING  # the labelled file adapted on
     test: str = MISSING  # the file scored
+    dev: Optional[str] = None  # a labelled file scored at each validation instead of meta-val episodes
 
 
 @dataclass
@@ -429,6 +430,23 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(
             f"These settings need a value: {', '.join(missing)}; give them on the command line, e.g. {missing[0]}=..."
         )
-    problems = _problems(cfg, "")
+    problems = _problems(cfg, "") + (_split_problems(cfg.task) if "task" in cfg else [])
     if problems:
         raise UserError(" ".join(problems))
+
+
+def _split_problems(task: DictConfig) -> list[str]:
+    """An empty meta-test or meta-val split needs fixed tasks that stand in for it."""
+    problems = []
+    if task.split.test == 0 and not task.eval_tasks:
+        problems.append(
+            "task.split.test=0 leaves no meta-test classes or domains; it is for fixed evaluation tasks "
+            "(task.eval_tasks), which are then the test. Give task.split.test a fraction or a count, or eval tasks."
+        )
+    if task.split.val == 0 and not (task.eval_tasks and all(t.dev for t in task.eval_tasks)):
+        problems.append(
+            "task.split.val=0 leaves nothing to validate on; it is for fixed evaluation tasks that each name a dev "
+            "file (task.eval_tasks=[{name: ..., train: ..., test: ..., dev: ...}]). Give task.split.val a fraction "
+            "or a count, or a dev file to every eval task."
+        )
+    return problems

@@ -31,7 +31,7 @@ class MetaSplit:
 
 def _count(size: float | int, total: int, name: str, noun: str) -> int:
     count = round(size * total) if isinstance(size, float) and size < 1 else int(size)
-    if count < 1 or count >= total:
+    if (count < 1 and size != 0) or count >= total:  # 0 only as asked for (fixed tasks stand in for the split)
         raise UserError(
             f"task.split.{name}={size} gives {count} of {total} {noun}s; give a fraction in (0, 1) or a count "
             f"from 1 to {total - 1}."
@@ -45,7 +45,8 @@ def split_keys(keys: list[str], val: float | int, test: float | int, seed: int, 
     `kind` ("class" or "domain") says what the keys are, for the error messages."""
     noun = "label" if kind == "class" else kind
     keys = sorted(set(keys))
-    if len(keys) < len(SPLITS):
+    needed = 1 + (val != 0) + (test != 0)  # a split asked to be empty needs no key
+    if len(keys) < needed:
         fix = (
             "Check that data.label_column names the label column, or give data with more labels"
             if kind == "class"
@@ -54,7 +55,7 @@ def split_keys(keys: list[str], val: float | int, test: float | int, seed: int, 
         )
         raise UserError(
             f"The data has {len(keys)} distinct {noun}(s) ({brief(keys)}), but task.split_by={kind} gives "
-            f"meta-train, meta-val and meta-test {noun}s of their own, so at least {len(SPLITS)} are needed "
+            f"meta-train, meta-val and meta-test {noun}s of their own, so at least {needed} are needed "
             f"(one per split; more, to form task.n_way-way episodes in each). {fix}."
         )
     test_keys = random.Random(seed).sample(keys, _count(test, len(keys), "test", noun))

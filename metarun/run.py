@@ -82,6 +82,8 @@ def make_samplers(corpus: Corpus, tokens: torch.Tensor, task: DictConfig, rows: 
     row_classes = corpus.class_keys(by_domain)
     samplers = {}
     for name, index in rows.items():
+        if not index:  # a split asked to be empty: fixed tasks stand in for it
+            continue
         groups = class_groups(
             [row_classes[i] for i in index], [corpus.domains[i] for i in index] if by_domain else None
         )
@@ -93,13 +95,15 @@ def make_samplers(corpus: Corpus, tokens: torch.Tensor, task: DictConfig, rows: 
     return samplers
 
 
-def fixed_task_episodes(task: DictConfig, data: DictConfig, tokenizer) -> list[tuple[str, Episode, list[str]]]:
-    """The ARSC protocol: adapt on a held-out domain's own train file, score its whole test file. Each task's name,
-    episode, and label names by id."""
+def fixed_task_episodes(
+    task: DictConfig, data: DictConfig, tokenizer, scored: str = "test"
+) -> list[tuple[str, Episode, list[str]]]:
+    """The ARSC protocol: adapt on a held-out domain's own train file, score its whole `scored` file (test, or dev
+    for validation). Each task's name, episode, and label names by id."""
     episodes = []
     columns = {k: data[k] for k in ("text_column", "label_column", "max_chars") if k in data}
     for spec in task.eval_tasks:
-        support, query = load_local(spec.train, **columns), load_local(spec.test, **columns)
+        support, query = load_local(spec.train, **columns), load_local(spec[scored], **columns)
         labels = sorted(set(support.labels))
         if len(labels) != task.n_way:
             raise UserError(
@@ -109,7 +113,7 @@ def fixed_task_episodes(task: DictConfig, data: DictConfig, tokenizer) -> list[t
         unknown = sorted(set(query.labels) - set(labels))
         if unknown:
             raise UserError(
-                f"Evaluation task {spec.name!r}: {spec.test} has labels {brief(unknown)} absent from {spec.train}."
+                f"Evaluation task {spec.name!r}: {spec[scored]} has labels {brief(unknown)} absent from {spec.train}."
             )
         ids = {label: i for i, label in enumerate(labels)}
         episodes.append((spec.name, Episode(
@@ -135,6 +139,15 @@ def prepare_episodes(cfg: DictConfig) -> tuple[Tokenizer, dict[str, EpisodeSampl
     corpus, split, rows = split_corpus(cfg)
     tokenizer = make_tokenizer(cfg.model, [corpus.texts[i] for i in rows["train"]])
     return tokenizer, make_samplers(corpus, encode(tokenizer, corpus.texts), cfg.task, rows), split
+
+
+def validation_episodes(cfg: DictConfig, tokenizer: Tokenizer, samplers: dict[str, EpisodeSampler]) -> list[Episode]:
+    """What every validation scores: each fixed task's dev file when they all name one, else the same
+    `eval.val_episodes` meta-val episodes."""
+    tasks = cfg.task.eval_tasks
+    if tasks and all(t.dev for t in tasks):
+        return [episode for _, episode, _ in fixed_task_episodes(cfg.task, cfg.data, tokenizer, scored="dev")]
+    return samplers["val"].fixed_episodes(cfg.eval.val_episodes, cfg.eval.seed)
 
 
 def write_run_files(output_dir: Path, tokenizer: Tokenizer, split: MetaSplit) -> None:
@@ -219,7 +232,7 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
     if ranks.world > 1:  # one starting point for all, and each process its own draws (dropout, fresh heads)
         ranks.copy_from_main([*algorithm.model.parameters(), *algorithm.extra_parameters().values()])
         torch.manual_seed(cfg.seed + ranks.rank)
-    val_episodes = samplers["val"].fixed_episodes(cfg.eval.val_episodes, cfg.eval.seed)
+    val_episodes = validation_episodes(cfg, tokenizer, samplers)
     checkpoints = Checkpoints(output_dir / "checkpoints", OmegaConf.to_container(cfg, resolve=True), tokenizer.to_str())
     checkpoints.prepare(algorithm)
     settings = TrainSettings(
@@ -248,7 +261,7 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
         params = dict(algorithm.model.named_parameters())
         best_val = state.best or evaluate(algorithm, params, val_episodes, device)
         started = time.perf_counter()
-        test = score_test(cfg, algorithm, params, tokenizer, samplers["test"], device)
+        test = score_test(cfg, algorithm, params, tokenizer, samplers.get("test"), device)
         timing = {
             "meta_train_seconds": train_seconds,
             "outer_step_median_seconds": statistics.median(state.step_seconds) if state.step_seconds else None,

@@ -15,6 +15,7 @@ from metarun.config import compose
 import metarun
 from conftest import random_episode, tiny_model
 from metarun.algorithms import MAML, ProtoNet, SupervisedBaseline
+from metarun.errors import UserError
 from metarun.evaluation import (
     EvalResult,
     classification_scores,
@@ -295,3 +296,22 @@ def test_a_best_validation_at_the_last_step_says_the_budget_may_be_the_limit(tmp
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     note = "The best validation came at the last outer step" in " ".join(capsys.readouterr().out.split())
     assert metrics["best_at_last_step"] == (metrics["best_step"] == 4) == note
+
+
+def test_fixed_tasks_with_dev_files_stand_in_for_the_meta_val_and_meta_test_splits(tmp_path):
+    tasks = imbalanced_tasks(tmp_path, ("domain_08", "domain_09"))
+    with_dev = tasks.replace(",test:'", ",dev:'{dev}',test:'")  # each task's dev file: its test file, renamed
+    for domain in ("domain_08", "domain_09"):
+        (tmp_path / f"{domain}.dev.jsonl").write_text((tmp_path / f"{domain}.test.jsonl").read_text())
+        with_dev = with_dev.replace("{dev}", str(tmp_path / f"{domain}.dev.jsonl"), 1)
+    settings = ("task=domain_adapt", "data.examples_per_class=12", "task.split.val=0", "task.split.test=0")
+    run(compose_config(*settings, with_dev), tmp_path / "run")
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    splits = json.loads((tmp_path / "run/splits.json").read_text())
+    assert splits["val"] == splits["test"] == [] and len(splits["train"]) == 10  # every domain meta-trains
+    assert metrics["val_episodes"] == metrics["test_episodes"] == 2  # validation scores the two dev files
+    assert metrics["val_acc"] == pytest.approx(metrics["test_acc"], abs=1e-12)  # dev = test here, same weights
+    with pytest.raises(UserError, match=r"task.split.val=0 leaves nothing to validate on"):
+        run(compose_config(*settings, tasks), tmp_path / "no-dev")
+    with pytest.raises(UserError, match=r"task.split.test=0 leaves no meta-test"):
+        run(compose_config("task.split.test=0"), tmp_path / "no-tasks")
