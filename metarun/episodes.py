@@ -74,7 +74,7 @@ class Episode:
     support_y: torch.Tensor  # [N*K] labels in 0..N-1
     query_x: torch.Tensor  # [N*Q, L]
     query_y: torch.Tensor  # [N*Q]
-    class_ids: torch.Tensor  # [N] each episode label's index among its split's classes
+    class_ids: torch.Tensor  # [N] each episode label's index among its split's classes (fixed labels: the label id)
 
     @property
     def n_way(self) -> int:
@@ -152,8 +152,14 @@ class EpisodeSampler:
             support_y=labels.repeat_interleave(self.k_shot),
             query_x=trim_padding(self.tokens[torch.cat(query)]),
             query_y=labels.repeat_interleave(self.n_query),
-            class_ids=torch.tensor([self.class_index[c] for c in classes]),
+            class_ids=labels if self.label_ids is not None else torch.tensor([self.class_index[c] for c in classes]),
         )
+
+    @property
+    def n_classes(self) -> int:
+        """How many distinct `class_ids` episodes carry: the split's classes, or with fixed labels the label set
+        all domains share (what a supervised baseline pre-trains on)."""
+        return self.n_way if self.label_ids is not None else len(self.classes)
 
     def fixed_episodes(self, count: int, seed: int) -> list[Episode]:
         """The same `count` episodes for every run and algorithm that uses this seed."""

@@ -228,7 +228,7 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
     print_config(cfg)
     torch.manual_seed(cfg.seed)
     tokenizer, samplers, split = prepare_episodes(cfg)
-    algorithm = build_algorithm(cfg, tokenizer, len(samplers["train"].classes), device)
+    algorithm = build_algorithm(cfg, tokenizer, samplers["train"].n_classes, device)
     if ranks.world > 1:  # one starting point for all, and each process its own draws (dropout, fresh heads)
         ranks.copy_from_main([*algorithm.model.parameters(), *algorithm.extra_parameters().values()])
         torch.manual_seed(cfg.seed + ranks.rank)

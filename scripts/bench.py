@@ -322,7 +322,7 @@ def loop_overhead(args: argparse.Namespace) -> str:
         device = resolve_device(cfg.device.name)
         torch.manual_seed(cfg.seed)
         tokenizer, samplers, _ = prepare_episodes(cfg)
-        algorithm = build_algorithm(cfg, tokenizer, len(samplers["train"].classes), device)
+        algorithm = build_algorithm(cfg, tokenizer, samplers["train"].n_classes, device)
         params = dict(algorithm.model.named_parameters())
         trained = [*params.values(), *algorithm.extra_parameters().values()]
         optimizer = algorithm.outer_optimizer(trained)

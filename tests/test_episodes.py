@@ -130,9 +130,12 @@ def test_fixed_labels_keep_each_label_name_on_its_id_in_every_episode():
             ids = {label_of_row[int(t)]: int(y) for t, y in zip(episode.support_x[:, 0], episode.support_y)}
             if sampler is fixed:
                 assert ids == {"negative": 0, "positive": 1}  # the sorted names' places, whatever the draw
+                assert episode.class_ids.tolist() == episode.support_y[::2].tolist()  # class ids are label ids
             else:
                 seen.add(ids["negative"])
     assert seen == {0, 1}  # permuted: "negative" is label 0 in some episodes and 1 in others
+    # a supervised baseline pre-trains on what class_ids count: the 2 shared labels, not 6 domain x label classes
+    assert (fixed.n_classes, permuted.n_classes) == (2, 6)
 
 
 def test_fixed_labels_leave_out_a_domain_without_every_label_and_refuse_another_n_way(caplog):
