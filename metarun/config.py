@@ -199,6 +199,9 @@ class TaskConfig:
     # sorted names, in every episode (a label set that every domain shares, e.g. sentiment across products)
     labels: str = setting("permuted", choices=("permuted", "fixed"))
     eval_tasks: List[EvalTaskConfig] = setting(factory=list)  # fixed evaluation tasks instead of sampled episodes
+    # fixed tasks adapt on this many examples per label, drawn once from each train file (seeded by split.seed and
+    # the task's name: every run and algorithm gets the same support); null: the whole train file
+    eval_shots: Optional[int] = setting(None, least=1)
 
 
 # ---- data ----

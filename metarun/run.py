@@ -95,6 +95,21 @@ def make_samplers(corpus: Corpus, tokens: torch.Tensor, task: DictConfig, rows: 
     return samplers
 
 
+def support_draw(corpus: Corpus, shots: int, seed: str, file: str) -> Corpus:
+    """`shots` examples of each label of `corpus`, the same ones for the same `seed` (in the file's order)."""
+    keep = []
+    for label in sorted(set(corpus.labels)):
+        rows = [i for i, found in enumerate(corpus.labels) if found == label]
+        if len(rows) < shots:
+            raise UserError(
+                f"task.eval_shots={shots} needs {shots} examples of each label in {file}, but {label!r} has "
+                f"{len(rows)}; lower task.eval_shots or leave it null to adapt on the whole file."
+            )
+        keep += random.Random(f"{seed}:{label}").sample(rows, shots)
+    keep.sort()
+    return Corpus([corpus.texts[i] for i in keep], [corpus.labels[i] for i in keep], None, source=corpus.source)
+
+
 def fixed_task_episodes(
     task: DictConfig, data: DictConfig, tokenizer, scored: str = "test"
 ) -> list[tuple[str, Episode, list[str]]]:
@@ -104,6 +119,8 @@ def fixed_task_episodes(
     columns = {k: data[k] for k in ("text_column", "label_column", "max_chars") if k in data}
     for spec in task.eval_tasks:
         support, query = load_local(spec.train, **columns), load_local(spec[scored], **columns)
+        if task.eval_shots:
+            support = support_draw(support, task.eval_shots, f"{task.split.seed}:{spec.name}", spec.train)
         labels = sorted(set(support.labels))
         if len(labels) != task.n_way:
             raise UserError(

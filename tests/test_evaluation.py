@@ -315,3 +315,19 @@ def test_fixed_tasks_with_dev_files_stand_in_for_the_meta_val_and_meta_test_spli
         run(compose_config(*settings, tasks), tmp_path / "no-dev")
     with pytest.raises(UserError, match=r"task.split.test=0 leaves no meta-test"):
         run(compose_config("task.split.test=0"), tmp_path / "no-tasks")
+
+
+def test_eval_shots_draw_one_fixed_support_per_task_for_every_run(tmp_path):
+    from metarun.data import Corpus
+    from metarun.run import support_draw
+
+    corpus = Corpus([f"review {i}" for i in range(12)], ["neg"] * 4 + ["pos"] * 8)
+    drawn = support_draw(corpus, 3, "0:books.t2", "books.t2.train.jsonl")
+    assert sorted(drawn.labels) == ["neg"] * 3 + ["pos"] * 3 and set(drawn.texts) <= set(corpus.texts)
+    assert support_draw(corpus, 3, "0:books.t2", "books.t2.train.jsonl").texts == drawn.texts  # every run alike
+    assert any(support_draw(corpus, 3, f"{seed}:books.t2", "f").texts != drawn.texts for seed in range(1, 6))
+    with pytest.raises(UserError, match=r"task.eval_shots=5 needs 5 examples .* 'neg' has 4"):
+        support_draw(corpus, 5, "0:books.t2", "books.t2.train.jsonl")
+    tasks = imbalanced_tasks(tmp_path, ("domain_09",))  # 2 train rows per label: one drawn of each
+    run(compose_config("task=domain_adapt", tasks, "data.examples_per_class=12", "task.eval_shots=1"), tmp_path / "r")
+    assert json.loads((tmp_path / "r/metrics.json").read_text())["test_episodes"] == 1
