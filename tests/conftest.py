@@ -20,7 +20,8 @@ from metarun.model import TransformerClassifier  # noqa: E402
 CLINC150 = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
 os.environ.setdefault("METARUN_DATA", str(CLINC150.parent))  # conf/paths: runs started in any folder find it
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-SMOKE = ["budget=smoke", "data=synthetic", "device=cpu"]  # conf/budget/smoke.yaml: a run in seconds
+# conf/budget/smoke.yaml: a run in seconds; 12 examples per synthetic class keep the data small too
+SMOKE = ["budget=smoke", "data=synthetic", "data.examples_per_class=12", "device=cpu"]
 
 
 def compose_config(*overrides):

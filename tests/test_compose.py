@@ -6,7 +6,7 @@ import json
 import pytest
 from metarun.config import compose
 
-from conftest import compose_config
+from conftest import CLINC150, compose_config
 from metarun.run import run
 
 MODELS, ALGOS, TASKS = (
@@ -81,3 +81,19 @@ def test_clinc150_benchmark_cells_have_one_preset_each(experiment, task, shots, 
     picked = cfg.choices
     assert (picked.data, picked.task, cfg.task.k_shot, cfg.task.split.test) == ("clinc150", task, shots, held_out)
     assert picked.model == "small" and picked.algo == "maml"
+
+
+ARSC = CLINC150.parent / "arsc_source"
+
+
+@pytest.mark.skipif(not ARSC.is_dir(), reason="../shared/data/arsc_source is not beside this checkout")
+def test_the_arsc_dev_protocol_runs_on_a_slice_of_its_source_domains(tmp_path, caplog):
+    slice_ = (
+        f"data.files=[{ARSC}/baby.t2.train.jsonl,{ARSC}/beauty.t2.train.jsonl,{ARSC}/tools_hardware.t2.train.jsonl]"
+    )
+    cfg = compose("config", ["experiment=arsc_dev", "budget=smoke", "model=tiny", "device=cpu", slice_])
+    run(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_episodes"] == metrics["val_episodes"] == 12  # 4 dev domains x 3 thresholds, dev files
+    assert sorted(metrics["per_task_recall"]["apparel.t2"]) == ["-1", "1"]
+    assert "tools_hardware.t2" in caplog.text and "left out" in caplog.text  # 27 reviews: too few for episodes

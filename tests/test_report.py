@@ -27,10 +27,10 @@ def command(name, *args, timeout=300):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """Two seeds of 1 and 2 shots, and a 20-shot job that fails (12 examples per class): a piped `metarun -m`."""
+    """Two seeds of 1 and 2 shots, and a 50-shot job that fails (40 examples per class): a piped `metarun -m`."""
     folder = tmp_path_factory.mktemp("sweep")
     done = command("metarun", "-m", "budget=smoke", "data=synthetic", "device=cpu", "seed=0,1",
-                   "task.k_shot=1,2,20", f"hydra.sweep.dir={folder}")  # fmt: skip
+                   "task.k_shot=1,2,50", f"hydra.sweep.dir={folder}")  # fmt: skip
     assert done.returncode == 1, done.stderr[-3000:]  # the sweep ends non-zero: two jobs failed
     assert "2 job(s) of the sweep failed" in done.stderr
     return folder, done.stdout
@@ -48,9 +48,9 @@ def test_report_tables_the_seed_means_and_lists_the_failed_jobs(sweep, tmp_path,
         a, b = (m["test_acc"] for m in runs)
         half = 12.706204736 * abs(a - b) / 2  # t(1) * sd / sqrt(2), with sd = |a - b| / sqrt(2)
         assert f"| {shots} | {100 * (a + b) / 2:.1f} ± {100 * half:.1f} | 2 | 3 |" in text
-    assert "| 20 |" not in text
+    assert "| 50 |" not in text
     assert "Failed runs (2, not in the table)" in text
-    assert "`2_budget=smoke,data=synthetic,device=cpu,seed=0,task.k_shot=20`: task.k_shot + task.n_query" in text
+    assert "`2_budget=smoke,data=synthetic,device=cpu,seed=0,task.k_shot=50`: task.k_shot + task.n_query" in text
     assert "| 1 | " in capsys.readouterr().out  # the table is printed too
 
     import matplotlib.image
