@@ -174,34 +174,32 @@ class Checkpoints:
         """Called on every rank (each one's torch generator is kept); rank 0 writes."""
         ranks = Ranks.current()
         per_rank = ranks.gather([torch.get_rng_state()]) if ranks.world > 1 else []
-        if not ranks.is_main:  # what was saved, known to every rank (load_best reads it on all)
-            self.best_step = state.step if is_best else self.best_step
-            self.last_step = state.step
-            return
-        version, internal, gauss = rng.getstate()
-        payload = {
-            "format": FORMAT,
-            "metarun_version": metarun.__version__,
-            "step": state.step,
-            "model": algorithm.model.state_dict(),
-            "extra": {n: p.detach() for n, p in algorithm.extra_parameters().items()},
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "best": None if state.best is None else vars(state.best),
-            "best_step": state.best_step,
-            "rng": {
-                "python": [version, list(internal), gauss],
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "torch_per_rank": per_rank,  # under torchrun: every process's generator, by rank
-            },
-            "config": self.config,
-            "tokenizer": self.tokenizer_json,
-        }
-        if is_best:
-            self._write(payload, self.best_path)  # best first: a stop between the two leaves last.pt older
-            self.best_step = state.step
-        self._write(payload, self.last_path)
+        if ranks.is_main:
+            version, internal, gauss = rng.getstate()
+            payload = {
+                "format": FORMAT,
+                "metarun_version": metarun.__version__,
+                "step": state.step,
+                "model": algorithm.model.state_dict(),
+                "extra": {n: p.detach() for n, p in algorithm.extra_parameters().items()},
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "best": None if state.best is None else vars(state.best),
+                "best_step": state.best_step,
+                "rng": {
+                    "python": [version, list(internal), gauss],
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "torch_per_rank": per_rank,  # under torchrun: every process's generator, by rank
+                },
+                "config": self.config,
+                "tokenizer": self.tokenizer_json,
+            }
+            if is_best:
+                self._write(payload, self.best_path)  # best first: a stop between the two leaves last.pt older
+            self._write(payload, self.last_path)
+        # what was saved, known to every rank: load_best runs on all of them
+        self.best_step = state.step if is_best else self.best_step
         self.last_step = state.step
 
     def _write(self, payload: dict, path: Path) -> None:
