@@ -7,6 +7,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # threads beyond the cores slow tiny models many times over
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -20,6 +22,7 @@ from metarun.model import TransformerClassifier  # noqa: E402
 CLINC150 = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
 os.environ.setdefault("METARUN_DATA", str(CLINC150.parent))  # conf/paths: runs started in any folder find it
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+BIN = Path(sys.executable).parent  # the installed commands: metarun, metarun-eval, metarun-report, torchrun, ...
 # conf/budget/smoke.yaml: a run in seconds; 12 examples per synthetic class keep the data small too
 SMOKE = ["budget=smoke", "data=synthetic", "data.examples_per_class=12", "device=cpu"]
 
@@ -29,6 +32,12 @@ def compose_config(*overrides):
     from metarun.config import compose
 
     return compose("config", [*SMOKE, *overrides])
+
+
+def command(name: str, *args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """An installed command (`BIN / name`, e.g. metarun or torchrun) run as a user types it, output captured; it
+    inherits this environment, which the top of this file makes offline and one thread per process."""
+    return subprocess.run([str(BIN / name), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
 def load_script(name: str):

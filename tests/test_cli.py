@@ -1,17 +1,13 @@
 """The `metarun` command end to end, as a user runs it: outputs, sweeps, determinism and bad input."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CLINC150
+from conftest import CLINC150, command
 
-METARUN = str(Path(sys.executable).with_name("metarun"))
 FAST = [
     "train.outer_steps=3", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=4",
     "eval.test_episodes=6", "algo.inner_steps=1", "algo.eval_inner_steps=2", "device=cpu",
@@ -19,8 +15,7 @@ FAST = [
 
 
 def metarun(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([METARUN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return command("metarun", *args, cwd=cwd)
 
 
 def run_ok(run_dir, *args):

@@ -4,9 +4,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +13,9 @@ from metarun.config import compose
 from metarun.errors import UserError
 from metarun.run import run
 
-BIN = Path(sys.executable).parent
+from conftest import BIN, command
+
+TORCHRUN = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "metarun"]  # two CPU processes, gloo
 # a dropout-free model and a zero head: the tasks draw no random numbers, so the shares add up to the same sums (up to
 # their order); SGD outside, since Adam turns a rounding difference in a near-zero gradient into a full step
 RUN = [
@@ -25,16 +25,10 @@ RUN = [
 ]  # fmt: skip
 
 
-def metarun(command: list[str], folder: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([*command, *RUN, f"hydra.run.dir={folder}"], capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
 def test_two_gloo_processes_end_where_one_process_ends(tmp_path):
-    metarun([str(BIN / "metarun")], tmp_path / "one")
-    metarun([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "metarun"], tmp_path / "two")
+    for name, how in (("one", ["metarun"]), ("two", TORCHRUN)):
+        done = command(*how, *RUN, f"hydra.run.dir={tmp_path / name}")
+        assert done.returncode == 0, done.stderr[-3000:]
     one, two = (torch.load(tmp_path / name / "checkpoints/last.pt") for name in ("one", "two"))
     assert one["step"] == two["step"] == 4
     for name, weight in one["model"].items():
@@ -60,21 +54,18 @@ def test_a_resume_with_another_number_of_processes_is_refused(tmp_path):
 
 
 def test_a_sweep_inside_torchrun_is_refused(tmp_path):
-    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0"}  # as torchrun sets them
     done = subprocess.run([str(BIN / "metarun"), "-m", "seed=0,1", f"hydra.sweep.dir={tmp_path}"],
                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "Sweep with a Hydra launcher instead" in " ".join(done.stderr.split())
 
 
 def test_two_processes_stopped_and_resumed_end_as_if_never_stopped(tmp_path):
-    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "metarun"]
     longer = ["train.outer_steps=40", "eval.val_interval=4", "model.dropout=0.2"]  # dropout: every rank's draws
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    whole = subprocess.run([*torchrun, *RUN, *longer, f"hydra.run.dir={tmp_path / 'whole'}"], capture_output=True,
-                           text=True, env=env, timeout=300)  # fmt: skip
+    whole = command(*TORCHRUN, *RUN, *longer, f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    stopped = subprocess.Popen([*torchrun, *RUN, *longer, f"hydra.run.dir={tmp_path / 'run'}"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    args = [str(BIN / TORCHRUN[0]), *TORCHRUN[1:], *RUN, *longer, f"hydra.run.dir={tmp_path / 'run'}"]
+    stopped = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (tmp_path / "run/checkpoints/last.pt").exists() and time.time() < deadline:
         time.sleep(0.1)
@@ -82,8 +73,7 @@ def test_two_processes_stopped_and_resumed_end_as_if_never_stopped(tmp_path):
     stopped.communicate(timeout=120)
     step = torch.load(tmp_path / "run/checkpoints/last.pt")["step"]
     assert stopped.returncode != 0 and 4 <= step < 40 and not (tmp_path / "run/metrics.json").exists()
-    resumed = subprocess.run([*torchrun, *RUN, *longer, f"train.resume={tmp_path / 'run'}"], capture_output=True,
-                             text=True, env=env, timeout=300)  # fmt: skip
+    resumed = command(*TORCHRUN, *RUN, *longer, f"train.resume={tmp_path / 'run'}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ends = [torch.load(tmp_path / name / "checkpoints/last.pt") for name in ("whole", "run")]
     assert all(torch.equal(ends[0]["model"][n], ends[1]["model"][n]) for n in ends[0]["model"])

@@ -2,15 +2,12 @@
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from metarun.config import compose
 
-from conftest import CLINC150
+from conftest import CLINC150, command
 from metarun.data import generate_synthetic
 from metarun.errors import UserError
 from metarun.run import evaluate_run, run
@@ -86,17 +83,8 @@ def test_settings_the_checkpoint_was_trained_with_cannot_change(tmp_path):
 def test_metarun_eval_scores_a_clinc150_run_on_a_local_file_with_other_labels(tmp_path):
     folder = trained(tmp_path / "run", "data=clinc150", "task.split.test=50", "task.split.val=15")
     data = other_data(tmp_path / "mine.jsonl")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    command = [
-        str(Path(sys.executable).with_name("metarun-eval")),
-        f"run={folder}",
-        "data=local",
-        f"data.files={data}",
-        "task.n_way=4",
-        "eval.test_episodes=10",
-        f"hydra.run.dir={tmp_path / 'eval'}",
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = command("metarun-eval", f"run={folder}", "data=local", f"data.files={data}", "task.n_way=4",
+                     "eval.test_episodes=10", f"hydra.run.dir={tmp_path / 'eval'}")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["data"] == "local" and metrics["n_way"] == 4 and metrics["test_episodes"] == 10

@@ -20,6 +20,8 @@ from metarun.checkpoint import FORMAT, load_checkpoint
 from metarun.errors import UserError
 from metarun.run import run
 
+from conftest import command
+
 METARUN = str(Path(sys.executable).with_name("metarun"))
 FAST = [
     "train.outer_steps=6", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=4",
@@ -32,8 +34,7 @@ def config(*overrides):
 
 
 def metarun(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([METARUN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return command("metarun", *args, cwd=cwd)
 
 
 def test_a_full_disk_mid_run_names_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -115,8 +116,7 @@ def test_a_run_never_reads_a_checkpoint_it_did_not_write(tmp_path, algo):
 
 
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    jobs = [subprocess.Popen([METARUN, *FAST, f"seed={s}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+    jobs = [subprocess.Popen([METARUN, *FAST, f"seed={s}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True) for s in (0, 1)]  # fmt: skip
     assert [job.wait(timeout=300) for job in jobs] == [0, 0], [job.stderr.read()[-2000:] for job in jobs]
     folders = sorted(p.parent for p in tmp_path.glob("outputs/*/*/metrics.json"))
@@ -155,9 +155,8 @@ def test_ctrl_c_in_a_sweep_stops_it_cleanly(tmp_path):
     import signal
     import time
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    command = [METARUN, "-m", *FAST, "train.outer_steps=100000", "seed=0,1", f"hydra.sweep.dir={tmp_path}"]
-    sweep = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [METARUN, "-m", *FAST, "train.outer_steps=100000", "seed=0,1", f"hydra.sweep.dir={tmp_path}"]
+    sweep = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list(tmp_path.glob("0_*/checkpoints/last.pt")) and time.time() < deadline:
         time.sleep(0.2)

@@ -4,25 +4,14 @@ known values, and the progress lines a run prints into a log."""
 import io
 import json
 import math
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import command
 from metarun import report, stats
 
-BIN = Path(sys.executable).parent
 T_975 = {1: 12.706, 2: 4.303, 4: 2.776, 10: 2.228, 30: 2.042, 60: 2.000, 120: 1.980}  # printed tables, 3 decimals
-
-
-def command(name, *args, timeout=300):
-    # tiny models: one thread each, not two threads fighting whatever else runs on the machine (5x slower then)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([str(BIN / name), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env, timeout=timeout)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

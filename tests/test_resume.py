@@ -16,6 +16,8 @@ from metarun import reporting
 from metarun.errors import RunInterrupted, UserError
 from metarun.run import run
 
+from conftest import command
+
 BUDGET = [
     "train.outer_steps=6", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=4",
     "eval.test_episodes=6", "device=cpu",
@@ -132,10 +134,9 @@ def test_corrupt_or_missing_checkpoints_are_named(tmp_path, monkeypatch):
 
 
 def _start(tmp_path, *args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.Popen(
         [METARUN, *BUDGET, "train.outer_steps=100000", f"hydra.run.dir={tmp_path}", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
 
@@ -169,15 +170,13 @@ def test_a_resumed_run_clears_what_a_killed_write_left(tmp_path, monkeypatch):
 
 
 def test_a_refused_resume_from_the_command_line_keeps_the_runs_own_config(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    base = [METARUN, *BUDGET, "data.examples_per_class=20"]
-    subprocess.run([*base, f"hydra.run.dir={tmp_path}"], env=env, capture_output=True, check=True, timeout=300)
+    base = [*BUDGET, "data.examples_per_class=20"]
+    assert command("metarun", *base, f"hydra.run.dir={tmp_path}").returncode == 0
     overrides = (tmp_path / ".hydra/overrides.yaml").read_text()
-    refused = subprocess.run([*base, "algo.inner_lr=0.1", f"train.resume={tmp_path}"], env=env, capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
+    refused = command("metarun", *base, "algo.inner_lr=0.1", f"train.resume={tmp_path}")
     assert refused.returncode == 2 and "algo.inner_lr: 0.5 -> 0.1" in " ".join(refused.stderr.split())
     assert (tmp_path / ".hydra/overrides.yaml").read_text() == overrides
-    resumed = subprocess.run([*base, f"train.resume={tmp_path}"], env=env, capture_output=True, text=True, timeout=300)
+    resumed = command("metarun", *base, f"train.resume={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [p.name for p in (tmp_path / ".hydra").glob("resume-*/overrides.yaml")] == ["overrides.yaml"] * 2
 

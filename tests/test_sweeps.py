@@ -1,24 +1,18 @@
 """Sweeps through Hydra's own plugins: the joblib and Slurm launcher presets and Optuna's sweeper."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 from hydra.core.hydra_config import HydraConfig
 
-from conftest import SMOKE
+from conftest import SMOKE, command
 from metarun.config import compose
-
-METARUN = str(Path(sys.executable).with_name("metarun"))
 
 
 def sweep(folder: Path, *overrides) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([METARUN, "-m", *SMOKE, *overrides, f"hydra.sweep.dir={folder}"], capture_output=True,
-                          text=True, env=env, timeout=300)  # fmt: skip
+    return command("metarun", "-m", *SMOKE, *overrides, f"hydra.sweep.dir={folder}")
 
 
 def test_joblib_runs_jobs_side_by_side_and_a_failing_one_is_listed(tmp_path):

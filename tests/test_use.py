@@ -2,9 +2,6 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,8 @@ from metarun.errors import UserError
 from metarun.evaluation import evaluate
 from metarun.run import run
 
-BIN = Path(sys.executable).parent
+from conftest import command
+
 ALGOS = ("maml", "fomaml", "reptile", "protonet", "finetune", "scratch", "prototypes")
 BUDGET = [
     "train.outer_steps=2", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=2",
@@ -100,9 +98,8 @@ def test_metarun_predict_writes_a_label_and_every_probability_for_each_input(tmp
     (support_x, support_y), (query_x, _) = examples(folder, 3, [4, 1, 2])
     support = write_rows(tmp_path / "support.csv", [{"text": t, "label": y} for t, y in zip(support_x, support_y)])
     inputs = write_rows(tmp_path / "inputs.jsonl", [{"text": t} for t in query_x])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    command = [str(BIN / "metarun-predict"), f"run={folder}", f"support={support}", f"inputs={inputs}", f"out={out}"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = command("metarun-predict", f"run={folder}", f"support={support}", f"inputs={inputs}", f"out={out}",
+                     cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     expected = load(folder).adapt(support_x, support_y).predict(query_x)
     labels = sorted(set(support_y))
@@ -120,9 +117,7 @@ def test_metarun_predict_writes_a_label_and_every_probability_for_each_input(tmp
 
 
 def test_metarun_predict_refuses_an_unknown_output_format(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    command = [str(BIN / "metarun-predict"), "run=x", "support=s.csv", "inputs=i.csv", "out=p.xlsx"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = command("metarun-predict", "run=x", "support=s.csv", "inputs=i.csv", "out=p.xlsx", cwd=tmp_path)
     assert result.returncode == 2 and "out='p.xlsx' is not valid" in " ".join(result.stderr.split())
 
 
@@ -134,9 +129,8 @@ def test_labels_named_like_the_output_columns_stay_apart(tmp_path):
         [{"text": t, "label": y} for t, y in zip(support_x, ["text", "text", "label", "label"])],
     )
     inputs = write_rows(tmp_path / "inputs.jsonl", [{"text": t} for t in query_x])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    command = [str(BIN / "metarun-predict"), f"run={folder}", f"support={support}", f"inputs={inputs}", "out=p.csv"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = command("metarun-predict", f"run={folder}", f"support={support}", f"inputs={inputs}", "out=p.csv",
+                     cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     with open(tmp_path / "p.csv", newline="") as file:
         rows = list(csv.DictReader(file))
