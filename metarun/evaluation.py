@@ -11,13 +11,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from metarun.algorithms import Algorithm, Params
 from metarun.distributed import Ranks
 from metarun.stats import half_width_95
 from metarun.episodes import Episode
-from metarun.tokens import text_key, trim_padding
 
 
 @dataclass(frozen=True)
@@ -82,24 +80,6 @@ def summarize(scores: list[Scores]) -> dict[str, EvalResult]:
     return {metric: mean_with_ci([getattr(s, metric) for s in scores]) for metric in METRICS}
 
 
-class FeatureTable:
-    """Each text's encoder features, computed once for all rows of `token_batches` and looked up by the text's
-    tokens: head-only adaptation over many episodes runs the encoder once per distinct text."""
-
-    def __init__(self, algorithm: Algorithm, params: Params, token_batches: list[torch.Tensor], batch_size=256):
-        width = max(t.shape[1] for t in token_batches)
-        rows = torch.unique(torch.cat([F.pad(t, (0, width - t.shape[1])) for t in token_batches]), dim=0)
-        with torch.no_grad():
-            features = torch.cat([
-                algorithm.logits(params, trim_padding(rows[i : i + batch_size]), features_only=True)
-                for i in range(0, len(rows), batch_size)
-            ])  # fmt: skip
-        self.features = {text_key(row): f for row, f in zip(rows.cpu(), features)}
-
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.features[text_key(row)] for row in tokens.cpu()])
-
-
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """No dropout while adapting and scoring; the model's training flag is restored afterwards."""
@@ -115,14 +95,14 @@ def predict(
     algorithm: Algorithm, params: Params, episodes: list[Episode], device: torch.device, query_batch: int = 512
 ) -> list[torch.Tensor]:
     """Adapt on each episode's support set and predict its query set, `query_batch` rows at a time: one tensor of
-    predicted labels (on the CPU) per episode. Head-only adaptation over several episodes reads each text's
-    features from a table computed once."""
+    predicted labels (on the CPU) per episode. Over several episodes, what adaptation leaves unchanged (the features,
+    or the lower layers' hidden states) is computed once per text (`Algorithm.cached`)."""
     episodes = [e.to(device) for e in episodes]
     predictions = []
     with eval_mode(algorithm.model):
-        if algorithm.adapts_head_only and len(episodes) > 1:
+        if len(episodes) > 1:
             tokens = [x for e in episodes for x in (e.support_x, e.query_x)]
-            algorithm = algorithm.reading_features(FeatureTable(algorithm, params, tokens))
+            algorithm = algorithm.cached(params, tokens, algorithm.adapted_names())
         for episode in episodes:
             adapted = algorithm.adapt(params, episode.support_x, episode.support_y)
             with torch.no_grad():

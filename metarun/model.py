@@ -41,7 +41,27 @@ class EncoderLayer(nn.Module):
         return x + self.drop(self.ff(self.ff_norm(x)))
 
 
-class TransformerClassifier(nn.Module):
+class EncoderClassifier(nn.Module):
+    """What every metarun model is: a linear `head` over `features(tokens)`, whose layers can also run from (or stop
+    at) a layer, for the caches of `metarun.features`. Subclasses give `features` and `hidden_states`."""
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        features_only: bool = False,
+        hidden: torch.Tensor | None = None,
+        from_layer: int = 0,
+        until_layer: int | None = None,
+    ) -> torch.Tensor:
+        """Logits (or features); from cached `hidden` states after `from_layer` layers; or with `until_layer`, the
+        hidden states a cache keeps (see `metarun.features`)."""
+        if until_layer is not None:
+            return self.hidden_states(tokens, until_layer)
+        features = self.features(tokens, hidden, from_layer)
+        return features if features_only else self.head(features)
+
+
+class TransformerClassifier(EncoderClassifier):
     """Sized by its tokenizer: `vocab_size` ids, padded with `pad_id` (token tensors arrive padded with `PAD_ID`)."""
 
     batches_tasks = True  # its forward runs under torch.func.vmap (algo.batch_tasks)
@@ -72,17 +92,24 @@ class TransformerClassifier(nn.Module):
         """Parameter-name prefixes of the encoder's layers, bottom to top."""
         return [f"layers.{i}." for i in range(len(self.layers))]
 
-    def features(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Masked mean of the final hidden states: one [d_model] vector per sequence."""
-        keep = tokens != PAD_ID
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.drop(self.token_embedding(swap_padding(tokens, self.pad_id)) + self.position_embedding(positions))
-        for layer in self.layers:
-            x = layer(x, keep)
-        x = self.final_norm(x)
-        weights = keep.unsqueeze(-1).to(x.dtype)
-        return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return self.drop(self.token_embedding(swap_padding(tokens, self.pad_id)) + self.position_embedding(positions))
 
-    def forward(self, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
-        features = self.features(tokens)
-        return features if features_only else self.head(features)
+    def run_layers(self, x: torch.Tensor, tokens: torch.Tensor, start: int = 0, stop: int | None = None):
+        keep = tokens != PAD_ID
+        for layer in list(self.layers)[start:stop]:  # a slice of the list, not a new ModuleList (higher patches it)
+            x = layer(x, keep)
+        return x
+
+    def hidden_states(self, tokens: torch.Tensor, layers: int) -> torch.Tensor:
+        """[rows, length, d_model] after the first `layers` layers (0: the embeddings): what a cache may keep."""
+        return self.run_layers(self.embed(tokens), tokens, 0, layers)
+
+    def features(self, tokens: torch.Tensor, hidden: torch.Tensor | None = None, from_layer: int = 0) -> torch.Tensor:
+        """Masked mean of the final hidden states: one [d_model] vector per sequence; given `hidden`, the states
+        after the first `from_layer` layers, only the layers above run."""
+        x = self.run_layers(self.embed(tokens) if hidden is None else hidden, tokens, from_layer)
+        x = self.final_norm(x)
+        weights = (tokens != PAD_ID).unsqueeze(-1).to(x.dtype)
+        return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)

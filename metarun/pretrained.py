@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from metarun.errors import UserError
+from metarun.model import EncoderClassifier
 from metarun.tokens import PAD_ID, swap_padding
 
 WEIGHTS = "model.safetensors"
@@ -127,7 +128,7 @@ def prescribed_pooling(folder: Path) -> tuple[str, bool]:
     return mode, normalize
 
 
-class PretrainedClassifier(nn.Module):
+class PretrainedClassifier(EncoderClassifier):
     """A Hugging Face encoder, pooled to one vector per text, and a linear N-way head.
 
     Token tensors use metarun's convention, padding id 0 (`tokenizer.encode` swaps the model's own padding
@@ -185,23 +186,40 @@ class PretrainedClassifier(nn.Module):
 
     def layer_prefixes(self) -> list[str]:
         """Parameter-name prefixes of the encoder's layers, bottom to top (the longest ModuleList)."""
+        return [f"{self._layer_stack}.{i}." for i in range(len(self.get_submodule(self._layer_stack)))]
+
+    @property
+    def _layer_stack(self) -> str:
         layers = [n for n, m in self.named_modules() if isinstance(m, nn.ModuleList)]
         if not layers:
             raise UserError(f"Cannot find the layer list of {type(self.encoder).__name__}.")
-        stack = max(layers, key=lambda n: len(self.get_submodule(n)))
-        return [f"{stack}.{i}." for i in range(len(self.get_submodule(stack)))]
+        return max(layers, key=lambda n: len(self.get_submodule(n)))
 
-    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+    def run_layers(self, x: torch.Tensor, tokens: torch.Tensor, start: int = 0, stop: int | None = None):
+        """The encoder's layers `start:stop` called one by one, as BERT-style encoders call them (for the caches)."""
+        keep = (tokens != PAD_ID)[:, None, None, :]  # SDPA's boolean mask: True attends
+        for layer in list(self.get_submodule(self._layer_stack))[start:stop]:
+            out = layer(x, keep)
+            x = out[0] if isinstance(out, tuple) else out  # transformers 4 returns a tuple
+        return x
+
+    def hidden_states(self, tokens: torch.Tensor, layers: int) -> torch.Tensor:
+        """[rows, length, width] after the embeddings and the first `layers` layers: what a cache may keep."""
+        x = self.encoder.embeddings(input_ids=swap_padding(tokens, self.pad_id))
+        return self.run_layers(x, tokens, 0, layers)
+
+    def features(self, tokens: torch.Tensor, hidden: torch.Tensor | None = None, from_layer: int = 0) -> torch.Tensor:
+        """The pooled text vector; given `hidden`, the states after the first `from_layer` layers, only the layers
+        above run."""
         keep = tokens != PAD_ID
-        ids = swap_padding(tokens, self.pad_id)
-        hidden = self.encoder(input_ids=ids, attention_mask=keep.long()).last_hidden_state
+        if hidden is None:
+            ids = swap_padding(tokens, self.pad_id)
+            hidden = self.encoder(input_ids=ids, attention_mask=keep.long()).last_hidden_state
+        else:
+            hidden = self.run_layers(hidden, tokens, from_layer)
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
             weights = keep.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
-
-    def forward(self, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
-        features = self.features(tokens)
-        return features if features_only else self.head(features)

@@ -37,7 +37,7 @@ from metarun.episodes import (
     split_rows,
 )
 from metarun.errors import RunInterrupted, UserError, brief
-from metarun.evaluation import EvalResult, Scores, episode_scores, evaluate, summarize
+from metarun.evaluation import EvalResult, Scores, episode_scores, eval_mode, evaluate, summarize
 from metarun import distributed, reporting
 from metarun.distributed import Ranks
 from metarun.loop import TrainSettings, build_outer_optimizer, meta_train
@@ -110,12 +110,24 @@ def support_draw(corpus: Corpus, shots: int, seed: str, file: str) -> Corpus:
     return Corpus([corpus.texts[i] for i in keep], [corpus.labels[i] for i in keep], None, source=corpus.source)
 
 
-def fixed_task_episodes(
-    task: DictConfig, data: DictConfig, tokenizer, scored: str = "test"
-) -> list[tuple[str, Episode, list[str]]]:
-    """The ARSC protocol: adapt on a held-out domain's own train file, score its whole `scored` file (test, or dev
-    for validation). Each task's name, episode, and label names by id."""
-    episodes = []
+@dataclass(frozen=True)
+class FixedTask:
+    """One fixed evaluation task as read: the examples it adapts on, the file it is scored on, its labels by id."""
+
+    name: str
+    support: Corpus
+    scored: Corpus
+    labels: list[str]
+
+    def ids(self, corpus: Corpus) -> torch.Tensor:
+        index = {label: i for i, label in enumerate(self.labels)}
+        return torch.tensor([index[label] for label in corpus.labels])
+
+
+def fixed_tasks(task: DictConfig, data: DictConfig, scored: str = "test") -> list[FixedTask]:
+    """The ARSC protocol's tasks: each adapts on a held-out domain's own train file (or `task.eval_shots` per label
+    drawn once from it) and is scored on its whole `scored` file (test, or dev for validation)."""
+    tasks = []
     columns = {k: data[k] for k in ("text_column", "label_column", "max_chars") if k in data}
     for spec in task.eval_tasks:
         support, query = load_local(spec.train, **columns), load_local(spec[scored], **columns)
@@ -132,15 +144,21 @@ def fixed_task_episodes(
             raise UserError(
                 f"Evaluation task {spec.name!r}: {spec[scored]} has labels {brief(unknown)} absent from {spec.train}."
             )
-        ids = {label: i for i, label in enumerate(labels)}
-        episodes.append((spec.name, Episode(
-            support_x=trim_padding(encode(tokenizer, support.texts)),
-            support_y=torch.tensor([ids[label] for label in support.labels]),
-            query_x=trim_padding(encode(tokenizer, query.texts)),
-            query_y=torch.tensor([ids[label] for label in query.labels]),
-            class_ids=torch.arange(len(labels)),
-        ), labels))  # fmt: skip
-    return episodes
+        tasks.append(FixedTask(spec.name, support, query, labels))
+    return tasks
+
+
+def fixed_task_episodes(
+    task: DictConfig, data: DictConfig, tokenizer, scored: str = "test"
+) -> list[tuple[str, Episode, list[str]]]:
+    """`fixed_tasks` as episodes: each task's name, episode, and label names by id."""
+    return [(t.name, Episode(
+        support_x=trim_padding(encode(tokenizer, t.support.texts)),
+        support_y=t.ids(t.support),
+        query_x=trim_padding(encode(tokenizer, t.scored.texts)),
+        query_y=t.ids(t.scored),
+        class_ids=torch.arange(len(t.labels)),
+    ), t.labels) for t in fixed_tasks(task, data, scored)]  # fmt: skip
 
 
 def split_corpus(cfg: DictConfig) -> tuple[Corpus, MetaSplit, dict[str, list[int]]]:
@@ -165,6 +183,25 @@ def validation_episodes(cfg: DictConfig, tokenizer: Tokenizer, samplers: dict[st
     if tasks and all(t.dev for t in tasks):
         return [episode for _, episode, _ in fixed_task_episodes(cfg.task, cfg.data, tokenizer, scored="dev")]
     return samplers["val"].fixed_episodes(cfg.eval.val_episodes, cfg.eval.seed)
+
+
+def meta_training_view(
+    algorithm: Algorithm, sampler: EpisodeSampler, val_episodes: list[Episode], device: torch.device
+) -> Algorithm:
+    """The algorithm as meta-training runs it: reading what meta-training leaves unchanged (the frozen lower layers'
+    hidden states, or a frozen encoder's features) from a table of every meta-train and validation text."""
+    tokens = [sampler.tokens, *(x for e in val_episodes for x in (e.support_x, e.query_x))]
+    tokens = [t.to(device) for t in tokens]
+    started = time.perf_counter()
+    with eval_mode(algorithm.model):  # the frozen part is computed once, without dropout
+        view = algorithm.cached(dict(algorithm.model.named_parameters()), tokens, algorithm.trained_names())
+    if view is not algorithm:
+        part = "features" if view.cache.layers is None else f"hidden states below layer {view.cache.layers + 1}"
+        reporting.console.print(
+            f"Meta-training leaves the encoder's {part} unchanged: computed once for {len(view.cache.values)} texts "
+            f"in {time.perf_counter() - started:.0f} s, read from memory from now on."
+        )
+    return view
 
 
 def write_run_files(output_dir: Path, tokenizer: Tokenizer, split: MetaSplit) -> None:
@@ -270,8 +307,8 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
         started = time.perf_counter()
         if algorithm.meta_trains:
             state = meta_train(
-                algorithm, samplers["train"], val_episodes, settings, reporter, checkpoints, rng, device,
-                optimizer, schedule, state,
+                meta_training_view(algorithm, samplers["train"], val_episodes, device), samplers["train"],
+                val_episodes, settings, reporter, checkpoints, rng, device, optimizer, schedule, state,
             )  # fmt: skip
         train_seconds = time.perf_counter() - started
         best_step = checkpoints.load_best(algorithm)

@@ -10,6 +10,13 @@ matrix resumes where it stopped.
     python scripts/benchmark.py --quick               # a smoke check in minutes
     python scripts/benchmark.py --doc docs/results.md    # also rewrite that document's results section
     python scripts/benchmark.py --model minilm --algos prototypes,protonet,maml,fomaml,reptile,finetune,scratch
+
+An experiment with fixed evaluation tasks (ARSC's protocol) gets a table of accuracy, balanced accuracy and macro-F1
+over its tasks, and can score the practitioner's baselines (metarun.baselines) on the same tasks beside the runs;
+`--variant LABEL="OVERRIDES"` adds a row of its own settings:
+
+    python scripts/benchmark.py --experiment arsc_dev --algos protonet --baselines majority,tfidf_lr,features_lr \
+        --variant maml-top2="algo=maml algo.outer_scope=top algo.top_layers=2"
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from docsection import rewrite_section  # scripts/docsection.py, beside this script
-from metarun.report import Row, Run, group_runs, load_run, table
+from metarun.report import Row, Run, duration, group_runs, load_run, table
 
 METARUN = str(Path(sys.executable).with_name("metarun"))
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
@@ -41,27 +48,34 @@ console = Console()
 class Cell:
     family: str
     shots: int
-    algo: str
+    algo: str  # an algorithm's name, or a variant's label
     seed: int
+    settings: tuple[str, ...] = ()  # a variant's overrides (`algo=<algo>` when empty)
 
     @property
     def name(self) -> str:
-        return f"{self.family}_{self.shots}shot_{self.algo}_seed{self.seed}"
+        shots = f"_{self.shots}shot" if self.shots else ""  # an experiment's cells take its own shots
+        return f"{self.family}{shots}_{self.algo}_seed{self.seed}"
 
 
-def cell_preset(cell: Cell, data: str) -> str | None:
-    """The cell's `experiment=` preset: `<family preset>_<k>shot` where one exists, else the family's own."""
+def cell_preset(cell: Cell, data: str, experiment: str | None = None) -> str | None:
+    """The cell's `experiment=` preset: the one asked for, else `<family preset>_<k>shot` where one exists, else the
+    family's own."""
+    if experiment:
+        return experiment
     family = FAMILY_PRESETS.get(data, {}).get(cell.family)
     per_shot = f"{family}_{cell.shots}shot"
     return per_shot if family and (EXPERIMENTS / f"{per_shot}.yaml").is_file() else family
 
 
 def cell_overrides(cell: Cell, args: argparse.Namespace) -> list[str]:
-    preset = cell_preset(cell, args.data)
+    preset = cell_preset(cell, args.data, args.experiment)
     base = [f"experiment={preset}"] if preset else [f"task={cell.family}", f"data={args.data}"]
     budget = [f"train.outer_steps={args.outer_steps}"] if args.outer_steps else []
-    return [*base, f"algo={cell.algo}", f"model={args.model}", f"task.k_shot={cell.shots}", f"seed={cell.seed}",
-            f"eval.test_episodes={args.test_episodes}", *budget, *args.override]  # fmt: skip
+    algo = list(cell.settings) or [f"algo={cell.algo}"]
+    shots = [] if args.experiment else [f"model={args.model}", f"task.k_shot={cell.shots}"]  # the preset's own
+    return [*base, *algo, *shots, f"seed={cell.seed}", f"eval.test_episodes={args.test_episodes}", *budget,
+            *args.override]  # fmt: skip
 
 
 def run_cell(cell: Cell, args: argparse.Namespace, folder: Path) -> Run:
@@ -106,6 +120,13 @@ def markdown(rows: list[Row], header: dict) -> str:
     return "\n".join(lines) + "\n" + table(rows)
 
 
+def variant(text: str) -> tuple[str, tuple[str, ...]]:
+    label, _, overrides = text.partition("=")
+    if not label or not overrides:
+        raise argparse.ArgumentTypeError(f'--variant {text!r}: give LABEL="OVERRIDES", e.g. top2="algo=maml ..."')
+    return label, tuple(shlex.split(overrides))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     split = lambda text: [s for s in text.split(",") if s]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -121,6 +142,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="default: outputs/benchmark, or outputs/benchmark-<model>")
     parser.add_argument("--finished-only", action="store_true", help="table the finished cells, run none")
     parser.add_argument("--doc", type=Path, help="rewrite this document's benchmark section (docs/results.md)")
+    parser.add_argument("--experiment", help="every cell runs this preset, e.g. arsc_dev (its fixed tasks)")
+    parser.add_argument("--variant", action="append", default=[], type=variant, metavar='LABEL="OVERRIDES"',
+                        help="with --experiment: a row of its own, run with these overrides")  # fmt: skip
+    parser.add_argument("--baselines", type=split, default=[], help="with --experiment: majority,tfidf_lr,features_lr")
     parser.add_argument(
         "override", nargs="*", help="extra metarun overrides for every cell, e.g. train.outer_steps=500"
     )
@@ -128,13 +153,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.model, args.test_episodes, args.outer_steps = "tiny", min(args.test_episodes, 100), args.outer_steps or 40
         args.override = ["eval.val_interval=20", "eval.val_episodes=20", *args.override]
-    args.out = args.out or Path("outputs/benchmark" if args.model == "small" else f"outputs/benchmark-{args.model}")
+    default_out = f"benchmark-{args.experiment}" if args.experiment else (
+        "benchmark" if args.model == "small" else f"benchmark-{args.model}")  # fmt: skip
+    args.out = args.out or Path("outputs") / default_out
     return args
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    cells = [Cell(*c) for c in itertools.product(args.families, args.shots, args.algos, args.seeds)]
+    if args.experiment:
+        variants = [(algo, ()) for algo in args.algos] + args.variant
+        cells = [Cell(args.experiment, 0, label, seed, settings) for (label, settings), seed in
+                 itertools.product(variants, args.seeds)]  # fmt: skip
+    else:
+        cells = [Cell(*c) for c in itertools.product(args.families, args.shots, args.algos, args.seeds)]
     results, missing = [], []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
@@ -149,8 +181,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             progress.advance(task)
     import torch
 
+    command = shlex.join(["python", "scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.experiment:
+        return fixed_task_benchmark(args, results, missing, command)
     header = {
-        "command": shlex.join(["python", "scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} CPU threads"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "model": args.model, "data": args.data,
@@ -165,8 +200,87 @@ def main(argv: list[str] | None = None) -> list[dict]:
     (args.out / "benchmark.md").write_text(body)
     if args.doc:  # one section per model: `benchmark` (small), `benchmark-minilm`, ...
         rewrite_section(args.doc, "benchmark" if args.model == "small" else f"benchmark-{args.model}", body)
-    console.print(body)
+    console.print(body, markup=False)
     return saved
+
+
+METRIC_KEYS = (("accuracy", "acc"), ("balanced_accuracy", "balanced_acc"), ("macro_f1", "macro_f1"))
+
+
+def fixed_task_row(method: str, scores: dict, meta_train_seconds=None, step_seconds=None) -> dict:
+    """One row of an experiment's table: each metric's mean over the fixed tasks with its 95% interval."""
+    return {"method": method, **scores, "meta_train_seconds": meta_train_seconds, "outer_step_seconds": step_seconds}
+
+
+def run_scores(run: Run) -> dict:
+    m = run.metrics
+    return {"tasks": m["test_episodes"], "acc": m["test_acc"], "acc_ci95": m["test_ci95"],
+            "balanced_acc": m["test_balanced_acc"], "balanced_acc_ci95": m["test_balanced_acc_ci95"],
+            "macro_f1": m["test_macro_f1"], "macro_f1_ci95": m["test_macro_f1_ci95"]}  # fmt: skip
+
+
+def baseline_scores(args: argparse.Namespace) -> dict[str, dict]:
+    """Each asked baseline's scores on the experiment's tasks; kept in baselines.json and read from there again."""
+    from metarun.baselines import score_baselines
+    from metarun.config import compose
+    from metarun.evaluation import summarize
+
+    saved = args.out / "baselines.json"
+    found = json.loads(saved.read_text()) if saved.is_file() else {}
+    todo = tuple(m for m in args.baselines if m not in found)
+    if todo:
+        cfg = compose("config", [f"experiment={args.experiment}", *args.override])
+        for method, per_task in score_baselines(cfg, todo).items():
+            summary = summarize([s for _, s in per_task])
+            numbers = {f"{key}{end}": getattr(summary[metric], field) for metric, key in METRIC_KEYS
+                       for end, field in (("", "mean"), ("_ci95", "interval"))}  # fmt: skip
+            found[method] = {"tasks": len(per_task), **numbers, "per_task": {n: s.accuracy for n, s in per_task}}
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(found, indent=1))
+    return {m: found[m] for m in args.baselines}
+
+
+def fixed_task_table(rows: list[dict]) -> str:
+    def cell(row: dict, key: str) -> str:
+        ci = row[f"{key}_ci95"]
+        return f"{100 * row[key]:.1f}" + ("" if ci is None else f" ± {100 * ci:.1f}")
+
+    lines = ["| method | accuracy % | balanced accuracy % | macro-F1 % | tasks | meta-training | outer step (median) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for row in rows:
+        step = "-" if row["outer_step_seconds"] is None else f"{row['outer_step_seconds']:.2f} s"
+        lines.append(
+            f"| {row['method']} | {cell(row, 'acc')} | {cell(row, 'balanced_acc')} | "
+            f"{cell(row, 'macro_f1')} | {row['tasks']} | {duration(row['meta_train_seconds'])} | {step} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def fixed_task_benchmark(args: argparse.Namespace, results: list[tuple[Cell, Run]], missing: list[str], command: str):
+    """An experiment's table: its runs, then the baselines, each a mean over its fixed tasks with a Student-t 95%
+    interval over those tasks."""
+    import torch
+
+    rows = [fixed_task_row(f"{cell.algo}" + (f" (seed {cell.seed})" if len(args.seeds) > 1 else ""), run_scores(run),
+                           run.timing["meta_train_seconds"], run.timing["outer_step_median_seconds"])
+            for cell, run in results]  # fmt: skip
+    rows += [fixed_task_row(f"baseline: {m}", {k: v for k, v in s.items() if k != "per_task"})
+             for m, s in baseline_scores(args).items()]  # fmt: skip
+    settings = [f"- {cell.algo}: `{' '.join(cell.settings) or 'algo=' + cell.algo}`" for cell, _ in results]
+    body = "\n".join([
+        f"Command: `{command}`  ",
+        f"Ran on: {platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}; `experiment={args.experiment}`. Means over the fixed tasks with Student-t 95% "
+        "intervals over tasks.",
+        "", *settings, "", fixed_task_table(rows),
+    ]) + (f"\nNot run yet: {', '.join(missing)}.\n" if missing else "")  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmark.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    (args.out / "benchmark.md").write_text(body)
+    if args.doc:
+        rewrite_section(args.doc, f"benchmark-{args.experiment}", body)
+    console.print(body, markup=False)
+    return rows
 
 
 if __name__ == "__main__":

@@ -426,3 +426,32 @@ def test_mamlpp_first_order_phase_sums_each_steps_query_gradient(model64, episod
         torch.testing.assert_close(grads[name], expected, rtol=1e-10, atol=1e-12)
     for j, name in enumerate(lrs):
         torch.testing.assert_close(grads[f"inner_lr.{name}"], found[len(flat) + j], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("inner_scope", ["head", "top"])
+def test_meta_gradients_read_from_cached_lower_layers_equal_the_full_model(inner_scope):
+    """With the outer loop on the top layer, meta-training reads the layers below from a table computed once
+    (metarun.features): same logits, same second-order meta-gradient as running the whole model."""
+    model = tiny_model()
+    algorithm = MAML(model, inner_scope=inner_scope, outer_scope="top", top_layers=1, inner_steps=2, inner_lr=0.3)
+    params = dict(model.named_parameters())
+    episode = random_episode(seed=5)
+    cached = algorithm.cached(params, [episode.support_x, episode.query_x], algorithm.trained_names())
+    assert cached.cache.layers == 1 and algorithm.cache is None  # tiny_model has 2 layers; the original is unchanged
+    torch.testing.assert_close(cached.logits(params, episode.query_x), algorithm.logits(params, episode.query_x))
+    expected, _ = algorithm.meta_gradient(params, episode)
+    found, _ = cached.meta_gradient(params, episode)
+    top = sorted(n for n in params if n.startswith(("layers.1.", "final_norm.", "head.")))
+    assert sorted(found) == sorted(expected) == top
+    for name in expected:
+        torch.testing.assert_close(found[name], expected[name], rtol=1e-9, atol=1e-12)
+
+
+def test_a_frozen_encoder_caches_features_and_a_trained_embedding_caches_nothing():
+    model = tiny_model()
+    params = dict(model.named_parameters())
+    tokens = [random_episode(seed=1).support_x]
+    head_only = MAML(model, inner_scope="head", outer_scope="top", top_layers=0)
+    assert head_only.cached(params, tokens, head_only.trained_names()).cache.layers is None  # pooled features
+    everything = MAML(model, inner_scope="head")
+    assert everything.cached(params, tokens, everything.trained_names()) is everything

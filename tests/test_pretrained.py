@@ -15,7 +15,7 @@ from metarun.algorithms import MAML, ProtoNet
 from metarun.errors import UserError
 from metarun.evaluation import evaluate
 from metarun.tokenizer import encode
-from metarun.tokens import swap_padding
+from metarun.tokens import swap_padding, trim_padding
 
 transformers = pytest.importorskip("transformers")
 from metarun.pretrained import PretrainedClassifier, model_folder, pretrained_tokenizer  # noqa: E402
@@ -93,6 +93,20 @@ def test_padding_ids_other_than_zero_round_trip():
     swapped = swap_padding(tokens, 1)
     assert swapped.tolist() == [[5, 1, 0, 7], [0, 0, 2, 1]]
     assert torch.equal(swap_padding(swapped, 1), tokens)
+
+
+def test_layers_run_from_cached_hidden_states_give_the_encoders_own_features(tiny_bert):
+    """The layer-by-layer path a cache of the lower layers takes (`hidden_states`, then `from_layer`) against the
+    encoder's own forward, at every split point."""
+    model, tokenizer = classifier(tiny_bert)
+    tokens = trim_padding(encode(tokenizer, TEXTS))
+    with torch.no_grad():
+        expected = model.eval()(tokens, features_only=True)
+        for layers in range(3):
+            hidden = model(tokens, until_layer=layers)
+            assert hidden.shape == (len(TEXTS), tokens.shape[1], 16)
+            found = model(tokens, features_only=True, hidden=hidden, from_layer=layers)
+            torch.testing.assert_close(found, expected, rtol=1e-6, atol=1e-6)
 
 
 def top_scope_names(model):

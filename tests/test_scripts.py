@@ -1,4 +1,7 @@
 import json
+from pathlib import Path
+
+import pytest
 
 from conftest import compose_config, load_script
 
@@ -71,3 +74,36 @@ def test_benchmark_picks_the_per_shot_preset_and_budget():
     assert benchmark.cell_preset(one, "synthetic") is None
     overrides = benchmark.cell_overrides(five, args)
     assert overrides[0] == "experiment=clinc150_intents_5shot" and "train.outer_steps=7" in overrides
+
+
+ARSC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "arsc_source"
+
+
+@pytest.mark.skipif(not ARSC.is_dir(), reason="../shared/data/arsc_source is not beside this checkout")
+def test_benchmark_of_an_experiment_tables_its_runs_and_the_baselines_over_fixed_tasks(tmp_path):
+    benchmark = load_script("benchmark")
+    doc = tmp_path / "results.md"
+    doc.write_text("<!-- benchmark-arsc_dev:begin -->\n<!-- benchmark-arsc_dev:end -->\n")
+    slice_ = f"data.files=[{ARSC}/baby.t2.train.jsonl,{ARSC}/beauty.t5.train.jsonl]"
+    argv = ["--experiment", "arsc_dev", "--algos", "protonet", "--variant", 'top1=algo=maml algo.outer_scope=top '
+            'algo.top_layers=1', "--baselines", "majority,tfidf_lr,features_lr", "--out", str(tmp_path / "bench"),
+            "--doc", str(doc), "budget=smoke", "model=tiny", "device=cpu", slice_]  # fmt: skip
+    rows = benchmark.main(argv)
+    assert [r["method"] for r in rows] == ["protonet", "top1", *(f"baseline: {m}" for m in ("majority", "tfidf_lr",
+                                                                                          "features_lr"))]  # fmt: skip
+    runs = tmp_path / "bench" / "runs"
+    for row, folder in zip(rows, ("arsc_dev_protonet_seed0", "arsc_dev_top1_seed0")):
+        metrics = json.loads((runs / folder / "metrics.json").read_text())
+        assert (row["acc"], row["balanced_acc"], row["tasks"]) == (
+            metrics["test_acc"],
+            metrics["test_balanced_acc"],
+            12,
+        )
+    assert "algo.outer_scope=top" in (runs / "arsc_dev_top1_seed0" / ".hydra" / "overrides.yaml").read_text()
+    majority = json.loads((tmp_path / "bench" / "baselines.json").read_text())["majority"]
+    by_hand = []
+    for name in majority["per_task"]:
+        labels = [json.loads(line)["label"] for line in (ARSC / f"{name}.test.jsonl").read_text().splitlines()]
+        by_hand.append(max(labels.count("1"), labels.count("-1")) / len(labels))
+    assert majority["acc"] == pytest.approx(sum(by_hand) / len(by_hand)) and majority["balanced_acc"] == 0.5
+    assert "| baseline: tfidf_lr |" in doc.read_text() and "Command: `python scripts/benchmark.py" in doc.read_text()

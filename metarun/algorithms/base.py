@@ -6,6 +6,7 @@ explicit values: differentiable (MAML), detached (first-order, Reptile) or fresh
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from metarun.algorithms.heads import HEAD, head_logits, starting_head
 from metarun.algorithms.inner import INNER_OPTIMIZERS, LR_PREFIX, SGD, gradient_steps
 from metarun.algorithms.recompute import recomputed_sgd_steps
 from metarun.episodes import Episode
+from metarun.features import FeatureTable
 from metarun.errors import UserError
 
 Params = dict[str, torch.Tensor]
@@ -85,7 +87,7 @@ class Algorithm:
         self.model, self.outer_optimizer, self.n_train_classes = model, outer_optimizer, n_train_classes
         self.meta_trains, self.can_batch_tasks = meta_trains, can_batch_tasks
         self.diagnostic_scores, self.autocast_dtype = diagnostic_scores, autocast_dtype
-        self.feature_lookup: Callable[[torch.Tensor], torch.Tensor] | None = None  # see `reading_features`
+        self.cache: FeatureTable | None = None  # see `cached`
         self.inner_steps, self.inner_lr, self.eval_inner_steps = inner_steps, inner_lr, eval_inner_steps
         self.inner_optimizer = INNER_OPTIMIZERS[inner_optimizer](inner_lr)  # a learned rule replaces it (Meta-SGD)
         self.head_init, self.prototype_scale = head_init, prototype_scale
@@ -151,27 +153,56 @@ class Algorithm:
     ) -> tuple[Params, list[TaskStats]]:
         raise NotImplementedError
 
-    @property
-    def adapts_head_only(self) -> bool:
-        """Whether test-time adaptation leaves the encoder as it is, so features can be computed once per text."""
-        return self.inner_scope == "head" or self.eval_inner_steps == 0
+    def adapted_names(self) -> set[str]:
+        """The parameters test-time adaptation changes: the head, and the inner scope's when it takes steps."""
+        return {*HEAD, *(self.inner_names if self.eval_inner_steps else [])}
 
-    def reading_features(self, lookup: Callable[[torch.Tensor], torch.Tensor]) -> Algorithm:
-        """A copy of this algorithm whose `logits` take each text's features from `lookup(tokens)` instead of the
-        encoder (every model here is `head(features(tokens))`); this one is unchanged."""
+    def trained_names(self) -> set[str]:
+        """The parameters meta-training changes: the outer loop's, the inner loop's and the head."""
+        return {*HEAD, *self.inner_names, *self.meta_learned_names(dict(self.model.named_parameters()))}
+
+    def untouched_layers(self, changing: set[str]) -> int:
+        """How many of the model's bottom layers (with the embeddings below them) no name in `changing` is in."""
+        names = [n for n, _ in self.model.named_parameters()]
+        lowest = min(names.index(n) for n in changing if n in names)
+        layers = self.model.layer_prefixes()
+        ends = [max(i for i, n in enumerate(names) if n.startswith(prefix)) for prefix in layers]
+        return sum(1 for end in ends if end < lowest) if names[0] not in changing else 0
+
+    def cached(self, params: Params, token_batches: list[torch.Tensor], changing: set[str]) -> Algorithm:
+        """A copy of this algorithm that reads, for the texts of `token_batches`, what changing only `changing`
+        leaves alone from a table computed once (the features, or the hidden states below the lowest changing layer;
+        no dropout there); this algorithm itself when every layer changes."""
+        if changing <= set(HEAD):
+            return self.reading_cache(FeatureTable(self, params, token_batches))
+        layers = self.untouched_layers(changing)
+        return self.reading_cache(FeatureTable(self, params, token_batches, layers)) if layers else self
+
+    def reading_cache(self, table: FeatureTable) -> Algorithm:
+        """A copy of this algorithm whose `logits` start from `table` (see `cached`); this one is unchanged."""
         reader = copy.copy(self)
-        reader.feature_lookup = lookup
+        reader.cache, reader.batched = table, False  # a table lookup does not run under vmap
         return reader
 
-    def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
-        if self.feature_lookup is not None:
-            features = self.feature_lookup(tokens)
-            return features if features_only else head_logits(params, features)
+    def hidden_states(self, params: Params, tokens: torch.Tensor, layers: int) -> torch.Tensor:
+        """The model's hidden states after its first `layers` layers (what a `FeatureTable` keeps)."""
+        with self._autocast(tokens):
+            return functional_call(self.model, params, (tokens,), {"until_layer": layers})
+
+    def _autocast(self, tokens: torch.Tensor) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
-            return functional_call(self.model, params, (tokens,), {"features_only": features_only})
-        with torch.autocast(tokens.device.type, dtype=self.autocast_dtype):
-            features = functional_call(self.model, params, (tokens,), {"features_only": True})
-        features = features.float()  # the head, losses and prototypes stay in float32, as on the cached path
+            return contextlib.nullcontext()
+        return torch.autocast(tokens.device.type, dtype=self.autocast_dtype)
+
+    def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
+        if self.cache is not None and self.cache.layers is None:
+            features = self.cache(tokens)
+        else:
+            start = {} if self.cache is None else {"hidden": self.cache(tokens), "from_layer": self.cache.layers}
+            with self._autocast(tokens):
+                features = functional_call(self.model, params, (tokens,), {"features_only": True, **start})
+            # the head, losses and prototypes stay in float32, as on the cached path
+            features = features if self.autocast_dtype is None else features.float()
         return features if features_only else head_logits(params, features)
 
     def extra_parameters(self) -> dict[str, nn.Parameter]:
