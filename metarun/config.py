@@ -198,6 +198,9 @@ class TaskConfig:
     # permuted: labels drawn anew for every episode | fixed: a class's label id is its label name's place among the
     # sorted names, in every episode (a label set that every domain shares, e.g. sentiment across products)
     labels: str = setting("permuted", choices=("permuted", "fixed"))
+    # balanced: task.n_query queries of each class | natural: n_way * n_query queries drawn from the episode's classes
+    # at their own frequencies in its domain (test files keep their label prior; so meta-training can learn it)
+    query: str = setting("balanced", choices=("balanced", "natural"))
     eval_tasks: List[EvalTaskConfig] = setting(factory=list)  # fixed evaluation tasks instead of sampled episodes
     # fixed tasks adapt on this many examples per label, drawn once from each train file (seeded by split.seed and
     # the task's name: every run and algorithm gets the same support); null: the whole train file

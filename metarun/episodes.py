@@ -98,8 +98,10 @@ class EpisodeSampler:
         split_name: str,
         drop_small_classes: bool = False,
         fixed_labels: bool = False,
+        natural_query: bool = False,
     ) -> None:
         self.tokens, self.n_way, self.k_shot, self.n_query = tokens, n_way, k_shot, n_query
+        self.natural_query = natural_query
         rows = defaultdict(list)
         for index, key in enumerate(row_classes):
             rows[key].append(index)
@@ -138,20 +140,26 @@ class EpisodeSampler:
     def sample(self, rng: random.Random) -> Episode:
         group = self.groups[rng.choice(self.group_names)]
         classes = rng.sample(group, self.n_way)  # random order = labels permuted per episode
-        support, query = [], []
-        for c in classes:
-            picked = self.rows[c][rng.sample(range(len(self.rows[c])), self.k_shot + self.n_query)]
-            support.append(picked[: self.k_shot])
-            query.append(picked[self.k_shot :])
         if self.label_ids is None:
             labels = torch.arange(self.n_way)  # the draw's order: labels permuted per episode
         else:
             labels = torch.tensor([self.label_ids[c] for c in classes])
+        support, query, query_y = [], [], []
+        for c, label in zip(classes, labels):
+            picked = self.rows[c][rng.sample(range(len(self.rows[c])), self.k_shot + self.n_query)]
+            support.append(picked[: self.k_shot])
+            query.append(picked[self.k_shot :])
+            query_y.append(label.repeat(self.n_query))
+        if self.natural_query:  # as many queries, drawn from all the classes' rows left after the support
+            left = [(row, label) for c, label, s in zip(classes, labels, support)
+                    for row in sorted(set(self.rows[c].tolist()) - set(s.tolist()))]  # fmt: skip
+            drawn = rng.sample(left, self.n_way * self.n_query)
+            query, query_y = [torch.tensor([r for r, _ in drawn])], [torch.stack([y for _, y in drawn])]
         return Episode(
             support_x=trim_padding(self.tokens[torch.cat(support)]),
             support_y=labels.repeat_interleave(self.k_shot),
             query_x=trim_padding(self.tokens[torch.cat(query)]),
-            query_y=labels.repeat_interleave(self.n_query),
+            query_y=torch.cat(query_y),
             class_ids=labels if self.label_ids is not None else torch.tensor([self.class_index[c] for c in classes]),
         )
 

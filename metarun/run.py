@@ -91,6 +91,7 @@ def make_samplers(corpus: Corpus, tokens: torch.Tensor, task: DictConfig, rows: 
         samplers[name] = EpisodeSampler(
             tokens[index], [row_classes[i] for i in index], groups, task.n_way, task.k_shot, n_query,
             split_name=name, drop_small_classes=task.drop_small_classes, fixed_labels=task.labels == "fixed",
+            natural_query=task.query == "natural",
         )  # fmt: skip
     return samplers
 

@@ -138,6 +138,30 @@ def test_fixed_labels_keep_each_label_name_on_its_id_in_every_episode():
     assert (fixed.n_classes, permuted.n_classes) == (2, 6)
 
 
+def test_natural_queries_follow_each_domains_label_frequencies_and_never_repeat_the_support():
+    """One domain 90% positive, one 50%: balanced queries hide that; natural ones show it, support stays K per class."""
+    keys = [f"{d}/{label}" for d, n_pos in (("toys", 90), ("dvd", 50)) for label, n in (("neg", 100 - n_pos),
+            ("pos", n_pos)) for _ in range(n)]  # fmt: skip
+    tokens = torch.arange(len(keys))[:, None] + 2  # one distinct token per row
+    groups = class_groups(keys, [k.split("/")[0] for k in keys])
+    natural = EpisodeSampler(tokens, keys, groups, 2, 3, 5, "train", fixed_labels=True, natural_query=True)
+    balanced = EpisodeSampler(tokens, keys, groups, 2, 3, 5, "train", fixed_labels=True)
+    positive = {"toys": [], "dvd": []}
+    for episode in natural.fixed_episodes(400, 0):
+        support, query = episode.support_x[:, 0].tolist(), episode.query_x[:, 0].tolist()
+        domain = keys[support[0] - 2].split("/")[0]
+        assert all(keys[t - 2].startswith(domain) for t in support + query)  # one domain per episode
+        assert not set(support) & set(query) and len(set(query)) == len(query) == 10
+        assert sorted(episode.support_y.tolist()) == [0, 0, 0, 1, 1, 1]
+        assert [keys[t - 2].endswith("/pos") for t in support] == [bool(y) for y in episode.support_y.tolist()]
+        assert [keys[t - 2].endswith("/pos") for t in query] == [bool(y) for y in episode.query_y.tolist()]
+        positive[domain].append(episode.query_y.float().mean().item())
+    share = {d: sum(v) / len(v) for d, v in positive.items()}
+    # 90 of 100 rows are positive, 87 of the 94 left after a 3 + 3 support: the queries' share is 87/94 = 0.93
+    assert share["toys"] == pytest.approx(87 / 94, abs=0.02) and share["dvd"] == pytest.approx(0.5, abs=0.03)
+    assert all(e.query_y.float().mean() == 0.5 for e in balanced.fixed_episodes(20, 0))
+
+
 def test_fixed_labels_leave_out_a_domain_without_every_label_and_refuse_another_n_way(caplog):
     tokens, keys, groups = shared_labels()
     keys = [k for k in keys if k != "dvd/positive"]  # dvd has lost its positive reviews
