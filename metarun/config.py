@@ -253,6 +253,7 @@ class SyntheticDataConfig(DataConfig):
 @dataclass
 class PathsConfig:
     data: str = MISSING  # the folder that holds the data sets the presets name (conf/paths/default.yaml)
+    arsc_targets: Optional[str] = None  # the folder of ARSC's 4 target domains' files (experiment=arsc)
 
 
 # ---- device, training, evaluation ----

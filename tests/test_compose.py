@@ -97,3 +97,16 @@ def test_the_arsc_dev_protocol_runs_on_a_slice_of_its_source_domains(tmp_path, c
     assert metrics["test_episodes"] == metrics["val_episodes"] == 12  # 4 dev domains x 3 thresholds, dev files
     assert sorted(metrics["per_task_recall"]["apparel.t2"]) == ["-1", "1"]
     assert "tools_hardware.t2" in caplog.text and "left out" in caplog.text  # 27 reviews: too few for episodes
+
+
+def test_the_official_arsc_preset_names_the_target_files_in_the_folder_given():
+    cfg = compose("config", ["experiment=arsc", "paths.arsc_targets=/data/arsc_targets"])
+    tasks = cfg.task.eval_tasks
+    assert [t.name for t in tasks] == [f"{d}.{t}" for d in ("books", "dvd", "electronics", "kitchen_housewares")
+                                       for t in ("t2", "t4", "t5")]  # fmt: skip
+    assert (
+        tasks[4].test == "/data/arsc_targets/dvd.t4.test.jsonl"
+        and tasks[4].dev == "/data/arsc_targets/dvd.t4.dev.jsonl"
+    )
+    assert cfg.data.files == [f"{cfg.paths.data}/arsc_source/*.train.jsonl"]  # every source domain meta-trains
+    assert (cfg.task.labels, cfg.task.eval_shots, cfg.model.max_len) == ("fixed", 5, 128)  # arsc_dev's protocol
