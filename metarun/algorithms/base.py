@@ -167,7 +167,7 @@ class Algorithm:
         lowest = min(names.index(n) for n in changing if n in names)
         layers = self.model.layer_prefixes()
         ends = [max(i for i, n in enumerate(names) if n.startswith(prefix)) for prefix in layers]
-        return sum(1 for end in ends if end < lowest) if names[0] not in changing else 0
+        return sum(1 for end in ends if end < lowest)  # 0 when an embedding changes: it comes first
 
     def cached(self, params: Params, token_batches: list[torch.Tensor], changing: set[str]) -> Algorithm:
         """A copy of this algorithm that reads, for the texts of `token_batches`, what changing only `changing`
