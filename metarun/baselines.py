@@ -13,12 +13,16 @@ The fitted models are scikit-learn's, so the tests check their decision values a
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
 
 from metarun.errors import UserError
 from metarun.evaluation import Scores, classification_scores
+
+if TYPE_CHECKING:
+    from metarun.run import TestScores
 
 
 def _sklearn():
@@ -59,13 +63,6 @@ def majority(scored_labels: list[str]) -> list[str]:
     return [top] * len(scored_labels)
 
 
-def scores(predicted: list[str], target: list[str], labels: list[str]) -> Scores:
-    index = {label: i for i, label in enumerate(labels)}
-    return classification_scores(
-        torch.tensor([index[p] for p in predicted]), torch.tensor([index[t] for t in target]), len(labels)
-    )
-
-
 METHODS = ("majority", "tfidf_lr", "features_lr")
 
 
@@ -86,10 +83,10 @@ def frozen_encoder(cfg: DictConfig, train_texts: list[str]):
     )
 
 
-def score_baselines(cfg: DictConfig, methods: tuple[str, ...] = METHODS) -> dict[str, list[tuple[str, Scores]]]:
-    """Each method's scores on each of `cfg.task.eval_tasks` (name, scores), trained on the config's meta-training
-    data plus the task's support set; `features_lr` uses the features of `cfg.model`."""
-    from metarun.run import fixed_tasks, split_corpus
+def score_baselines(cfg: DictConfig, methods: tuple[str, ...] = METHODS) -> dict[str, TestScores]:
+    """Each method's scores on `cfg.task.eval_tasks`, as a run's test scores (per task, and their means over tasks),
+    trained on the config's meta-training data plus the task's support set; `features_lr` uses `cfg.model`."""
+    from metarun.run import TestScores, fixed_tasks, split_corpus
 
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -107,7 +104,7 @@ def score_baselines(cfg: DictConfig, methods: tuple[str, ...] = METHODS) -> dict
         texts = sorted({*source_texts, *(x for t in tasks for x in (*t.support.texts, *t.scored.texts))})
         table = dict(zip(texts, frozen_encoder(cfg, source_texts)(texts)))
         features = lambda batch: torch.stack([table[x] for x in batch])  # noqa: E731
-    results: dict[str, list[tuple[str, Scores]]] = {m: [] for m in methods}
+    per_task: dict[str, list[tuple[str, Scores]]] = {m: [] for m in methods}
     for task in tasks:
         train_texts, train_labels = source_texts + task.support.texts, source_labels + task.support.labels
         for method in methods:
@@ -118,5 +115,6 @@ def score_baselines(cfg: DictConfig, methods: tuple[str, ...] = METHODS) -> dict
             else:
                 model = fit_features_lr(features(train_texts), train_labels)
                 predicted = model.predict(features(task.scored.texts).double().numpy())
-            results[method].append((task.name, scores(list(predicted), task.scored.labels, task.labels)))
-    return results
+            found = classification_scores(task.ids(list(predicted)), task.ids(task.scored.labels), len(task.labels))
+            per_task[method].append((task.name, found))
+    return {m: TestScores.of_tasks(per_task[m], {t.name: t.labels for t in tasks}) for m in methods}

@@ -120,9 +120,10 @@ class FixedTask:
     scored: Corpus
     labels: list[str]
 
-    def ids(self, corpus: Corpus) -> torch.Tensor:
+    def ids(self, labels: list[str]) -> torch.Tensor:
+        """Label names as this task's label ids."""
         index = {label: i for i, label in enumerate(self.labels)}
-        return torch.tensor([index[label] for label in corpus.labels])
+        return torch.tensor([index[label] for label in labels])
 
 
 def fixed_tasks(task: DictConfig, data: DictConfig, scored: str = "test") -> list[FixedTask]:
@@ -155,9 +156,9 @@ def fixed_task_episodes(
     """`fixed_tasks` as episodes: each task's name, episode, and label names by id."""
     return [(t.name, Episode(
         support_x=trim_padding(encode(tokenizer, t.support.texts)),
-        support_y=t.ids(t.support),
+        support_y=t.ids(t.support.labels),
         query_x=trim_padding(encode(tokenizer, t.scored.texts)),
-        query_y=t.ids(t.scored),
+        query_y=t.ids(t.scored.labels),
         class_ids=torch.arange(len(t.labels)),
     ), t.labels) for t in fixed_tasks(task, data, scored)]  # fmt: skip
 
@@ -359,6 +360,12 @@ class TestScores:
     per_task: list[tuple[str, Scores]] = field(default_factory=list)
     label_names: dict[str, list[str]] = field(default_factory=dict)  # each fixed task's labels, by id
 
+    @classmethod
+    def of_tasks(cls, per_task: list[tuple[str, Scores]], label_names: dict[str, list[str]]) -> TestScores:
+        """Fixed tasks' scores (name, scores), with each metric's mean over the tasks."""
+        summary = summarize([scores for _, scores in per_task])
+        return cls(summary["accuracy"], summary, per_task, label_names)
+
     def metrics(self) -> dict:
         """The `test_*` and `per_task_*` entries of metrics.json; the extra metrics are null for sampled episodes."""
         found = {"test_acc": self.accuracy.mean, "test_ci95": self.accuracy.interval,
@@ -388,8 +395,7 @@ def score_test(cfg: DictConfig, algorithm: Algorithm, params: Params, tokenizer:
         if cfg.task.eval_tasks:  # one score per fixed task; the intervals are over tasks
             fixed = fixed_task_episodes(cfg.task, cfg.data, tokenizer)
             per_task = [(name, episode_scores(algorithm, params, [episode], device)[0]) for name, episode, _ in fixed]
-            summary = summarize([scores for _, scores in per_task])
-            return TestScores(summary["accuracy"], summary, per_task, {name: labels for name, _, labels in fixed})
+            return TestScores.of_tasks(per_task, {name: labels for name, _, labels in fixed})
         episodes = sampler.fixed_episodes(cfg.eval.test_episodes, cfg.eval.seed + 1)
         return TestScores(evaluate(algorithm, params, episodes, device))
 

@@ -204,37 +204,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return saved
 
 
-METRIC_KEYS = (("accuracy", "acc"), ("balanced_accuracy", "balanced_acc"), ("macro_f1", "macro_f1"))
-
-
 def fixed_task_row(method: str, scores: dict, meta_train_seconds=None, step_seconds=None) -> dict:
     """One row of an experiment's table: each metric's mean over the fixed tasks with its 95% interval."""
     return {"method": method, **scores, "meta_train_seconds": meta_train_seconds, "outer_step_seconds": step_seconds}
 
 
-def run_scores(run: Run) -> dict:
-    m = run.metrics
+def fixed_task_scores(m: dict) -> dict:
+    """A row's numbers from test metrics as metrics.json holds them (a run's, or a baseline's)."""
     return {"tasks": m["test_episodes"], "acc": m["test_acc"], "acc_ci95": m["test_ci95"],
             "balanced_acc": m["test_balanced_acc"], "balanced_acc_ci95": m["test_balanced_acc_ci95"],
             "macro_f1": m["test_macro_f1"], "macro_f1_ci95": m["test_macro_f1_ci95"]}  # fmt: skip
 
 
 def baseline_scores(args: argparse.Namespace) -> dict[str, dict]:
-    """Each asked baseline's scores on the experiment's tasks; kept in baselines.json and read from there again."""
+    """Each asked baseline's test metrics on the experiment's tasks (as a run's metrics.json names them); kept in
+    baselines.json and read from there again."""
     from metarun.baselines import score_baselines
     from metarun.config import compose
-    from metarun.evaluation import summarize
 
     saved = args.out / "baselines.json"
     found = json.loads(saved.read_text()) if saved.is_file() else {}
     todo = tuple(m for m in args.baselines if m not in found)
     if todo:
         cfg = compose("config", [f"experiment={args.experiment}", *args.override])
-        for method, per_task in score_baselines(cfg, todo).items():
-            summary = summarize([s for _, s in per_task])
-            numbers = {f"{key}{end}": getattr(summary[metric], field) for metric, key in METRIC_KEYS
-                       for end, field in (("", "mean"), ("_ci95", "interval"))}  # fmt: skip
-            found[method] = {"tasks": len(per_task), **numbers, "per_task": {n: s.accuracy for n, s in per_task}}
+        found.update({method: test.metrics() for method, test in score_baselines(cfg, todo).items()})
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(found, indent=1))
     return {m: found[m] for m in args.baselines}
@@ -261,11 +254,11 @@ def fixed_task_benchmark(args: argparse.Namespace, results: list[tuple[Cell, Run
     interval over those tasks."""
     import torch
 
-    rows = [fixed_task_row(f"{cell.algo}" + (f" (seed {cell.seed})" if len(args.seeds) > 1 else ""), run_scores(run),
+    seeds = len(args.seeds) > 1
+    rows = [fixed_task_row(cell.algo + (f" (seed {cell.seed})" if seeds else ""), fixed_task_scores(run.metrics),
                            run.timing["meta_train_seconds"], run.timing["outer_step_median_seconds"])
             for cell, run in results]  # fmt: skip
-    rows += [fixed_task_row(f"baseline: {m}", {k: v for k, v in s.items() if k != "per_task"})
-             for m, s in baseline_scores(args).items()]  # fmt: skip
+    rows += [fixed_task_row(f"baseline: {m}", fixed_task_scores(s)) for m, s in baseline_scores(args).items()]
     settings = [f"- {cell.algo}: `{' '.join(cell.settings) or 'algo=' + cell.algo}`" for cell, _ in results]
     body = "\n".join([
         f"Command: `{command}`  ",

@@ -102,9 +102,9 @@ def test_baselines_score_the_fixed_tasks_of_a_config_from_its_files(tmp_path):
                              "task.split.val=1", "task.split.test=1", f"task.eval_tasks=[{task}]",
                              "task.eval_shots=2"])  # fmt: skip
     results = score_baselines(cfg, ("majority", "tfidf_lr"))
-    ((name, found),) = results["majority"]
+    ((name, found),) = results["majority"].per_task
     assert name == "target" and found.accuracy == pytest.approx(4 / 7) and found.balanced_accuracy == 0.5
-    ((_, tfidf),) = results["tfidf_lr"]
+    ((_, tfidf),) = results["tfidf_lr"].per_task
     support = fixed_tasks(cfg.task, cfg.data)[0].support  # 2 reviews per label, drawn once (tested in test_evaluation)
     assert len(support) == 4
     model = fit_tfidf_lr(TEXTS * 2 + support.texts, LABELS * 2 + support.labels)  # one meta-training domain + support

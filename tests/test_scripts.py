@@ -102,8 +102,8 @@ def test_benchmark_of_an_experiment_tables_its_runs_and_the_baselines_over_fixed
     assert "algo.outer_scope=top" in (runs / "arsc_dev_top1_seed0" / ".hydra" / "overrides.yaml").read_text()
     majority = json.loads((tmp_path / "bench" / "baselines.json").read_text())["majority"]
     by_hand = []
-    for name in majority["per_task"]:
+    for name in majority["per_task_acc"]:
         labels = [json.loads(line)["label"] for line in (ARSC / f"{name}.test.jsonl").read_text().splitlines()]
         by_hand.append(max(labels.count("1"), labels.count("-1")) / len(labels))
-    assert majority["acc"] == pytest.approx(sum(by_hand) / len(by_hand)) and majority["balanced_acc"] == 0.5
+    assert majority["test_acc"] == pytest.approx(sum(by_hand) / len(by_hand)) and majority["test_balanced_acc"] == 0.5
     assert "| baseline: tfidf_lr |" in doc.read_text() and "Command: `python scripts/benchmark.py" in doc.read_text()
