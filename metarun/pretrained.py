@@ -188,8 +188,8 @@ class PretrainedClassifier(EncoderClassifier):
         """Parameter-name prefixes of the encoder's layers, bottom to top (the longest ModuleList)."""
         return [f"{self._layer_stack}.{i}." for i in range(len(self.get_submodule(self._layer_stack)))]
 
-    @property
-    def _layer_stack(self) -> str:
+    @functools.cached_property
+    def _layer_stack(self) -> str:  # found once: run_layers asks for it at every forward from a cache
         layers = [n for n, m in self.named_modules() if isinstance(m, nn.ModuleList)]
         if not layers:
             raise UserError(f"Cannot find the layer list of {type(self.encoder).__name__}.")
