@@ -252,7 +252,7 @@ class Checkpoints:
                     "another process wrote into this run's folder. Start the run again in a folder of its own."
                 )
             restore_weights(algorithm, saved)
-        ranks.copy_from_main([*algorithm.model.parameters(), *algorithm.extra_parameters().values()])
+        ranks.copy_from_main(list(algorithm.trained_tensors().values()))
         return self.best_step
 
 

@@ -37,8 +37,7 @@ def build_outer_optimizer(
     algorithm: Algorithm, lr_schedule: Callable[[torch.optim.Optimizer], LRScheduler]
 ) -> tuple[torch.optim.Optimizer, LRScheduler]:
     """The algorithm's outer optimizer over the model's and its own tensors, and `lr_schedule` of it."""
-    trained = [p for _, p in algorithm.model.named_parameters()] + list(algorithm.extra_parameters().values())
-    optimizer = algorithm.outer_optimizer(trained)
+    optimizer = algorithm.outer_optimizer(algorithm.outer_parameter_groups())
     return optimizer, lr_schedule(optimizer)
 
 
@@ -51,7 +50,7 @@ def accumulate_meta_gradient(
     Under torchrun each process computes its share of `episodes` and an all-reduce sums the shares."""
     ranks = Ranks.current()
     share = ranks.share(episodes)
-    trained = {**params, **algorithm.extra_parameters()}
+    trained = algorithm.trained_tensors()
     count = len(episodes)
     if algorithm.batched:
         mean, stats = algorithm.batched_meta_gradient(params, share, outer_step)
@@ -103,7 +102,7 @@ def meta_train(
     `val_interval` steps; a `state` restored from `last.pt` (with the optimizer, schedule and `rng`) goes on exactly
     as if the run had never stopped."""
     params: Params = dict(algorithm.model.named_parameters())
-    trained = [*params.values(), *algorithm.extra_parameters().values()]
+    trained = list(algorithm.trained_tensors().values())
     algorithm.model.train()
     stop = StopRequests()
     with stop_signals(stop.request):

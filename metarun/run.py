@@ -286,7 +286,7 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
     tokenizer, samplers, split = prepare_episodes(cfg)
     algorithm = build_algorithm(cfg, tokenizer, samplers["train"].n_classes, device)
     if ranks.world > 1:  # one starting point for all, and each process its own draws (dropout, fresh heads)
-        ranks.copy_from_main([*algorithm.model.parameters(), *algorithm.extra_parameters().values()])
+        ranks.copy_from_main(list(algorithm.trained_tensors().values()))
         torch.manual_seed(cfg.seed + ranks.rank)
     val_episodes = validation_episodes(cfg, tokenizer, samplers)
     checkpoints = Checkpoints(output_dir / "checkpoints", OmegaConf.to_container(cfg, resolve=True), tokenizer.to_str())

@@ -324,8 +324,8 @@ def loop_overhead(args: argparse.Namespace) -> str:
         tokenizer, samplers, _ = prepare_episodes(cfg)
         algorithm = build_algorithm(cfg, tokenizer, samplers["train"].n_classes, device)
         params = dict(algorithm.model.named_parameters())
-        trained = [*params.values(), *algorithm.extra_parameters().values()]
-        optimizer = algorithm.outer_optimizer(trained)
+        trained = list(algorithm.trained_tensors().values())
+        optimizer = algorithm.outer_optimizer(algorithm.outer_parameter_groups())
         rng, times = random.Random(cfg.seed), []
         algorithm.model.train()
         for _ in range(steps):

@@ -43,6 +43,7 @@ def test_every_option_extends_its_groups_schema(group, option):
         ("algo.inner_scope=layer", "algo.inner_scope='layer' is not valid; use one of: all, top, head."),
         ("algo.batch_tasks=maybe", "algo.batch_tasks='maybe' is not valid; use one of: auto, true, false."),
         ("algo.outer_optimizer.lr=0", "algo.outer_optimizer.lr=0.0 is not valid; it must be greater than 0.0."),
+        ("algo.head_lr=0", "algo.head_lr=0.0 is not valid; it must be greater than 0.0."),
         ("device.name=tpu", "device.name='tpu' is not valid; use one of: auto, cpu, cuda."),
         ("model.dropout=1.0", "model.dropout=1.0 is not valid; it must be less than 1.0."),
     ],

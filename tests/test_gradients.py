@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from conftest import INNER_LR, INNER_STEPS, naive_maml_loss, random_episode, tiny_model
-from metarun.algorithms import MAML, Reptile
-from metarun.loop import accumulate_meta_gradient
+from metarun.algorithms import MAML, Reptile, SupervisedBaseline
+from metarun.loop import accumulate_meta_gradient, build_outer_optimizer
 from metarun.torch_workarounds import LayerNorm, twice_differentiable_attention, vmap_safe_layer_norm
 
 
@@ -131,6 +131,26 @@ def test_loop_averages_task_gradients_over_the_meta_batch(model64):
     accumulate_meta_gradient(algorithm, params, episodes)
     for name, param in params.items():
         torch.testing.assert_close(param.grad, (per_task[0][name] + per_task[1][name]) / 2)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m, **kw: MAML(m, inner_steps=INNER_STEPS, inner_lr=INNER_LR, head_init="learned", **kw),
+    lambda m, **kw: SupervisedBaseline(m, n_train_classes=5, **kw),
+])  # fmt: skip
+def test_head_lr_sets_the_outer_rate_of_the_heads_only(model64, make):
+    lr, head_lr = 0.01, 0.5
+    algorithm = make(model64, outer_optimizer=functools.partial(torch.optim.SGD, lr=lr), head_lr=head_lr)
+    optimizer, _ = build_outer_optimizer(algorithm, functools.partial(torch.optim.lr_scheduler.ConstantLR, factor=1.0))
+    trained = algorithm.trained_tensors()
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    accumulate_meta_gradient(algorithm, dict(model64.named_parameters()), [random_episode(seed=0)])
+    grads = {n: p.grad.clone() for n, p in trained.items() if p.grad is not None}
+    optimizer.step()
+    heads = {n for n in trained if n.split(".")[0] in ("head", "pretrain_head")}
+    assert heads & set(grads) and set(grads) - heads  # both groups took a step
+    for name, grad in grads.items():  # plain SGD: theta - rate * gradient, by hand
+        rate = head_lr if name in heads else lr
+        torch.testing.assert_close(trained[name].detach(), before[name] - rate * grad, rtol=1e-9, atol=1e-12)
 
 
 def test_second_order_through_attention_runs_on_cpu_float32():

@@ -61,7 +61,8 @@ class Algorithm:
     - `autocast_dtype`: the model's forward under autocast to this dtype (device.precision).
 
     `outer_optimizer` builds the optimizer of meta-training from the tensors it updates (a partial target, like
-    `functools.partial(torch.optim.Adam, lr=3e-3)`); `n_train_classes` is the number of meta-training classes.
+    `functools.partial(torch.optim.Adam, lr=3e-3)`), with the heads at `head_lr` when it is given (see
+    `outer_parameter_groups`); `n_train_classes` is the number of meta-training classes.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class Algorithm:
         prototype_scale: float = 10.0,
         batch_tasks: str | bool = "auto",
         outer_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] = DEFAULT_OUTER_OPTIMIZER,
+        head_lr: float | None = None,
         n_train_classes: int | None = None,
         meta_trains: bool = True,
         can_batch_tasks: bool = False,
@@ -85,6 +87,7 @@ class Algorithm:
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
         self.model, self.outer_optimizer, self.n_train_classes = model, outer_optimizer, n_train_classes
+        self.head_lr = head_lr
         self.meta_trains, self.can_batch_tasks = meta_trains, can_batch_tasks
         self.diagnostic_scores, self.autocast_dtype = diagnostic_scores, autocast_dtype
         self.cache: FeatureTable | None = None  # see `cached`
@@ -209,6 +212,24 @@ class Algorithm:
         """Parameters the outer optimizer trains besides the model's: a learned inner rule's rates (none by
         default), checkpointed and loaded with the model."""
         return {LR_PREFIX + n: lr for n, lr in self.inner_optimizer.learned.items()}
+
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor the outer optimizer holds: the model's and `extra_parameters()`."""
+        return {**dict(self.model.named_parameters()), **self.extra_parameters()}
+
+    def head_names(self) -> set[str]:
+        """The trained tensors that `head_lr` sets the outer rate of."""
+        return set(HEAD)
+
+    def outer_parameter_groups(self) -> list[dict]:
+        """The outer optimizer's parameter groups: everything at its own rate, or with `head_lr` the heads apart,
+        since a linear head over normalised features wants a far larger rate than pretrained layers do."""
+        trained = self.trained_tensors()
+        heads = self.head_names() if self.head_lr is not None else set()
+        groups = [{"params": [p for n, p in trained.items() if n not in heads]}]
+        if heads:
+            groups.append({"params": [p for n, p in trained.items() if n in heads], "lr": self.head_lr})
+        return groups
 
     def meta_gradient(
         self, params: Params, episode: Episode, outer_step: int | None = None

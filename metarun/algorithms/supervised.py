@@ -23,11 +23,15 @@ class SupervisedBaseline(Algorithm):
         kwargs.setdefault("head_init", "random")
         super().__init__(*args, meta_trains=pretrain, **kwargs)
         width = self.model.head.in_features
-        head = nn.Linear(width, self.n_train_classes or 1).to(next(self.model.parameters()).device)
+        like = next(self.model.parameters())
+        head = nn.Linear(width, self.n_train_classes or 1).to(like.device, like.dtype)
         self.pretrain_head = {"pretrain_head.weight": head.weight, "pretrain_head.bias": head.bias}
 
     def extra_parameters(self) -> dict[str, nn.Parameter]:
         return self.pretrain_head if self.meta_trains else {}
+
+    def head_names(self) -> set[str]:
+        return {*super().head_names(), *self.pretrain_head}
 
     def meta_gradient(
         self, params: Params, episode: Episode, outer_step: int | None = None
