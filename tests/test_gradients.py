@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from conftest import INNER_LR, INNER_STEPS, naive_maml_loss, random_episode, tiny_model
-from metarun.algorithms import MAML, Reptile, SupervisedBaseline
+from metarun.algorithms import MAML, MetaSGD, Reptile, SupervisedBaseline
 from metarun.loop import accumulate_meta_gradient, build_outer_optimizer
 from metarun.torch_workarounds import LayerNorm, twice_differentiable_attention, vmap_safe_layer_norm
 
@@ -136,6 +136,7 @@ def test_loop_averages_task_gradients_over_the_meta_batch(model64):
 @pytest.mark.parametrize("make", [
     lambda m, **kw: MAML(m, inner_steps=INNER_STEPS, inner_lr=INNER_LR, head_init="learned", **kw),
     lambda m, **kw: SupervisedBaseline(m, n_train_classes=5, **kw),
+    lambda m, **kw: MetaSGD(m, inner_steps=INNER_STEPS, inner_lr=INNER_LR, head_init="learned", **kw),
 ])  # fmt: skip
 def test_head_lr_sets_the_outer_rate_of_the_heads_only(model64, make):
     lr, head_lr = 0.01, 0.5
@@ -146,7 +147,7 @@ def test_head_lr_sets_the_outer_rate_of_the_heads_only(model64, make):
     accumulate_meta_gradient(algorithm, dict(model64.named_parameters()), [random_episode(seed=0)])
     grads = {n: p.grad.clone() for n, p in trained.items() if p.grad is not None}
     optimizer.step()
-    heads = {n for n in trained if n.split(".")[0] in ("head", "pretrain_head")}
+    heads = {n for n in trained if n.removeprefix("inner_lr.").split(".")[0] in ("head", "pretrain_head")}
     assert heads & set(grads) and set(grads) - heads  # both groups took a step
     for name, grad in grads.items():  # plain SGD: theta - rate * gradient, by hand
         rate = head_lr if name in heads else lr

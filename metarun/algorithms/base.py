@@ -218,8 +218,9 @@ class Algorithm:
         return {**dict(self.model.named_parameters()), **self.extra_parameters()}
 
     def head_names(self) -> set[str]:
-        """The trained tensors that `head_lr` sets the outer rate of."""
-        return set(HEAD)
+        """The trained tensors that `head_lr` sets the outer rate of: the head and a learned inner rule's rates for
+        it (Meta-SGD's bias rate must move from `inner_lr` to near 0 to keep a label prior through adaptation)."""
+        return {*HEAD, *(LR_PREFIX + n for n in HEAD)}
 
     def outer_parameter_groups(self) -> list[dict]:
         """The outer optimizer's parameter groups: everything at its own rate, or with `head_lr` the heads apart,
