@@ -66,10 +66,12 @@ class LogLines:
         self.seconds = seconds
         self.started = self.shown_at = time.monotonic()
         self.pending: tuple[int, str, float] | None = None  # (step, status, when)
+        self.first_done: tuple[int, float] | None = None  # the ETA's pace is counted from here (not setup's time)
 
     def step(self, step: int, status: str) -> None:
         self.flush(force=False)
-        self.pending = (step, status, time.monotonic())
+        now = time.monotonic()
+        self.pending, self.first_done = (step, status, now), self.first_done or (step, now)
 
     def validation(self, step: int, result: str) -> None:
         if self.pending is not None and self.pending[0] == step:
@@ -92,11 +94,10 @@ class LogLines:
             self._show(step, status, at)
 
     def _show(self, step: int, status: str, at: float) -> None:
-        elapsed = at - self.started
-        done = step - self.first + 1
-        eta = elapsed / done * (self.total - step) if done > 0 else 0.0
-        line = (f"meta-train step {step}/{self.total} ({100 * step / self.total:.0f}%) | elapsed {_clock(elapsed)} | "
-                f"eta {_clock(eta)} | {status}")  # fmt: skip
+        first_step, first_at = self.first_done or (step, at)
+        eta = _clock((at - first_at) / (step - first_step) * (self.total - step)) if step > first_step else "-"
+        line = (f"meta-train step {step}/{self.total} ({100 * step / self.total:.0f}%) | elapsed "
+                f"{_clock(at - self.started)} | eta {eta} | {status}")  # fmt: skip
         console.print(line, soft_wrap=True, markup=False, highlight=False)
         self.shown_at = at
 

@@ -83,6 +83,8 @@ def test_log_lines_come_every_few_steps_and_at_each_validation(monkeypatch):
 
     out = io.StringIO()
     monkeypatch.setattr(reporting, "console", Console(file=out, width=30))  # not a terminal, and narrow
+    clock = iter(float(t) for t in [0, 1000, *range(1001, 1200)])  # setup took 1000 s, then 1 s per step
+    monkeypatch.setattr(reporting.time, "monotonic", lambda: next(clock))
     lines = reporting.LogLines(100, lines=10)
     for step in range(1, 101):
         lines.step(step, f"loss {1 / step:.3f} acc 0.50")
@@ -93,6 +95,7 @@ def test_log_lines_come_every_few_steps_and_at_each_validation(monkeypatch):
     steps = [int(re.match(r"meta-train step (\d+)/100 ", line).group(1)) for line in shown]
     assert steps == [1, 10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 90, 100]
     assert shown[3].endswith("| loss 0.040 acc 0.50 | val 61.00 ± 2.00") and " eta " in shown[3]
+    assert "| eta - |" in shown[0] and "| eta 0:01:15 |" in shown[3]  # 75 steps left at the steps' own pace
 
 
 def test_swept_settings_are_the_overrides_that_differ(tmp_path):
