@@ -196,6 +196,9 @@ class TaskConfig:
     n_query: int = setting(15, least=1)  # query examples per class
     # query examples per class in meta-training episodes (fewer is faster); null: n_query
     meta_train_query: Optional[int] = setting(None, least=1)
+    # classes per meta-training episode for algorithms that build their head from each support set (protonet: more
+    # ways in training than in testing help, Snell et al., 2017); null: n_way
+    meta_train_way: Optional[int] = setting(None, least=2)
     drop_small_classes: bool = False  # true: leave out classes with fewer than k_shot + n_query examples
     # permuted: labels drawn anew for every episode | fixed: a class's label id is its label name's place among the
     # sorted names, in every episode (a label set that every domain shares, e.g. sentiment across products)

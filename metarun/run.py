@@ -88,8 +88,9 @@ def make_samplers(corpus: Corpus, tokens: torch.Tensor, task: DictConfig, rows: 
             [row_classes[i] for i in index], [corpus.domains[i] for i in index] if by_domain else None
         )
         n_query = task.n_query if name != "train" or task.get("meta_train_query") is None else task.meta_train_query
+        n_way = task.n_way if name != "train" or task.get("meta_train_way") is None else task.meta_train_way
         samplers[name] = EpisodeSampler(
-            tokens[index], [row_classes[i] for i in index], groups, task.n_way, task.k_shot, n_query,
+            tokens[index], [row_classes[i] for i in index], groups, n_way, task.k_shot, n_query,
             split_name=name, drop_small_classes=task.drop_small_classes, fixed_labels=task.labels == "fixed",
             natural_query=task.query == "natural",
         )  # fmt: skip
@@ -220,10 +221,19 @@ def build_algorithm(cfg: DictConfig, tokenizer: Tokenizer, n_train_classes: int,
         OmegaConf.create(architecture), vocab_size=tokenizer.get_vocab_size(), pad_id=padding_id(tokenizer),
         n_classes=cfg.task.n_way,
     ).to(device)  # fmt: skip
-    return build(
+    algorithm = build(
         cfg.algo, model=model, n_train_classes=n_train_classes, diagnostic_scores=cfg.train.diagnostic_scores,
         autocast_dtype=resolve_precision(cfg.device.precision, device, model.prefers_bf16),
     )  # fmt: skip
+    way = cfg.task.get("meta_train_way")
+    if way not in (None, cfg.task.n_way) and (not algorithm.any_n_way or cfg.task.labels == "fixed"):
+        raise UserError(
+            f"task.meta_train_way={way} differs from task.n_way={cfg.task.n_way}, which only an algorithm that builds "
+            f"its head from each support set can train with (algo=protonet), and only with task.labels=permuted; "
+            f"this run has {type(algorithm).__name__} with task.labels={cfg.task.labels}. Remove "
+            "task.meta_train_way, or set it to task.n_way."
+        )
+    return algorithm
 
 
 def claim_run_folder(output_dir: Path, cfg: DictConfig) -> tuple[Path, dict | None]:

@@ -139,3 +139,21 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert last["step"] == step - 1
     assert all(torch.isfinite(t).all() for t in last["model"].values())
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_protonet_meta_trains_on_wider_episodes_than_it_tests_and_maml_refuses(tmp_path):
+    import random
+
+    from metarun.config import compose
+    from metarun.run import prepare_episodes
+
+    _, samplers, _ = prepare_episodes(compose("config", ["algo=protonet", "task.meta_train_way=8"]))
+    widths = {name: len(s.sample(random.Random(0)).support_y.unique()) for name, s in samplers.items()}
+    assert widths == {"train": 8, "val": 5, "test": 5}
+    no_inner_loop = [o for o in FAST if not o.startswith("algo.")]
+    result = metarun(*no_inner_loop, f"hydra.run.dir={tmp_path / 'proto'}", "algo=protonet", "task.meta_train_way=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "proto" / "metrics.json").read_text())
+    assert metrics["n_way"] == 5 and 0.0 <= metrics["test_acc"] <= 1.0
+    message = bad_input(tmp_path, "algo=maml", "task.meta_train_way=8")
+    assert "task.meta_train_way=8" in message and "task.n_way=5" in message and "MAML" in message

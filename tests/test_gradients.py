@@ -175,9 +175,11 @@ def test_maml_refuses_a_non_differentiable_inner_optimizer(model64):
         MAML(model64, inner_optimizer="adam")
 
 
-def test_protonet_prototypes_distances_and_gradient(model64, episode):
+@pytest.mark.parametrize("n_way", [3, 5])  # the model's head has 3 rows; task.meta_train_way trains wider episodes
+def test_protonet_prototypes_distances_and_gradient(model64, n_way):
     from metarun.algorithms import ProtoNet
 
+    episode = random_episode(n_way=n_way)
     algorithm = ProtoNet(model64)
     params = dict(model64.named_parameters())
     support = model64(episode.support_x, features_only=True)

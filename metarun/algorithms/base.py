@@ -65,6 +65,8 @@ class Algorithm:
     `outer_parameter_groups`); `n_train_classes` is the number of meta-training classes.
     """
 
+    any_n_way = False  # whether meta-training episodes may have another number of classes than the model's head
+
     def __init__(
         self,
         model: nn.Module,

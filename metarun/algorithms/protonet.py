@@ -20,6 +20,7 @@ from metarun.episodes import Episode
 
 class ProtoNet(Algorithm):
     learns_head = False  # the prototypes replace the model's head in every episode
+    any_n_way = True  # one prototype per class of the support set, however many (task.meta_train_way)
 
     def __init__(self, *args, distance: str = "euclidean", meta_train: bool = True, **kwargs) -> None:
         super().__init__(*args, inner_steps=0, eval_inner_steps=0, meta_trains=meta_train, **kwargs)
@@ -32,7 +33,7 @@ class ProtoNet(Algorithm):
         return features if features_only else head_logits(params, features)
 
     def adapt(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor) -> Params:
-        features, n_way = self.logits(params, tokens, features_only=True), params["head.weight"].shape[0]
+        features, n_way = self.logits(params, tokens, features_only=True), int(labels.max()) + 1
         if self.distance == "cosine":
             weight, bias = cosine_prototype_head(features, labels, n_way, self.prototype_scale)
         else:
