@@ -104,7 +104,8 @@ class AlgoConfig:
     outer_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     outer_scope: str = setting("all", choices=SCOPES)  # what meta-training updates
     top_layers: int = setting(2, least=0)  # k for the "top" scopes
-    # the outer rate of the heads (a learned N-way head, finetune's pre-training head); null: outer_optimizer.lr
+    # the outer rate of the heads (a learned N-way head and its learned inner rates, finetune's pre-training head);
+    # null: outer_optimizer.lr
     head_lr: Optional[float] = setting(None, above=0.0)
 
 

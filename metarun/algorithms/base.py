@@ -221,7 +221,7 @@ class Algorithm:
 
     def head_names(self) -> set[str]:
         """The trained tensors that `head_lr` sets the outer rate of: the head and a learned inner rule's rates for
-        it (Meta-SGD's bias rate must move from `inner_lr` to near 0 to keep a label prior through adaptation)."""
+        it (Adam moves a rate started at `inner_lr`, e.g. 5, by about the outer rate per step)."""
         return {*HEAD, *(LR_PREFIX + n for n in HEAD)}
 
     def outer_parameter_groups(self) -> list[dict]:
