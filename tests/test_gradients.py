@@ -470,6 +470,22 @@ def test_meta_gradients_read_from_cached_lower_layers_equal_the_full_model(inner
         torch.testing.assert_close(found[name], expected[name], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_protonet_reads_cached_lower_layers_with_the_full_models_gradient(distance):
+    from metarun.algorithms import ProtoNet
+
+    model, episode = tiny_model(), random_episode(seed=5)
+    algorithm = ProtoNet(model, distance=distance, outer_scope="top", top_layers=1)
+    params = dict(model.named_parameters())
+    cached = algorithm.cached(params, [episode.support_x, episode.query_x], algorithm.trained_names())
+    assert cached.cache.layers == 1  # only the head is written per episode, and the outer loop trains layer 1 up
+    expected, _ = algorithm.meta_gradient(params, episode)
+    found, _ = cached.meta_gradient(params, episode)
+    assert sorted(found) == sorted(expected) == sorted(n for n in params if n.startswith(("layers.1.", "final_norm.")))
+    for name in expected:
+        torch.testing.assert_close(found[name], expected[name], rtol=1e-9, atol=1e-12)
+
+
 def test_a_frozen_encoder_caches_features_and_a_trained_embedding_caches_nothing():
     model = tiny_model()
     params = dict(model.named_parameters())

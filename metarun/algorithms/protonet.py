@@ -23,7 +23,8 @@ class ProtoNet(Algorithm):
     any_n_way = True  # one prototype per class of the support set, however many (task.meta_train_way)
 
     def __init__(self, *args, distance: str = "euclidean", meta_train: bool = True, **kwargs) -> None:
-        super().__init__(*args, inner_steps=0, eval_inner_steps=0, meta_trains=meta_train, **kwargs)
+        # adapting only writes the head, so with algo.outer_scope=top the layers below are read from a table
+        super().__init__(*args, inner_steps=0, eval_inner_steps=0, inner_scope="head", meta_trains=meta_train, **kwargs)
         self.distance = distance
 
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
