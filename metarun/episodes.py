@@ -74,7 +74,7 @@ class Episode:
     support_y: torch.Tensor  # [N*K] labels in 0..N-1
     query_x: torch.Tensor  # [N*Q, L]
     query_y: torch.Tensor  # [N*Q]
-    class_ids: torch.Tensor  # [N] each episode label's index among its split's classes (fixed labels: the label id)
+    class_ids: torch.Tensor  # [N] label l's class: its index among its split's classes (fixed labels: l itself)
 
     @property
     def n_way(self) -> int:
@@ -155,12 +155,16 @@ class EpisodeSampler:
                     for row in sorted(set(self.rows[c].tolist()) - set(s.tolist()))]  # fmt: skip
             drawn = rng.sample(left, self.n_way * self.n_query)
             query, query_y = [torch.tensor([r for r, _ in drawn])], [torch.stack([y for _, y in drawn])]
+        if self.label_ids is None:
+            class_ids = torch.tensor([self.class_index[c] for c in classes])
+        else:  # label l's class is l itself, whatever order the classes were drawn in
+            class_ids = torch.arange(self.n_way)
         return Episode(
             support_x=trim_padding(self.tokens[torch.cat(support)]),
             support_y=labels.repeat_interleave(self.k_shot),
             query_x=trim_padding(self.tokens[torch.cat(query)]),
             query_y=torch.cat(query_y),
-            class_ids=labels if self.label_ids is not None else torch.tensor([self.class_index[c] for c in classes]),
+            class_ids=class_ids,
         )
 
     @property

@@ -130,7 +130,9 @@ def test_fixed_labels_keep_each_label_name_on_its_id_in_every_episode():
             ids = {label_of_row[int(t)]: int(y) for t, y in zip(episode.support_x[:, 0], episode.support_y)}
             if sampler is fixed:
                 assert ids == {"negative": 0, "positive": 1}  # the sorted names' places, whatever the draw
-                assert episode.class_ids.tolist() == episode.support_y[::2].tolist()  # class ids are label ids
+                # what a supervised baseline trains each row on, class_ids[label], is the row's own label id
+                names = [label_of_row[int(t)] for t in episode.support_x[:, 0]]
+                assert episode.class_ids[episode.support_y].tolist() == [ids[n] for n in names]
             else:
                 seen.add(ids["negative"])
     assert seen == {0, 1}  # permuted: "negative" is label 0 in some episodes and 1 in others
