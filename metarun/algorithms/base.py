@@ -226,7 +226,7 @@ class Algorithm:
 
     def outer_parameter_groups(self) -> list[dict]:
         """The outer optimizer's parameter groups: everything at its own rate, or with `head_lr` the heads apart,
-        since a linear head over normalised features wants a far larger rate than pretrained layers do."""
+        so that a fresh head can move faster than pretrained layers."""
         trained = self.trained_tensors()
         heads = self.head_names() if self.head_lr is not None else set()
         groups = [{"params": [p for n, p in trained.items() if n not in heads]}]
