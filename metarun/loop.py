@@ -50,7 +50,7 @@ def accumulate_meta_gradient(
     Under torchrun each process computes its share of `episodes` and an all-reduce sums the shares."""
     ranks = Ranks.current()
     share = ranks.share(episodes)
-    trained = algorithm.trained_tensors()
+    trained = {**params, **algorithm.extra_parameters()}  # `params` as given: no walk over the model's modules per step
     count = len(episodes)
     if algorithm.batched:
         mean, stats = algorithm.batched_meta_gradient(params, share, outer_step)
