@@ -310,6 +310,9 @@ class EvaluateConfig(Config):
 
     run: str = MISSING  # the run folder to score
     checkpoint: str = setting("best", choices=("best", "last"))
+    # with fixed tasks, the file of each that is scored; dev chooses test-time settings (algo.eval_inner_steps)
+    # without reading the test files
+    scored: str = setting("test", choices=("test", "dev"))
 
 
 @dataclass

@@ -397,13 +397,14 @@ class TestScores:
 
 
 def score_test(cfg: DictConfig, algorithm: Algorithm, params: Params, tokenizer: Tokenizer,
-               sampler: EpisodeSampler | None, device: torch.device) -> TestScores:  # fmt: skip
-    """Adapt and score on the fixed evaluation tasks, or on `eval.test_episodes` episodes of `sampler`; adaptation's
-    own random draws (a fresh head) come from `eval.seed`, so every command that tests a run gets the same numbers."""
+               sampler: EpisodeSampler | None, device: torch.device, scored: str = "test") -> TestScores:  # fmt: skip
+    """Adapt and score on the fixed evaluation tasks' `scored` files, or on `eval.test_episodes` episodes of
+    `sampler`; adaptation's own random draws (a fresh head) come from `eval.seed`, so every command that tests a run
+    gets the same numbers."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.eval.seed + 1)
         if cfg.task.eval_tasks:  # one score per fixed task; the intervals are over tasks
-            fixed = fixed_task_episodes(cfg.task, cfg.data, tokenizer)
+            fixed = fixed_task_episodes(cfg.task, cfg.data, tokenizer, scored)
             per_task = [(name, episode_scores(algorithm, params, [episode], device)[0]) for name, episode, _ in fixed]
             return TestScores.of_tasks(per_task, {name: labels for name, _, labels in fixed})
         episodes = sampler.fixed_episodes(cfg.eval.test_episodes, cfg.eval.seed + 1)
@@ -440,6 +441,7 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
         OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
         if key in cfg.choices:  # another option of a group: its name too
             run_cfg.choices[key] = cfg.choices[key]
+    _refuse_missing_dev_files(cfg.scored, run_cfg.task)
     print_config(run_cfg)
     model = model_from_checkpoint(saved, run_cfg.device.name, run_cfg)
     sampler = None
@@ -451,13 +453,15 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
         sampler = make_samplers(corpus, encode(model.tokenizer, corpus.texts), run_cfg.task, {"test": rows["test"]})
         sampler = sampler["test"]
     params = model.head_of_size(run_cfg.task.n_way)
-    test = score_test(run_cfg, model.algorithm, params, model.tokenizer, sampler, model.device)
-    metrics = {**test.metrics(), "run": str(Path(cfg.run).resolve()), "checkpoint": cfg.checkpoint,
-               "step": model.step, "changed": {k: _plain(OmegaConf.select(run_cfg, k)) for k in changed},
+    test = score_test(run_cfg, model.algorithm, params, model.tokenizer, sampler, model.device, cfg.scored)
+    metrics = {**test.metrics(), "scored": cfg.scored, "run": str(Path(cfg.run).resolve()),
+               "checkpoint": cfg.checkpoint, "step": model.step,
+               "changed": {k: _plain(OmegaConf.select(run_cfg, k)) for k in changed},
                **identity(run_cfg, model.device)}  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=1))
-    print_results(f"{title(run_cfg)} · {cfg.checkpoint}.pt of {cfg.run}", test.rows())
+    files = f" · its {cfg.scored} files" if run_cfg.task.eval_tasks else ""
+    print_results(f"{title(run_cfg)} · {cfg.checkpoint}.pt of {cfg.run}{files}", test.rows())
     return test.accuracy.mean
 
 
@@ -470,7 +474,7 @@ def _changed_settings(overrides) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))]
-    keys = [k for k in keys if k not in ("run", "checkpoint")]
+    keys = [k for k in keys if k not in ("run", "checkpoint", "scored")]
     refused = [k for k in keys if not (k in EVAL_CHANGES or k.split(".")[0] in EVAL_GROUPS)]
     if refused:
         raise UserError(
@@ -478,6 +482,19 @@ def _changed_settings(overrides) -> list[str]:
             f"algorithm. It may change: {', '.join(EVAL_CHANGES)} (and anything inside data, task, eval and device)."
         )
     return keys
+
+
+def _refuse_missing_dev_files(scored: str, task: DictConfig) -> None:
+    """`scored=dev` reads each fixed task's dev file: there must be fixed tasks, and each must name one."""
+    if scored != "dev":
+        return
+    lacking = [t.name for t in task.eval_tasks if not t.dev]
+    if not task.eval_tasks or lacking:
+        which = f"these fixed tasks name no dev file: {', '.join(lacking)}" if lacking else "the run has no fixed tasks"
+        raise UserError(
+            f"scored=dev scores each fixed task's dev file, but {which}. Give every task in task.eval_tasks a dev "
+            "file ({name: ..., train: ..., test: ..., dev: ...}), or score the test files (scored=test)."
+        )
 
 
 def _refuse_other_split(cfg: DictConfig, run_task: dict) -> None:

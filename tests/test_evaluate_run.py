@@ -72,6 +72,26 @@ def test_fixed_tasks_on_other_data_report_three_metrics(tmp_path):
     assert metrics["test_ci95"] is None  # one task: no interval, and no NaN
 
 
+def test_scored_dev_scores_each_fixed_tasks_dev_file(tmp_path):
+    folder = trained(tmp_path / "run", "algo=protonet")
+    train, test = other_data(tmp_path / "train.jsonl"), other_data(tmp_path / "test.jsonl")
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(test.read_text().splitlines(keepends=True)[::3]))  # a third of the test file
+    spec = f"task.eval_tasks=[{{name:mine,train:'{train}',dev:'{dev}',test:'{test}'}}]"
+    on_dev = evaluated(folder, tmp_path / "dev", spec, "task.n_way=12", "scored=dev")
+    as_test = f"task.eval_tasks=[{{name:mine,train:'{train}',test:'{dev}'}}]"  # the same file named as the test
+    expected = evaluated(folder, tmp_path / "as-test", as_test, "task.n_way=12")
+    assert on_dev["scored"] == "dev" and expected["scored"] == "test"
+    assert on_dev["per_task_acc"] == expected["per_task_acc"]
+    assert on_dev["per_task_recall"] == expected["per_task_recall"]
+    on_test = evaluated(folder, tmp_path / "test", spec, "task.n_way=12")
+    assert sum(on_test["per_task_recall"]["mine"].values()) != sum(on_dev["per_task_recall"]["mine"].values())
+    with pytest.raises(UserError, match=r"scored=dev .* these fixed tasks name no dev file: mine"):
+        evaluated(folder, tmp_path / "no-dev", as_test, "task.n_way=12", "scored=dev")
+    with pytest.raises(UserError, match=r"scored=dev .* the run has no fixed tasks"):
+        evaluated(folder, tmp_path / "no-tasks", "scored=dev")
+
+
 def test_settings_the_checkpoint_was_trained_with_cannot_change(tmp_path):
     folder = trained(tmp_path / "run")
     for override in ("model=small", "algo.inner_lr=0.1", "train.outer_steps=5"):
