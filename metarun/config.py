@@ -125,7 +125,9 @@ class AdaptingAlgoConfig(AlgoConfig):
 class InnerLoopAlgoConfig(AdaptingAlgoConfig):
     """Algorithms that also adapt during meta-training (MAML, Reptile)."""
 
-    inner_steps: int = setting(3, least=0)  # steps on the support set during meta-training
+    # steps on the support set during meta-training; the start is meta-learned for exactly this many, so with a large
+    # inner_lr (steps that overshoot) give eval_inner_steps the same number
+    inner_steps: int = setting(3, least=0)
     # auto: batched over tasks with torch.func.vmap on CUDA, task by task on CPU
     batch_tasks: Any = setting("auto", choices=("auto", True, False))
 
