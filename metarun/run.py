@@ -199,9 +199,10 @@ def meta_training_view(
     with eval_mode(algorithm.model):  # the frozen part is computed once, without dropout
         view = algorithm.cached(dict(algorithm.model.named_parameters()), tokens, algorithm.trained_names())
     if view is not algorithm:
-        part = "features" if view.cache.layers is None else f"first {view.cache.layers} layers"
+        layers = view.cache.layers
+        part = "features" if layers is None else "first layer" if layers == 1 else f"first {layers} layers"
         reporting.console.print(
-            f"Meta-training leaves the encoder's {part} as they are: computed once for {len(view.cache.values)} texts "
+            f"Meta-training leaves the encoder's {part} unchanged: computed once for {len(view.cache.values)} texts "
             f"in {time.perf_counter() - started:.0f} s, read from memory from now on."
         )
     return view
