@@ -26,6 +26,7 @@ import itertools
 import json
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -86,10 +87,21 @@ def run_cell(cell: Cell, args: argparse.Namespace, folder: Path) -> Run:
         command = [METARUN, *cell_overrides(cell, args), where]
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "benchmark.log", "a") as log:
-            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
-        if done.returncode != 0:
-            raise SystemExit(f"cell {cell.name} failed (exit {done.returncode}); see {folder / 'benchmark.log'}")
+            returncode = run_to_the_end(command, log)
+        if returncode != 0:
+            raise SystemExit(f"cell {cell.name} failed (exit {returncode}); see {folder / 'benchmark.log'}")
     return load_run(folder)
+
+
+def run_to_the_end(command: list[str], log) -> int:
+    """Run `command` and return its exit status. A SIGTERM to this script reaches the command too, so that a stopped
+    benchmark leaves no run writing into its cell (Ctrl-C reaches both through the terminal already)."""
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    previous = signal.signal(signal.SIGTERM, lambda signum, _: child.send_signal(signum))
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def aggregate(results: list[tuple[Cell, Run]]) -> list[Row]:

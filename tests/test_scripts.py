@@ -51,6 +51,31 @@ def test_benchmark_runs_a_matrix_writes_the_table_and_resumes(tmp_path):
     assert "Not run yet: fewshot_cls_1shot_maml_seed0." in readme.read_text()
 
 
+def test_a_stopped_benchmark_stops_its_running_cell_too(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "child.pid"
+    child = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent = (
+        "import sys; sys.path.insert(0, 'scripts'); import benchmark; "
+        f"print(benchmark.run_to_the_end([sys.executable, '-c', {child!r}], None))"
+    )
+    script = subprocess.Popen([sys.executable, "-c", parent], cwd=Path(__file__).parents[1], stdout=subprocess.PIPE)
+    for _ in range(200):  # until the cell's command has started
+        if marker.is_file() and marker.read_text():
+            break
+        time.sleep(0.05)
+    script.send_signal(signal.SIGTERM)
+    out, _ = script.communicate(timeout=20)
+    assert out.decode().strip() == str(-signal.SIGTERM)  # the cell's command ended by the SIGTERM sent on to it
+    with pytest.raises(ProcessLookupError):  # the cell's command is gone, not orphaned
+        os.kill(int(marker.read_text()), 0)
+
+
 def test_benchmark_aggregates_seeds_with_a_t_interval(tmp_path):
     from metarun.report import Run
 
