@@ -1,4 +1,9 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,12 +57,6 @@ def test_benchmark_runs_a_matrix_writes_the_table_and_resumes(tmp_path):
 
 
 def test_a_stopped_benchmark_stops_its_running_cell_too(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     marker = tmp_path / "child.pid"
     child = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     parent = (
