@@ -453,6 +453,11 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(" ".join(problems))
 
 
+def every_task_has_dev_file(task: DictConfig) -> bool:
+    """Whether there are fixed evaluation tasks and each names a dev file (which then validates, or is scored)."""
+    return bool(task.eval_tasks) and all(t.dev for t in task.eval_tasks)
+
+
 def _split_problems(task: DictConfig) -> list[str]:
     """An empty meta-test or meta-val split needs fixed tasks that stand in for it."""
     problems = []
@@ -461,7 +466,7 @@ def _split_problems(task: DictConfig) -> list[str]:
             "task.split.test=0 leaves no meta-test classes or domains; it is for fixed evaluation tasks "
             "(task.eval_tasks), which are then the test. Give task.split.test a fraction or a count, or eval tasks."
         )
-    if task.split.val == 0 and not (task.eval_tasks and all(t.dev for t in task.eval_tasks)):
+    if task.split.val == 0 and not every_task_has_dev_file(task):
         problems.append(
             "task.split.val=0 leaves nothing to validate on; it is for fixed evaluation tasks that each name a dev "
             "file (task.eval_tasks=[{name: ..., train: ..., test: ..., dev: ...}]). Give task.split.val a fraction "

@@ -25,7 +25,7 @@ from metarun.checkpoint import (
     same_run_config,
     write_text_atomically,
 )
-from metarun.config import check_config
+from metarun.config import check_config, every_task_has_dev_file
 from metarun.data import Corpus, load_local
 from metarun.episodes import (
     SPLITS,
@@ -182,8 +182,7 @@ def prepare_episodes(cfg: DictConfig) -> tuple[Tokenizer, dict[str, EpisodeSampl
 def validation_episodes(cfg: DictConfig, tokenizer: Tokenizer, samplers: dict[str, EpisodeSampler]) -> list[Episode]:
     """What every validation scores: each fixed task's dev file when they all name one, else the same
     `eval.val_episodes` meta-val episodes."""
-    tasks = cfg.task.eval_tasks
-    if tasks and all(t.dev for t in tasks):
+    if every_task_has_dev_file(cfg.task):
         return [episode for _, episode, _ in fixed_task_episodes(cfg.task, cfg.data, tokenizer, scored="dev")]
     return samplers["val"].fixed_episodes(cfg.eval.val_episodes, cfg.eval.seed)
 
@@ -487,10 +486,8 @@ def _changed_settings(overrides) -> list[str]:
 
 def _refuse_missing_dev_files(scored: str, task: DictConfig) -> None:
     """`scored=dev` reads each fixed task's dev file: there must be fixed tasks, and each must name one."""
-    if scored != "dev":
-        return
-    lacking = [t.name for t in task.eval_tasks if not t.dev]
-    if not task.eval_tasks or lacking:
+    if scored == "dev" and not every_task_has_dev_file(task):
+        lacking = [t.name for t in task.eval_tasks if not t.dev]
         which = f"these fixed tasks name no dev file: {', '.join(lacking)}" if lacking else "the run has no fixed tasks"
         raise UserError(
             f"scored=dev scores each fixed task's dev file, but {which}. Give every task in task.eval_tasks a dev "
