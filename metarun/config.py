@@ -38,6 +38,8 @@ def setting(default: Any = MISSING, *, least: float | None = None, above: float 
 
 SCOPES = ("all", "top", "head")  # every parameter | the top `top_layers` encoder layers and all above | the head
 HEAD_INITS = ("learned", "zero", "random", "prototypes")  # prototypes: Proto-MAML (Triantafillou et al., 2020)
+# the scores averaged over episodes or tasks, with their short names in metrics.json keys and TensorBoard tags
+METRICS = {"accuracy": "acc", "balanced_accuracy": "balanced_acc", "macro_f1": "macro_f1"}
 
 
 # ---- model ----
@@ -289,6 +291,8 @@ class EvalConfig:
     val_episodes: int = setting(50, least=1)  # the same meta-validation episodes at every validation
     test_episodes: int = setting(600, least=1)  # meta-test episodes scored with the best checkpoint
     seed: int = 0  # validation episodes use this seed, test episodes seed + 1
+    # the validation score that picks best.pt; on imbalanced dev files accuracy rewards leaning to the majority label
+    select_by: str = setting("accuracy", choices=tuple(METRICS))
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from metarun.algorithms import Algorithm, Params
+from metarun.config import METRICS
 from metarun.distributed import Ranks
 from metarun.stats import half_width_95
 from metarun.episodes import Episode
@@ -49,9 +50,6 @@ class Scores:
     balanced_accuracy: float  # mean recall over the classes present in the query set
     macro_f1: float  # mean F1 over the classes present in the query set or predicted for it
     recall: tuple[float | None, ...] = ()  # each class's recall, by label id; None for a class absent from the query
-
-
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")  # the scores averaged over episodes or tasks
 
 
 def classification_scores(predicted: torch.Tensor, target: torch.Tensor, n_classes: int | None = None) -> Scores:

@@ -21,7 +21,7 @@ from metarun.checkpoint import Checkpoints, TrainState
 from metarun.distributed import Ranks
 from metarun.episodes import Episode, EpisodeSampler
 from metarun.errors import RunInterrupted, UserError, stop_signals
-from metarun.evaluation import evaluate
+from metarun.evaluation import episode_scores, summarize
 from metarun.reporting import RunReporter
 
 
@@ -31,6 +31,7 @@ class TrainSettings:
     meta_batch_size: int
     grad_clip: float | None
     val_interval: int
+    select_by: str  # the validation score that picks the best step (a name of config.METRICS)
 
 
 def build_outer_optimizer(
@@ -132,8 +133,9 @@ def meta_train(
             state.step, is_best = step, False
             validates = step % settings.val_interval == 0 or step == settings.outer_steps
             if validates:
-                val = evaluate(algorithm, params, val_episodes, device)
-                reporter.log_validation(step, val)
+                scores = summarize(episode_scores(algorithm, params, val_episodes, device))
+                reporter.log_validation(step, scores, settings.select_by)
+                val = scores[settings.select_by]
                 is_best = state.best is None or val.mean > state.best.mean
                 if is_best:
                     state.best, state.best_step = val, step

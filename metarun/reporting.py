@@ -17,10 +17,11 @@ from rich.table import Table
 from rich.tree import Tree
 
 from metarun.algorithms import TaskStats
-from metarun.config import CONF_DIR
+from metarun.config import CONF_DIR, METRICS
 from metarun.evaluation import EvalResult
 
 console = Console()
+METRIC_HEADERS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1"}  # as shown
 TITLE_ORDER = ("experiment", "tuning", "budget", "model", "algo", "task", "data", "device")
 
 
@@ -175,12 +176,15 @@ class RunReporter:
         else:
             self.progress.step(step, f"grad norm {grad_norm:.3f}")
 
-    def log_validation(self, step: int, result: EvalResult) -> None:
+    def log_validation(self, step: int, scores: dict[str, EvalResult], selected: str) -> None:
+        """Every validation score (by name of `config.METRICS`); the progress shows the one that picks the best."""
         if self.writer is None:
             return
-        self.writer.add_scalar("val/acc", result.mean, step)
-        self.writer.add_scalar("val/acc_ci95", result.ci95, step)
-        self.progress.validation(step, str(result))
+        for metric, result in scores.items():
+            self.writer.add_scalar(f"val/{METRICS[metric]}", result.mean, step)
+            self.writer.add_scalar(f"val/{METRICS[metric]}_ci95", result.ci95, step)
+        shown = "" if selected == "accuracy" else f"{METRIC_HEADERS[selected]} "
+        self.progress.validation(step, f"{shown}{scores[selected]}")
 
     def log_hparams(self, hparams: dict, metrics: dict) -> None:
         if self.writer is None:
@@ -190,14 +194,13 @@ class RunReporter:
 
 def print_results(title: str, rows: list[tuple[str, EvalResult | dict[str, EvalResult]]]) -> None:
     """One row per split or task: an EvalResult is its accuracy; a dict gives results by metric name (those of
-    `evaluation.METRICS`), one column each for the metrics any row has (a row without one leaves its cell blank)."""
-    headers = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1"}
+    `config.METRICS`), one column each for the metrics any row has (a row without one leaves its cell blank)."""
     rows = [(name, result if isinstance(result, dict) else {"accuracy": result}) for name, result in rows]
-    metrics = [m for m in headers if any(m in results for _, results in rows)]
+    metrics = [m for m in METRIC_HEADERS if any(m in results for _, results in rows)]
     table = Table(title=title)
     table.add_column("split", no_wrap=True)
     for metric in metrics:
-        table.add_column(f"{headers[metric]} % (95% CI)", justify="right")
+        table.add_column(f"{METRIC_HEADERS[metric]} % (95% CI)", justify="right")
     table.add_column("episodes", justify="right")
     for name, results in rows:
         cells = [str(results[m]) if m in results else "" for m in metrics]

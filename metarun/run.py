@@ -25,7 +25,7 @@ from metarun.checkpoint import (
     same_run_config,
     write_text_atomically,
 )
-from metarun.config import check_config, every_task_has_dev_file
+from metarun.config import METRICS, check_config, every_task_has_dev_file
 from metarun.data import Corpus, load_local
 from metarun.episodes import (
     SPLITS,
@@ -302,7 +302,11 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
     checkpoints = Checkpoints(output_dir / "checkpoints", OmegaConf.to_container(cfg, resolve=True), tokenizer.to_str())
     checkpoints.prepare(algorithm)
     settings = TrainSettings(
-        cfg.train.outer_steps, cfg.train.meta_batch_size, cfg.train.grad_clip, cfg.eval.val_interval
+        cfg.train.outer_steps,
+        cfg.train.meta_batch_size,
+        cfg.train.grad_clip,
+        cfg.eval.val_interval,
+        cfg.eval.select_by,
     )
     optimizer, schedule = build_outer_optimizer(algorithm, instantiate(cfg.train.lr_schedule))
     rng = random.Random(cfg.seed)
@@ -325,9 +329,10 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
         train_seconds = time.perf_counter() - started
         best_step = checkpoints.load_best(algorithm)
         params = dict(algorithm.model.named_parameters())
-        best_val = state.best or evaluate(algorithm, params, val_episodes, device)
+        best_val = state.best or summarize(episode_scores(algorithm, params, val_episodes, device))[cfg.eval.select_by]
         started = time.perf_counter()
         test = score_test(cfg, algorithm, params, tokenizer, samplers.get("test"), device)
+        val_key = f"val_{METRICS[cfg.eval.select_by]}"  # val_ci95 and val_episodes are that score's
         timing = {
             "meta_train_seconds": train_seconds,
             "outer_step_median_seconds": statistics.median(state.step_seconds) if state.step_seconds else None,
@@ -336,17 +341,18 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
         }
         metrics = {
             **test.metrics(),
-            "val_acc": best_val.mean, "val_ci95": best_val.interval, "val_episodes": best_val.episodes,
+            "select_by": cfg.eval.select_by, val_key: best_val.mean, "val_ci95": best_val.interval,
+            "val_episodes": best_val.episodes,
             "best_step": best_step, "best_at_last_step": best_at_last_step(best_step, cfg),
             **identity(cfg, device),
         }  # fmt: skip
         if ranks.is_main:
             write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=1))
             write_text_atomically(output_dir / "timing.json", json.dumps(timing, indent=1))
-        final = ("test_acc", "val_acc", "test_balanced_acc", "test_macro_f1")
+        final = ("test_acc", val_key, "test_balanced_acc", "test_macro_f1")
         reporter.log_hparams(hparams(cfg), {f"hparam/{k}": metrics[k] for k in final if metrics[k] is not None})
 
-    print_results(title(cfg), [("meta-val (best)", best_val), *test.rows()])
+    print_results(title(cfg), [("meta-val (best)", {cfg.eval.select_by: best_val}), *test.rows()])
     if metrics["best_at_last_step"]:
         reporting.console.print(
             f"[yellow]The best validation came at the last outer step ({best_step} of {cfg.train.outer_steps}): the "
@@ -381,7 +387,7 @@ class TestScores:
         found = {"test_acc": self.accuracy.mean, "test_ci95": self.accuracy.interval,
                  "test_episodes": self.accuracy.episodes,
                  "per_task_acc": {name: s.accuracy for name, s in self.per_task}}  # fmt: skip
-        for metric, key in (("balanced_accuracy", "balanced_acc"), ("macro_f1", "macro_f1")):
+        for metric, key in ((m, k) for m, k in METRICS.items() if m != "accuracy"):
             result = self.summary[metric] if self.summary else None
             found[f"test_{key}"] = None if result is None else result.mean
             found[f"test_{key}_ci95"] = None if result is None else result.interval

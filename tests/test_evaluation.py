@@ -299,14 +299,22 @@ def test_a_best_validation_at_the_last_step_says_the_budget_may_be_the_limit(tmp
     assert metrics["best_at_last_step"] == (metrics["best_step"] == 4) == note
 
 
+def tasks_with_dev_files(folder: Path) -> str:
+    """`imbalanced_tasks` whose dev files are copies of their test files, so validation and test score alike."""
+    with_dev = imbalanced_tasks(folder, DEV_DOMAINS).replace(",test:'", ",dev:'{dev}',test:'")
+    for domain in DEV_DOMAINS:
+        (folder / f"{domain}.dev.jsonl").write_text((folder / f"{domain}.test.jsonl").read_text())
+        with_dev = with_dev.replace("{dev}", str(folder / f"{domain}.dev.jsonl"), 1)
+    return with_dev
+
+
+DEV_DOMAINS = ("domain_08", "domain_09")
+DEV_SETTINGS = ("task=domain_adapt", "data.examples_per_class=12", "task.split.val=0", "task.split.test=0")
+
+
 def test_fixed_tasks_with_dev_files_stand_in_for_the_meta_val_and_meta_test_splits(tmp_path):
-    tasks = imbalanced_tasks(tmp_path, ("domain_08", "domain_09"))
-    with_dev = tasks.replace(",test:'", ",dev:'{dev}',test:'")  # each task's dev file: its test file, renamed
-    for domain in ("domain_08", "domain_09"):
-        (tmp_path / f"{domain}.dev.jsonl").write_text((tmp_path / f"{domain}.test.jsonl").read_text())
-        with_dev = with_dev.replace("{dev}", str(tmp_path / f"{domain}.dev.jsonl"), 1)
-    settings = ("task=domain_adapt", "data.examples_per_class=12", "task.split.val=0", "task.split.test=0")
-    run(compose_config(*settings, with_dev), tmp_path / "run")
+    tasks, settings = imbalanced_tasks(tmp_path, DEV_DOMAINS), DEV_SETTINGS
+    run(compose_config(*settings, tasks_with_dev_files(tmp_path)), tmp_path / "run")
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
     splits = json.loads((tmp_path / "run/splits.json").read_text())
     assert splits["val"] == splits["test"] == [] and len(splits["train"]) == 10  # every domain meta-trains
@@ -316,6 +324,30 @@ def test_fixed_tasks_with_dev_files_stand_in_for_the_meta_val_and_meta_test_spli
         run(compose_config(*settings, tasks), tmp_path / "no-dev")
     with pytest.raises(UserError, match=r"task.split.test=0 leaves no meta-test"):
         run(compose_config("task.split.test=0"), tmp_path / "no-tasks")
+
+
+def test_select_by_keeps_the_step_with_the_best_validation_balanced_accuracy(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tasks = tasks_with_dev_files(tmp_path)
+    steps = ("train.outer_steps=6", "eval.val_interval=1", "algo=maml", "algo.head_init=learned", "seed=6")
+    found = {}
+    for metric in ("accuracy", "balanced_accuracy"):
+        run(compose_config(*DEV_SETTINGS, tasks, *steps, f"eval.select_by={metric}"), tmp_path / metric)
+        events = EventAccumulator(str(tmp_path / metric / "tensorboard"))
+        events.Reload()
+        logged = {tag: [e.value for e in events.Scalars(tag)] for tag in ("val/acc", "val/balanced_acc")}
+        found[metric] = json.loads((tmp_path / metric / "metrics.json").read_text()), logged
+    metrics, logged = found["balanced_accuracy"]
+    assert logged == found["accuracy"][1]  # the same training; only the kept step differs
+    first_best = {tag: 1 + max(range(6), key=lambda i: values[i]) for tag, values in logged.items()}
+    assert first_best["val/acc"] != first_best["val/balanced_acc"]  # seed 6: the two scores disagree
+    assert found["accuracy"][0]["best_step"] == first_best["val/acc"]
+    assert metrics["best_step"] == first_best["val/balanced_acc"] and metrics["select_by"] == "balanced_accuracy"
+    assert metrics["val_balanced_acc"] == pytest.approx(max(logged["val/balanced_acc"])) and "val_acc" not in metrics
+    # the weights tested are the kept step's: the dev files are the test files here
+    assert metrics["test_balanced_acc"] == pytest.approx(metrics["val_balanced_acc"], abs=1e-12)
+    assert metrics["test_acc"] == pytest.approx(logged["val/acc"][metrics["best_step"] - 1], abs=1e-6)
 
 
 def test_eval_shots_draw_one_fixed_support_per_task_for_every_run(tmp_path):
