@@ -270,8 +270,8 @@ def refuse_taken_folder(output_dir: Path) -> None:
 
 
 def run(cfg: DictConfig, output_dir: Path) -> float:
-    """Meta-train, validate, test the best checkpoint; returns the best validation accuracy (for sweepers).
-    Under torchrun every process runs this; rank 0 claims the folder and alone writes and prints."""
+    """Meta-train, validate, test the best checkpoint; returns the best validation score (`eval.select_by`) for
+    sweepers. Under torchrun every process runs this; rank 0 claims the folder and alone writes and prints."""
     check_config(cfg)
     if cfg.device.threads:
         torch.set_num_threads(cfg.device.threads)
