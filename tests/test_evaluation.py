@@ -299,6 +299,10 @@ def test_a_best_validation_at_the_last_step_says_the_budget_may_be_the_limit(tmp
     assert metrics["best_at_last_step"] == (metrics["best_step"] == 4) == note
 
 
+DEV_DOMAINS = ("domain_08", "domain_09")
+DEV_SETTINGS = ("task=domain_adapt", "data.examples_per_class=12", "task.split.val=0", "task.split.test=0")
+
+
 def tasks_with_dev_files(folder: Path) -> str:
     """`imbalanced_tasks` whose dev files are copies of their test files, so validation and test score alike."""
     with_dev = imbalanced_tasks(folder, DEV_DOMAINS).replace(",test:'", ",dev:'{dev}',test:'")
@@ -306,10 +310,6 @@ def tasks_with_dev_files(folder: Path) -> str:
         (folder / f"{domain}.dev.jsonl").write_text((folder / f"{domain}.test.jsonl").read_text())
         with_dev = with_dev.replace("{dev}", str(folder / f"{domain}.dev.jsonl"), 1)
     return with_dev
-
-
-DEV_DOMAINS = ("domain_08", "domain_09")
-DEV_SETTINGS = ("task=domain_adapt", "data.examples_per_class=12", "task.split.val=0", "task.split.test=0")
 
 
 def test_fixed_tasks_with_dev_files_stand_in_for_the_meta_val_and_meta_test_splits(tmp_path):
