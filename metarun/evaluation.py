@@ -123,8 +123,15 @@ def episode_scores(
     return ranks.gather([classification_scores(p, e.query_y, e.n_way) for p, e in zip(predictions, share)])
 
 
+def evaluate_scores(
+    algorithm: Algorithm, params: Params, episodes: Iterable[Episode], device: torch.device, query_batch: int = 512
+) -> dict[str, EvalResult]:
+    """Each metric's mean over `episodes` with its 95% CI, by name (`config.METRICS`)."""
+    return summarize(episode_scores(algorithm, params, episodes, device, query_batch))
+
+
 def evaluate(
     algorithm: Algorithm, params: Params, episodes: Iterable[Episode], device: torch.device, query_batch: int = 512
 ) -> EvalResult:
     """Mean query accuracy over `episodes` with its 95% CI."""
-    return mean_with_ci([s.accuracy for s in episode_scores(algorithm, params, episodes, device, query_batch)])
+    return evaluate_scores(algorithm, params, episodes, device, query_batch)["accuracy"]

@@ -21,7 +21,7 @@ from metarun.checkpoint import Checkpoints, TrainState
 from metarun.distributed import Ranks
 from metarun.episodes import Episode, EpisodeSampler
 from metarun.errors import RunInterrupted, UserError, stop_signals
-from metarun.evaluation import episode_scores, summarize
+from metarun.evaluation import evaluate_scores
 from metarun.reporting import RunReporter
 
 
@@ -133,7 +133,7 @@ def meta_train(
             state.step, is_best = step, False
             validates = step % settings.val_interval == 0 or step == settings.outer_steps
             if validates:
-                scores = summarize(episode_scores(algorithm, params, val_episodes, device))
+                scores = evaluate_scores(algorithm, params, val_episodes, device)
                 reporter.log_validation(step, scores, settings.select_by)
                 val = scores[settings.select_by]
                 is_best = state.best is None or val.mean > state.best.mean

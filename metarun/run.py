@@ -37,7 +37,7 @@ from metarun.episodes import (
     split_rows,
 )
 from metarun.errors import RunInterrupted, UserError, brief
-from metarun.evaluation import EvalResult, Scores, episode_scores, eval_mode, evaluate, summarize
+from metarun.evaluation import EvalResult, Scores, episode_scores, eval_mode, evaluate, evaluate_scores, summarize
 from metarun import distributed, reporting
 from metarun.distributed import Ranks
 from metarun.loop import TrainSettings, build_outer_optimizer, meta_train
@@ -329,7 +329,7 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
         train_seconds = time.perf_counter() - started
         best_step = checkpoints.load_best(algorithm)
         params = dict(algorithm.model.named_parameters())
-        best_val = state.best or summarize(episode_scores(algorithm, params, val_episodes, device))[cfg.eval.select_by]
+        best_val = state.best or evaluate_scores(algorithm, params, val_episodes, device)[cfg.eval.select_by]
         started = time.perf_counter()
         test = score_test(cfg, algorithm, params, tokenizer, samplers.get("test"), device)
         val_key = f"val_{METRICS[cfg.eval.select_by]}"  # val_ci95 and val_episodes are that score's

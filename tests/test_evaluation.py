@@ -303,9 +303,10 @@ DEV_DOMAINS = ("domain_08", "domain_09")
 DEV_SETTINGS = ("task=domain_adapt", "data.examples_per_class=12", "task.split.val=0", "task.split.test=0")
 
 
-def tasks_with_dev_files(folder: Path) -> str:
-    """`imbalanced_tasks` whose dev files are copies of their test files, so validation and test score alike."""
-    with_dev = imbalanced_tasks(folder, DEV_DOMAINS).replace(",test:'", ",dev:'{dev}',test:'")
+def tasks_with_dev_files(folder: Path, tasks: str) -> str:
+    """`tasks` (of `imbalanced_tasks` over DEV_DOMAINS) with dev files that copy their test files, so validation and
+    test score alike."""
+    with_dev = tasks.replace(",test:'", ",dev:'{dev}',test:'")
     for domain in DEV_DOMAINS:
         (folder / f"{domain}.dev.jsonl").write_text((folder / f"{domain}.test.jsonl").read_text())
         with_dev = with_dev.replace("{dev}", str(folder / f"{domain}.dev.jsonl"), 1)
@@ -314,7 +315,7 @@ def tasks_with_dev_files(folder: Path) -> str:
 
 def test_fixed_tasks_with_dev_files_stand_in_for_the_meta_val_and_meta_test_splits(tmp_path):
     tasks, settings = imbalanced_tasks(tmp_path, DEV_DOMAINS), DEV_SETTINGS
-    run(compose_config(*settings, tasks_with_dev_files(tmp_path)), tmp_path / "run")
+    run(compose_config(*settings, tasks_with_dev_files(tmp_path, tasks)), tmp_path / "run")
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
     splits = json.loads((tmp_path / "run/splits.json").read_text())
     assert splits["val"] == splits["test"] == [] and len(splits["train"]) == 10  # every domain meta-trains
@@ -329,7 +330,7 @@ def test_fixed_tasks_with_dev_files_stand_in_for_the_meta_val_and_meta_test_spli
 def test_select_by_keeps_the_step_with_the_best_validation_balanced_accuracy(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tasks = tasks_with_dev_files(tmp_path)
+    tasks = tasks_with_dev_files(tmp_path, imbalanced_tasks(tmp_path, DEV_DOMAINS))
     steps = ("train.outer_steps=6", "eval.val_interval=1", "algo=maml", "algo.head_init=learned", "seed=6")
     found = {}
     for metric in ("accuracy", "balanced_accuracy"):
