@@ -174,6 +174,8 @@ class ProtoNetConfig(AlgoConfig):
     meta_train: bool = True
     distance: str = setting("euclidean", choices=("euclidean", "cosine"))
     prototype_scale: float = setting(10.0, above=0.0)  # cosine only: the softmax temperature
+    # at validation and test: soft k-means steps that refine the prototypes with the query texts (transductive)
+    transductive_steps: int = setting(0, least=0)
 
 
 # ---- task ----

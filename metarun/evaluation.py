@@ -92,9 +92,10 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 def predict(
     algorithm: Algorithm, params: Params, episodes: list[Episode], device: torch.device, query_batch: int = 512
 ) -> list[torch.Tensor]:
-    """Adapt on each episode's support set and predict its query set, `query_batch` rows at a time: one tensor of
-    predicted labels (on the CPU) per episode. Over several episodes, what adaptation leaves unchanged (the features,
-    or the lower layers' hidden states) is computed once per text (`Algorithm.cached`)."""
+    """Adapt on each episode's support set (a transductive algorithm also reads the query texts) and predict its query
+    set, `query_batch` rows at a time: one tensor of predicted labels (on the CPU) per episode. Over several episodes,
+    what adaptation leaves unchanged (the features, or the lower layers' hidden states) is computed once per text
+    (`Algorithm.cached`)."""
     episodes = [e.to(device) for e in episodes]
     predictions = []
     with eval_mode(algorithm.model):
@@ -102,7 +103,7 @@ def predict(
             tokens = [x for e in episodes for x in (e.support_x, e.query_x)]
             algorithm = algorithm.cached(params, tokens, algorithm.adapted_names())
         for episode in episodes:
-            adapted = algorithm.adapt(params, episode.support_x, episode.support_y)
+            adapted = algorithm.adapt(params, episode.support_x, episode.support_y, episode.query_x)
             with torch.no_grad():
                 batches = [
                     algorithm.logits(adapted, episode.query_x[start : start + query_batch]).argmax(-1)

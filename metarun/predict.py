@@ -32,7 +32,7 @@ def predict(cfg: DictConfig) -> Path:
     support = load_local(cfg.support, **columns)
     texts = load_texts(cfg.inputs, cfg.text_column, cfg.max_chars)
     model = load(cfg.run, cfg.checkpoint, cfg.device)
-    adapted = model.adapt(support.texts, support.labels, seed=cfg.seed)
+    adapted = model.adapt(support.texts, support.labels, seed=cfg.seed, unlabelled=texts)
     counts = {label: support.labels.count(label) for label in adapted.labels}
     console.print(f"adapted on {len(support)} examples of {len(counts)} labels: "
                   + ", ".join(f"{label} ({n})" for label, n in counts.items()), highlight=False)  # fmt: skip

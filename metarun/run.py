@@ -430,7 +430,7 @@ def identity(cfg: DictConfig, device: torch.device) -> dict:
 
 # what `metarun-eval` may change in a run's settings: the data and tasks it is scored on, and how it adapts there
 EVAL_GROUPS = ("data", "task", "eval", "device")  # any setting inside these
-EVAL_CHANGES = (*EVAL_GROUPS, "debug", "algo.eval_inner_steps")
+EVAL_CHANGES = (*EVAL_GROUPS, "debug", "algo.eval_inner_steps", "algo.transductive_steps")
 
 
 def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> float:
@@ -448,6 +448,11 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
         if key in cfg.choices:  # another option of a group: its name too
             run_cfg.choices[key] = cfg.choices[key]
     _refuse_missing_dev_files(cfg.scored, run_cfg.task)
+    if "algo.transductive_steps" in changed and not run_cfg.algo._target_.endswith(".ProtoNet"):
+        raise UserError(
+            f"algo.transductive_steps refines prototypes, but {cfg.run} was trained with {run_cfg.choices.algo} "
+            "(no prototypes); it applies to runs of algo=protonet or algo=prototypes only. Remove the setting."
+        )
     print_config(run_cfg)
     model = model_from_checkpoint(saved, run_cfg.device.name, run_cfg)
     sampler = None

@@ -39,9 +39,12 @@ class TrainedModel:
     step: int  # the outer step the weights are from
     device: torch.device
 
-    def adapt(self, texts: list[str], labels: list[str], seed: int | None = None) -> AdaptedModel:
+    def adapt(
+        self, texts: list[str], labels: list[str], seed: int | None = None, unlabelled: list[str] | None = None
+    ) -> AdaptedModel:
         """Adapt to labelled examples (labels as strings, in any number and balance); deterministic in `seed`
-        (default: the run's seed) without touching the caller's random state."""
+        (default: the run's seed) without touching the caller's random state. `unlabelled`: the texts to classify,
+        which a transductive run (algo.transductive_steps) also adapts on, as it did at test time."""
         if len(texts) != len(labels) or not texts:
             raise UserError(f"adapt needs as many labels as texts, and at least one of each (got {len(texts)} texts "
                             f"and {len(labels)} labels).")  # fmt: skip
@@ -53,7 +56,8 @@ class TrainedModel:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.config.seed if seed is None else seed)
             with eval_mode(self.algorithm.model):
-                adapted = self.algorithm.adapt(self.head_of_size(len(names)), self.encode(texts), support_y)
+                extra = self.encode(unlabelled) if unlabelled and self.algorithm.transductive else None
+                adapted = self.algorithm.adapt(self.head_of_size(len(names)), self.encode(texts), support_y, extra)
         return AdaptedModel(self, adapted, names)
 
     def head_of_size(self, n_labels: int) -> Params:

@@ -125,3 +125,12 @@ def test_the_runs_own_data_keeps_the_runs_own_split(tmp_path):
     for override in ("task.split.seed=1", "task=domain_adapt"):
         with pytest.raises(UserError, match="would score classes the run meta-trained on"):
             evaluated(folder, tmp_path / "eval", override)
+
+
+def test_transductive_prototypes_are_a_test_time_setting_of_prototype_runs_only(tmp_path):
+    folder = trained(tmp_path / "run", "algo=protonet")
+    metrics = evaluated(folder, tmp_path / "eval", "+algo.transductive_steps=3")
+    assert metrics["changed"] == {"algo.transductive_steps": 3} and 0 <= metrics["test_acc"] <= 1
+    maml = trained(tmp_path / "maml")
+    with pytest.raises(UserError, match=r"algo.transductive_steps refines prototypes, but .* maml"):
+        evaluated(maml, tmp_path / "eval-maml", "+algo.transductive_steps=3")

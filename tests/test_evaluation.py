@@ -30,6 +30,7 @@ from metarun.run import provenance, run
 ALGORITHMS = {
     "protonet": lambda m: ProtoNet(m),
     "prototypes": lambda m: ProtoNet(m, distance="cosine", meta_train=False),
+    "transductive_prototypes": lambda m: ProtoNet(m, distance="cosine", meta_train=False, transductive_steps=2),
     "anil": lambda m: MAML(m, inner_scope="head", head_init="zero", inner_lr=0.5, eval_inner_steps=5),
     "proto_anil": lambda m: MAML(m, inner_scope="head", head_init="prototypes", inner_lr=0.1, eval_inner_steps=3),
     "finetune_head": lambda m: SupervisedBaseline(m, inner_scope="head", inner_optimizer="adam", eval_inner_steps=5),

@@ -202,6 +202,42 @@ def test_protonet_prototypes_distances_and_gradient(model64, n_way):
         torch.testing.assert_close(grads[name], ref, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_transductive_prototypes_are_a_naive_soft_k_means_over_the_query(model64, distance):
+    from metarun.algorithms import ProtoNet
+
+    episode, steps, scale = random_episode(n_way=3, k_shot=2, n_query=4), 2, 10.0
+    params = dict(model64.named_parameters())
+    with torch.no_grad():
+        support, query = (model64(x, features_only=True) for x in (episode.support_x, episode.query_x))
+        if distance == "cosine":
+            support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
+
+        def score(x, centre):  # what the softmax over classes sees
+            return scale * F.cosine_similarity(x, centre, dim=0) if distance == "cosine" else -((x - centre) ** 2).sum()
+
+        labels = episode.support_y.tolist()
+        centres = [support[episode.support_y == k].mean(0) for k in range(3)]
+        for _ in range(steps):  # one text and one class at a time
+            weights = [torch.stack([score(x, c) for c in centres]).softmax(0) for x in query]
+            centres = [
+                (sum(f for f, y in zip(support, labels) if y == k) + sum(w[k] * x for w, x in zip(weights, query)))
+                / (labels.count(k) + sum(w[k] for w in weights))
+                for k in range(3)
+            ]
+        expected = torch.stack([torch.stack([score(x, c) for c in centres]) for x in query])
+
+    refined = ProtoNet(model64, distance=distance, transductive_steps=steps)
+    adapted = refined.adapt(params, episode.support_x, episode.support_y, episode.query_x)
+    logits = refined.logits(adapted, episode.query_x)
+    torch.testing.assert_close(logits.log_softmax(-1), expected.log_softmax(-1))  # equal up to a per-query constant
+    inductive = ProtoNet(model64, distance=distance)
+    plain = inductive.adapt(params, episode.support_x, episode.support_y)
+    assert not torch.allclose(adapted["head.weight"], plain["head.weight"])
+    ignored = inductive.adapt(params, episode.support_x, episode.support_y, episode.query_x)
+    torch.testing.assert_close(ignored["head.weight"], plain["head.weight"])  # without steps the query is not read
+
+
 @pytest.mark.parametrize("head_init", ["learned", "zero", "prototypes"])
 def test_memory_light_maml_gives_the_same_meta_gradient(model64, episode, head_init):
     params = dict(model64.named_parameters())

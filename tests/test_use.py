@@ -59,6 +59,18 @@ def test_predictions_on_an_episode_score_what_evaluation_scores(tmp_path, algo):
     assert adapted.predict(query_x) == predicted  # adapting changed nothing in the loaded model
 
 
+def test_a_transductive_run_predicts_as_its_evaluation_scored(tmp_path):
+    model = load(trained(tmp_path, "algo=protonet", "algo.transductive_steps=3"))
+    (support_x, support_y), (query_x, query_y) = examples(tmp_path, 5, [1, 1, 1, 1, 1], queries=6)
+    adapted = model.adapt(support_x, support_y, unlabelled=query_x)
+    episode = Episode(model.encode(support_x), torch.arange(5), model.encode(query_x),
+                      torch.arange(5).repeat_interleave(6), torch.arange(5))  # fmt: skip
+    scored = evaluate(model.algorithm, dict(model.algorithm.model.named_parameters()), [episode], model.device)
+    assert sum(p == y for p, y in zip(adapted.predict(query_x), query_y)) / len(query_y) == scored.mean
+    inductive = model.adapt(support_x, support_y)
+    assert not torch.allclose(adapted.params["head.weight"], inductive.params["head.weight"])
+
+
 @pytest.mark.parametrize("algo", ["protonet", "fomaml"])
 def test_any_number_of_labels_with_unbalanced_examples(tmp_path, algo):
     model = load(trained(tmp_path, f"algo={algo}"))

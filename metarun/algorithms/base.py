@@ -66,6 +66,7 @@ class Algorithm:
     """
 
     any_n_way = False  # whether meta-training episodes may have another number of classes than the model's head
+    transductive = False  # whether `adapt` reads the texts it is to classify (its `unlabelled` argument)
 
     def __init__(
         self,
@@ -299,8 +300,11 @@ class Algorithm:
         )
         return {**params, **adapted}, losses
 
-    def adapt(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor) -> Params:
-        """Evaluation-time adaptation on a support set: `eval_inner_steps` steps, no graph kept."""
+    def adapt(
+        self, params: Params, tokens: torch.Tensor, labels: torch.Tensor, unlabelled: torch.Tensor | None = None
+    ) -> Params:
+        """Evaluation-time adaptation on a support set: `eval_inner_steps` steps, no graph kept. `unlabelled` are
+        the task's texts to classify, which only a transductive algorithm reads (ProtoNet's transductive_steps)."""
         start = self.initial_params(params, tokens, labels)
         adapted, _ = self.inner_loop(start, tokens, labels, self.eval_inner_steps)
         return {n: p.detach() for n, p in adapted.items()}

@@ -18,10 +18,11 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> tor
     return members.T @ features / members.sum(0).unsqueeze(1)
 
 
-def cosine_prototype_head(features: torch.Tensor, labels: torch.Tensor, n_way: int, scale: float) -> tuple:
-    """The nearest-prototype-by-cosine classifier as a linear head: weight scale * c_k / ||c_k||, bias 0."""
-    weight = scale * F.normalize(class_means(features, labels, n_way), dim=-1)
-    return weight, torch.zeros(n_way, dtype=features.dtype, device=features.device)
+def cosine_prototype_head(centres: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nearest-prototype-by-cosine classifier of class centres [N, d] as a linear head: weight
+    scale * c_k / ||c_k||, bias 0."""
+    weight = scale * F.normalize(centres, dim=-1)
+    return weight, torch.zeros_like(weight[:, 0])
 
 
 def head_logits(params: Params, features: torch.Tensor) -> torch.Tensor:
@@ -40,6 +41,6 @@ def starting_head(
     if head_init == "zero":
         return torch.zeros_like(weight), torch.zeros_like(bias)
     if head_init == "prototypes":
-        return cosine_prototype_head(features(), labels, weight.shape[0], scale)
+        return cosine_prototype_head(class_means(features(), labels, weight.shape[0]), scale)
     bound = weight.shape[1] ** -0.5
     return (2 * torch.rand_like(weight) - 1) * bound, (2 * torch.rand_like(bias) - 1) * bound

@@ -6,6 +6,10 @@ the prototypes become an ordinary linear head (weight 2c_k, bias -||c_k||^2) wit
 Cosine: prototype_scale * cos(f, c_k) is a linear head (weight scale * c_k/||c_k||) on normalised features.
 Either way the one evaluation path (adapt, then score with the model) serves ProtoNet too.
 `meta_train=false` with cosine distance is the frozen-encoder `prototypes` baseline.
+
+`transductive_steps` > 0 refines the prototypes at test time with the task's unlabelled texts (its query set):
+soft k-means (Ren et al., 2018), each step moving every prototype to the mean of its support examples and of the
+unlabelled ones weighted by the current head's probabilities. Meta-training stays inductive.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy
-from metarun.algorithms.heads import class_means, cosine_prototype_head, head_logits
+from metarun.algorithms.heads import HEAD, class_means, cosine_prototype_head, head_logits
 from metarun.episodes import Episode
 
 
@@ -22,10 +26,13 @@ class ProtoNet(Algorithm):
     learns_head = False  # the prototypes replace the model's head in every episode
     any_n_way = True  # one prototype per class of the support set, however many (task.meta_train_way)
 
-    def __init__(self, *args, distance: str = "euclidean", meta_train: bool = True, **kwargs) -> None:
+    def __init__(
+        self, *args, distance: str = "euclidean", meta_train: bool = True, transductive_steps: int = 0, **kwargs
+    ) -> None:
         # adapting only writes the head, so with algo.outer_scope=top the layers below are read from a table
         super().__init__(*args, inner_steps=0, eval_inner_steps=0, inner_scope="head", meta_trains=meta_train, **kwargs)
-        self.distance = distance
+        self.distance, self.transductive_steps = distance, transductive_steps
+        self.transductive = transductive_steps > 0
 
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
         if self.distance == "euclidean":
@@ -33,14 +40,38 @@ class ProtoNet(Algorithm):
         features = F.normalize(super().logits(params, tokens, features_only=True), dim=-1)
         return features if features_only else head_logits(params, features)
 
-    def adapt(self, params: Params, tokens: torch.Tensor, labels: torch.Tensor) -> Params:
+    def adapt(
+        self, params: Params, tokens: torch.Tensor, labels: torch.Tensor, unlabelled: torch.Tensor | None = None
+    ) -> Params:
         features, n_way = self.logits(params, tokens, features_only=True), int(labels.max()) + 1
+        head = self.prototype_head(class_means(features, labels, n_way))
+        if self.transductive and unlabelled is not None and len(unlabelled):
+            with torch.no_grad():
+                head = self.refined_head(head, features.detach(), labels, self.unlabelled_features(params, unlabelled))
+        return {**params, **head}
+
+    def prototype_head(self, centres: torch.Tensor) -> Params:
+        """The nearest-prototype classifier of class centres [N, d] as a linear head (see the module's note)."""
         if self.distance == "cosine":
-            weight, bias = cosine_prototype_head(features, labels, n_way, self.prototype_scale)
-        else:
-            centres = class_means(features, labels, n_way)
-            weight, bias = 2 * centres, -(centres**2).sum(1)
-        return {**params, "head.weight": weight, "head.bias": bias}
+            return dict(zip(HEAD, cosine_prototype_head(centres, self.prototype_scale)))
+        return {HEAD[0]: 2 * centres, HEAD[1]: -(centres**2).sum(1)}
+
+    def refined_head(
+        self, head: Params, features: torch.Tensor, labels: torch.Tensor, unlabelled: torch.Tensor
+    ) -> Params:
+        """`transductive_steps` of soft k-means: support examples count fully for their class, each unlabelled one
+        for every class by its probability under the current head."""
+        members = F.one_hot(labels, len(head[HEAD[1]])).to(features.dtype)
+        for _ in range(self.transductive_steps):
+            soft = head_logits(head, unlabelled).softmax(-1)
+            centres = (members.T @ features + soft.T @ unlabelled) / (members.sum(0) + soft.sum(0)).unsqueeze(1)
+            head = self.prototype_head(centres)
+        return head
+
+    def unlabelled_features(self, params: Params, tokens: torch.Tensor, batch: int = 512) -> torch.Tensor:
+        return torch.cat(
+            [self.logits(params, tokens[i : i + batch], features_only=True) for i in range(0, len(tokens), batch)]
+        )
 
     def meta_gradient(
         self, params: Params, episode: Episode, outer_step: int | None = None
