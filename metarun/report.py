@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from metarun.config import METRICS
 from metarun.stats import half_width_95
 
 NOT_SWEPT = ("seed", "train.resume")  # seeds are aggregated; a resume continues the same run
@@ -71,6 +72,13 @@ class Run:
     @property
     def meta_train_seconds(self) -> float | None:
         return None if self.timing is None else self.timing.get("meta_train_seconds")
+
+    @property
+    def val_score(self) -> tuple[str, float] | None:
+        """(the validation score that picked best.pt, its best value), from metrics.json; None when absent."""
+        select_by = (self.metrics or {}).get("select_by", "accuracy")
+        value = (self.metrics or {}).get(f"val_{METRICS[select_by]}")
+        return None if value is None else (select_by, value)
 
     def setting(self, key: str) -> str:
         """The value of an override key for this run: as typed when it was given, else the run's own (its
@@ -222,9 +230,12 @@ class Row:
         return "/".join(dict.fromkeys(str(r.metrics.get("test_episodes")) for r in self.runs))
 
     @property
-    def val_acc(self) -> float | None:
-        values = [r.metrics.get("val_acc") for r in self.runs]
-        return None if None in values else sum(values) / len(values)
+    def val_score(self) -> tuple[str, float] | None:
+        """The runs' mean best validation score, if they all recorded one and were selected by the same score."""
+        scores = [r.val_score for r in self.runs]
+        if None in scores or len({name for name, _ in scores}) > 1:
+            return None
+        return scores[0][0], sum(value for _, value in scores) / len(scores)
 
     @property
     def meta_train_seconds(self) -> float | None:
@@ -239,7 +250,7 @@ class Row:
         """The row's aggregates as plain values (what benchmark.json stores)."""
         test = self.test
         return {"seeds": self.seeds, "test_acc": test.mean, "test_ci95": test.half_width, "test_ci95_over": test.over,
-                "test_episodes": self.runs[0].metrics.get("test_episodes"), "val_acc": self.val_acc,
+                "test_episodes": self.runs[0].metrics.get("test_episodes"), "val_score": self.val_score,
                 "meta_train_seconds": self.meta_train_seconds}  # fmt: skip
 
 
@@ -293,17 +304,24 @@ def interval_header(rows: Sequence[Row], short: bool = False) -> str:
 def table(rows: Sequence[Row]) -> str:
     """The rows as a Markdown table: the settings, then the aggregated numbers."""
     columns = list(rows[0].settings) if rows else []
-    header = [*columns, interval_header(rows), "seeds", "test episodes", "best val. accuracy %",
+    header = [*columns, interval_header(rows), "seeds", "test episodes", "best validation %",
               "meta-training time per run"]  # fmt: skip
     numeric = [all(_natural(row.settings[c])[0] == 0 for row in rows) for c in columns]
     lines = ["| " + " | ".join(header) + " |",
              "| " + " | ".join(["---:" if n else "---" for n in numeric] + ["---:"] * 5) + " |"]  # fmt: skip
     for row in rows:
-        val = "-" if row.val_acc is None else f"{100 * row.val_acc:.1f}"
-        cells = [*row.settings.values(), percent(row.test), str(row.seeds), row.test_episodes, val,
+        cells = [*row.settings.values(), percent(row.test), str(row.seeds), row.test_episodes, val_cell(row.val_score),
                  duration(row.meta_train_seconds)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def val_cell(score: tuple[str, float] | None) -> str:
+    """A best validation score as a table cell, named when it is not accuracy (`eval.select_by`)."""
+    if score is None:
+        return "-"
+    name, value = score
+    return f"{100 * value:.1f}" + ("" if name == "accuracy" else f" ({name.replace('_', ' ')})")
 
 
 def not_finished(runs: Sequence[Run], folders: Sequence[Path]) -> str:
@@ -329,7 +347,7 @@ def _first_line(text: str, limit: int = 300) -> str:
 def runs_table(runs: Sequence[Run], folders: Sequence[Path]) -> str:
     """Every finished run on its own: the folder (relative to the folder given), seed, accuracies, time."""
     lines = [
-        "| run | seed | test accuracy % | best val. accuracy % | meta-training time |",
+        "| run | seed | test accuracy % | best validation % | meta-training time |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for run in runs:
@@ -337,7 +355,7 @@ def runs_table(runs: Sequence[Run], folders: Sequence[Path]) -> str:
             m = run.metrics
             name = _relative(run.folder, folders)
             test = percent(Interval(m["test_acc"], m.get("test_ci95"), "episodes"))
-            val = "-" if m.get("val_acc") is None else f"{100 * m['val_acc']:.1f}"
+            val = val_cell(run.val_score)
             lines.append(f"| `{name}` | {m.get('seed', '-')} | {test} | {val} | {duration(run.meta_train_seconds)} |")
     return "\n".join(lines) + "\n"
 

@@ -127,6 +127,23 @@ def test_swept_settings_are_the_overrides_that_differ(tmp_path):
     assert "Unfinished runs (1, not in the table" in report.not_finished(runs, [tmp_path])
 
 
+def test_the_validation_column_gives_the_score_that_kept_each_run(tmp_path):
+    def fake(name, algo, seed, **scores):
+        metrics = {"test_acc": 0.8, "test_ci95": 0.05, "test_episodes": 10, "seed": seed, **scores}
+        return report.Run(tmp_path / name, {"algo": algo}, metrics)
+
+    runs = [
+        fake("a", "maml", 0, val_acc=0.75),
+        fake("b", "protonet", 0, select_by="balanced_accuracy", val_balanced_acc=0.62),
+        fake("c", "reptile", 0, select_by="balanced_accuracy", val_balanced_acc=0.6),
+        fake("d", "reptile", 1, val_acc=0.7),  # kept by another score than its row's other seed
+    ]
+    rows = report.group_runs(runs, lambda run: {"algo": run.setting("algo")})
+    cells = {row.settings["algo"]: report.table([row]).splitlines()[-1].split(" | ")[-2] for row in rows}
+    assert cells == {"maml": "75.0", "protonet": "62.0 (balanced accuracy)", "reptile": "-"}
+    assert "| 62.0 (balanced accuracy) |" in report.runs_table(runs, [tmp_path])
+
+
 def test_t_quantiles_against_the_t_distribution():
     """Each quantile puts 0.975 of Student's t below it (its density integrated by Simpson's rule), and matches the
     closed forms for 1 and 2 degrees of freedom and the printed tables."""
