@@ -430,7 +430,12 @@ def identity(cfg: DictConfig, device: torch.device) -> dict:
 
 # what `metarun-eval` may change in a run's settings: the data and tasks it is scored on, and how it adapts there
 EVAL_GROUPS = ("data", "task", "eval", "device")  # any setting inside these
-EVAL_CHANGES = (*EVAL_GROUPS, "debug", "algo.eval_inner_steps", "algo.transductive_steps")
+# the algorithm's test-time settings it may change, each with whether a run's algorithm (its _target_) has it
+EVAL_ALGO_SETTINGS = {
+    "algo.eval_inner_steps": lambda target: not target.endswith(".ProtoNet"),  # gradient steps on the support set
+    "algo.transductive_steps": lambda target: target.endswith(".ProtoNet"),  # prototypes refined on the queries
+}
+EVAL_CHANGES = (*EVAL_GROUPS, "debug", *EVAL_ALGO_SETTINGS)
 
 
 def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> float:
@@ -448,10 +453,12 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
         if key in cfg.choices:  # another option of a group: its name too
             run_cfg.choices[key] = cfg.choices[key]
     _refuse_missing_dev_files(cfg.scored, run_cfg.task)
-    if "algo.transductive_steps" in changed and not run_cfg.algo._target_.endswith(".ProtoNet"):
+    foreign = [k for k in changed if k in EVAL_ALGO_SETTINGS and not EVAL_ALGO_SETTINGS[k](run_cfg.algo._target_)]
+    if foreign:
         raise UserError(
-            f"algo.transductive_steps refines prototypes, but {cfg.run} was trained with {run_cfg.choices.algo} "
-            "(no prototypes); it applies to runs of algo=protonet or algo=prototypes only. Remove the setting."
+            f"{', '.join(foreign)}: not a setting of {run_cfg.choices.algo}, the algorithm {cfg.run} was trained with. "
+            "algo.eval_inner_steps counts the gradient steps of algorithms that take them (not protonet or "
+            "prototypes); algo.transductive_steps refines the prototypes of protonet and prototypes runs. Remove it."
         )
     print_config(run_cfg)
     model = model_from_checkpoint(saved, run_cfg.device.name, run_cfg)

@@ -127,10 +127,12 @@ def test_the_runs_own_data_keeps_the_runs_own_split(tmp_path):
             evaluated(folder, tmp_path / "eval", override)
 
 
-def test_transductive_prototypes_are_a_test_time_setting_of_prototype_runs_only(tmp_path):
+def test_test_time_algorithm_settings_apply_to_the_runs_that_have_them(tmp_path):
     folder = trained(tmp_path / "run", "algo=protonet")
     metrics = evaluated(folder, tmp_path / "eval", "+algo.transductive_steps=3")
     assert metrics["changed"] == {"algo.transductive_steps": 3} and 0 <= metrics["test_acc"] <= 1
     maml = trained(tmp_path / "maml")
-    with pytest.raises(UserError, match=r"algo.transductive_steps refines prototypes, but .* maml"):
+    with pytest.raises(UserError, match=r"algo.transductive_steps: not a setting of maml"):
         evaluated(maml, tmp_path / "eval-maml", "+algo.transductive_steps=3")
+    with pytest.raises(UserError, match=r"algo.eval_inner_steps: not a setting of protonet"):
+        evaluated(folder, tmp_path / "eval-steps", "algo.eval_inner_steps=3")
