@@ -35,7 +35,9 @@ def predict(cfg: DictConfig) -> Path:
     adapted = model.adapt(support.texts, support.labels, seed=cfg.seed, unlabelled=texts)
     counts = {label: support.labels.count(label) for label in adapted.labels}
     console.print(f"adapted on {len(support)} examples of {len(counts)} labels: "
-                  + ", ".join(f"{label} ({n})" for label, n in counts.items()), highlight=False)  # fmt: skip
+                  + ", ".join(f"{label} ({n})" for label, n in counts.items())
+                  + (f", and transductively on the {len(texts)} inputs" if model.algorithm.transductive else ""),
+                  highlight=False)  # fmt: skip
     with Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, disable=len(texts) < SHOW_PROGRESS_FROM) as progress:  # fmt: skip
         task = progress.add_task("predict", total=len(texts))

@@ -104,16 +104,20 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("out", ["predictions.csv", "predictions.jsonl"])
-def test_metarun_predict_writes_a_label_and_every_probability_for_each_input(tmp_path, out):
-    folder = trained(tmp_path / "run", "algo=protonet")
+@pytest.mark.parametrize(
+    ("out", "settings"),
+    [("predictions.csv", []), ("predictions.jsonl", []), ("predictions.jsonl", ["algo.transductive_steps=3"])],
+)
+def test_metarun_predict_writes_a_label_and_every_probability_for_each_input(tmp_path, out, settings):
+    folder = trained(tmp_path / "run", "algo=protonet", *settings)
     (support_x, support_y), (query_x, _) = examples(folder, 3, [4, 1, 2])
     support = write_rows(tmp_path / "support.csv", [{"text": t, "label": y} for t, y in zip(support_x, support_y)])
     inputs = write_rows(tmp_path / "inputs.jsonl", [{"text": t} for t in query_x])
     result = command("metarun-predict", f"run={folder}", f"support={support}", f"inputs={inputs}", f"out={out}",
                      cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    expected = load(folder).adapt(support_x, support_y).predict(query_x)
+    adapted = load(folder).adapt(support_x, support_y, unlabelled=query_x)  # read only by a transductive run
+    expected = adapted.predict(query_x)
     labels = sorted(set(support_y))
     if out.endswith(".csv"):
         with open(tmp_path / out, newline="") as file:
@@ -124,7 +128,9 @@ def test_metarun_predict_writes_a_label_and_every_probability_for_each_input(tmp
         rows = [json.loads(line) for line in (tmp_path / out).read_text().splitlines()]
         probabilities = [[r["probabilities"][label] for label in labels] for r in rows]
     assert [r["text"] for r in rows] == query_x and [r["label"] for r in rows] == expected
-    assert all(abs(sum(p) - 1) < 1e-5 for p in probabilities)
+    torch.testing.assert_close(torch.tensor(probabilities), adapted.predict_proba(query_x), atol=1e-6, rtol=0)
+    inductive = load(folder).adapt(support_x, support_y).predict_proba(query_x)
+    assert torch.allclose(torch.tensor(probabilities), inductive, atol=1e-6) != bool(settings)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["run", "support.csv", "inputs.jsonl", out])
 
 
