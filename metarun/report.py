@@ -248,9 +248,9 @@ class Row:
 
     def numbers(self) -> dict:
         """The row's aggregates as plain values (what benchmark.json stores)."""
-        test = self.test
+        test, (select_by, val) = self.test, self.val_score or (None, None)
         return {"seeds": self.seeds, "test_acc": test.mean, "test_ci95": test.half_width, "test_ci95_over": test.over,
-                "test_episodes": self.runs[0].metrics.get("test_episodes"), "val_score": self.val_score,
+                "test_episodes": self.runs[0].metrics.get("test_episodes"), "select_by": select_by, "val_score": val,
                 "meta_train_seconds": self.meta_train_seconds}  # fmt: skip
 
 

@@ -2,9 +2,9 @@
 
 One row per (task family, shots, algorithm) in metarun.report's table (what `metarun-report` writes): mean test
 accuracy with its 95% CI (over the test episodes with one seed, a Student-t interval of the per-seed means with
-several), best validation accuracy and meta-training wall time. Finished cells (a metrics.json in their run folder)
-are read, not rerun, and a stopped cell continues from its last checkpoint (train.resume), so a half-finished
-matrix resumes where it stopped.
+several), best validation score (`eval.select_by`) and meta-training wall time. Finished cells (a metrics.json in
+their run folder) are read, not rerun, and a stopped cell continues from its last checkpoint (train.resume), so a
+half-finished matrix resumes where it stopped.
 
     python scripts/benchmark.py                       # the default matrix on CLINC150
     python scripts/benchmark.py --quick               # a smoke check in minutes
