@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy
 from metarun.algorithms.heads import HEAD, class_means, cosine_prototype_head, head_logits
 from metarun.episodes import Episode
+from metarun.features import by_length
 
 
 class ProtoNet(Algorithm):
@@ -32,7 +33,10 @@ class ProtoNet(Algorithm):
         # adapting only writes the head, so with algo.outer_scope=top the layers below are read from a table
         super().__init__(*args, inner_steps=0, eval_inner_steps=0, inner_scope="head", meta_trains=meta_train, **kwargs)
         self.distance, self.transductive_steps = distance, transductive_steps
-        self.transductive = transductive_steps > 0
+
+    @property
+    def transductive(self) -> bool:
+        return self.transductive_steps > 0
 
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
         if self.distance == "euclidean":
@@ -46,8 +50,9 @@ class ProtoNet(Algorithm):
         features, n_way = self.logits(params, tokens, features_only=True), int(labels.max()) + 1
         head = self.prototype_head(class_means(features, labels, n_way))
         if self.transductive and unlabelled is not None and len(unlabelled):
+            extra = torch.stack(by_length(lambda batch: self.logits(params, batch, features_only=True), unlabelled))
             with torch.no_grad():
-                head = self.refined_head(head, features.detach(), labels, self.unlabelled_features(params, unlabelled))
+                head = self.refined_head(head, features.detach(), labels, extra)
         return {**params, **head}
 
     def prototype_head(self, centres: torch.Tensor) -> Params:
@@ -67,11 +72,6 @@ class ProtoNet(Algorithm):
             centres = (members.T @ features + soft.T @ unlabelled) / (members.sum(0) + soft.sum(0)).unsqueeze(1)
             head = self.prototype_head(centres)
         return head
-
-    def unlabelled_features(self, params: Params, tokens: torch.Tensor, batch: int = 512) -> torch.Tensor:
-        return torch.cat(
-            [self.logits(params, tokens[i : i + batch], features_only=True) for i in range(0, len(tokens), batch)]
-        )
 
     def meta_gradient(
         self, params: Params, episode: Episode, outer_step: int | None = None
