@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 from conftest import INNER_LR, INNER_STEPS, naive_maml_loss, random_episode, tiny_model
 from metarun.algorithms import MAML, MetaSGD, Reptile, SupervisedBaseline
+from metarun.algorithms.base import batches_tasks
 from metarun.loop import accumulate_meta_gradient, build_outer_optimizer
 from metarun.torch_workarounds import LayerNorm, twice_differentiable_attention, vmap_safe_layer_norm
 
@@ -265,6 +266,14 @@ def test_memory_light_maml_replays_dropout_masks():
     torch.manual_seed(8)
     other_masks = meta_gradient(MAML(model, inner_steps=2, inner_lr=INNER_LR), model, episode)
     assert any(not torch.allclose(other_masks[n], grads["store"][n]) for n in other_masks), "dropout was inactive"
+
+
+@pytest.mark.parametrize(
+    ("asked", "device", "batched"),
+    [("auto", "cuda", True), ("auto", "cpu", False), (True, "cpu", True), (True, "cuda", True), (False, "cuda", False)],
+)
+def test_batch_tasks_auto_batches_on_cuda_only_and_false_never(asked, device, batched):
+    assert batches_tasks(asked, device) is batched
 
 
 @pytest.mark.parametrize("head_init", ["learned", "zero", "prototypes"])

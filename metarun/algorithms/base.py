@@ -50,6 +50,11 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1) == labels).float().mean().item()
 
 
+def batches_tasks(batch_tasks: str | bool, device_type: str) -> bool:
+    """`algo.batch_tasks` read for a device, where batching is possible: true always, auto on CUDA only, false never."""
+    return batch_tasks is True or (batch_tasks == "auto" and device_type == "cuda")
+
+
 class Algorithm:
     """Public surface: `meta_gradient` (one task's contribution to the outer step), `adapt`, the tensors it
     meta-learns besides the model's (`extra_parameters`), and for the algorithms that can batch their tasks,
@@ -142,8 +147,7 @@ class Algorithm:
                 "batching needs maml, fomaml or reptile with sgd inner steps over all parameters of a metarun-built "
                 "model (and algo.memory=store); use algo.batch_tasks=false."
             )
-        on_cuda = next(self.model.parameters()).is_cuda
-        return possible and (batch_tasks is True or on_cuda)
+        return possible and batches_tasks(batch_tasks, next(self.model.parameters()).device.type)
 
     @property
     def learns_head(self) -> bool:
