@@ -84,6 +84,17 @@ def _launch(hydra_app) -> None:
         raise
 
 
+def quote_paths(args: list[str], names: tuple[str, ...]) -> list[str]:
+    """`name=value` arguments of the settings `names` (folders and files, never sweeps) with the value quoted for
+    Hydra's override grammar, so that a sweep job's folder (`0_algo=maml,seed=1`) can be given as it is."""
+    quoted = []
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        plain = sep and name in names and value and value[0] not in "'\"" and "'" not in value
+        quoted.append(f"{name}='{value}'" if plain else arg)
+    return quoted
+
+
 def main() -> None:
     """`metarun`: meta-train, validate and test one run (or a sweep with -m)."""
     _launch(app)
@@ -91,11 +102,13 @@ def main() -> None:
 
 def eval_main() -> None:
     """`metarun-eval run=<folder>`: score a run's checkpoint on its test split, or on other data and tasks."""
+    sys.argv[1:] = quote_paths(sys.argv[1:], ("run",))
     _launch(eval_app)
 
 
 def predict_main() -> None:
     """`metarun-predict run=<folder> support=<file> inputs=<file> out=<file>`."""
+    sys.argv[1:] = quote_paths(sys.argv[1:], ("run", "support", "inputs", "out"))
     _launch(predict_app)
 
 

@@ -336,7 +336,7 @@ class PredictConfig:
     label_column: str = "label"
     max_chars: int = setting(5000, least=1)  # longer texts are cut when read
     batch_size: int = setting(256, least=1)  # texts scored at once
-    device: str = setting("auto", choices=("auto", "cpu", "cuda"))
+    device: DeviceConfig = field(default_factory=DeviceConfig)  # the device group: device=cpu|cuda|auto
     seed: Optional[int] = None  # adaptation's random draws (a fresh head); null: the run's seed
 
 

@@ -31,7 +31,7 @@ def predict(cfg: DictConfig) -> Path:
     columns = {"text_column": cfg.text_column, "label_column": cfg.label_column, "max_chars": cfg.max_chars}
     support = load_local(cfg.support, **columns)
     texts = load_texts(cfg.inputs, cfg.text_column, cfg.max_chars)
-    model = load(cfg.run, cfg.checkpoint, cfg.device)
+    model = load(cfg.run, cfg.checkpoint, cfg.device.name)
     adapted = model.adapt(support.texts, support.labels, seed=cfg.seed, unlabelled=texts)
     counts = {label: support.labels.count(label) for label in adapted.labels}
     console.print(f"adapted on {len(support)} examples of {len(counts)} labels: "

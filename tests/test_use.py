@@ -154,3 +154,22 @@ def test_labels_named_like_the_output_columns_stay_apart(tmp_path):
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == ["text", "label", "p(label)", "p(text)"]
     assert [r["text"] for r in rows] == query_x and {r["label"] for r in rows} <= {"text", "label"}
+
+
+def test_a_sweep_jobs_folder_and_the_device_are_taken_as_typed(tmp_path):
+    """A multirun job's folder has `=` and `,` in its name, which Hydra's grammar reads as a sweep unless quoted;
+    `device=cpu` picks the device group, as for metarun."""
+    folder = trained(tmp_path / "0_algo=protonet,seed=0", "algo=protonet")
+    (support_x, support_y), (query_x, _) = examples(folder, 2, [2, 2])
+    rows = [{"text": t, "label": y} for t, y in zip(support_x, support_y)]
+    support = write_rows(tmp_path / "support, labelled=yes.jsonl", rows)
+    inputs = write_rows(tmp_path / "inputs.jsonl", [{"text": t} for t in query_x])
+    predicted = command("metarun-predict", f"run={folder}", f"support={support}", f"inputs={inputs}",
+                        f"out={tmp_path / 'p=1.jsonl'}", "device=cpu")  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert len((tmp_path / "p=1.jsonl").read_text().splitlines()) == len(query_x)
+    scored = command("metarun-eval", f"run={folder}", "device=cpu", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["run"] == str(folder) and metrics["device"] == "cpu"
+    assert metrics["test_acc"] == json.loads((folder / "metrics.json").read_text())["test_acc"]
