@@ -43,4 +43,6 @@ def starting_head(
     if head_init == "prototypes":
         return cosine_prototype_head(class_means(features(), labels, weight.shape[0]), scale)
     bound = weight.shape[1] ** -0.5
-    return (2 * torch.rand_like(weight) - 1) * bound, (2 * torch.rand_like(bias) - 1) * bound
+    # drawn by the CPU's generator on every device: a seed gives the same head on the GPU as on the CPU
+    draw = lambda t: (2 * torch.rand(t.shape, dtype=t.dtype) - 1).to(t.device) * bound  # noqa: E731
+    return draw(weight), draw(bias)
