@@ -4,13 +4,15 @@
     python scripts/bench.py --models small,base --inner-steps 1,5,10,20
     python scripts/bench.py --memory                 # second order, store vs recompute, model=base, 1..20 steps
     python scripts/bench.py --loop                   # a real `metarun` run's outer step vs the pure meta-step
+    python scripts/bench.py --device cuda --batched  # on a GPU, with tasks batched under vmap as well
     python scripts/bench.py --doc docs/performance.md    # also rewrite that document's bench sections
 
 Before anything is timed, every implementation's meta-gradient is compared with the naive reference on the
 same weights and tasks (the reference model, up to 5 inner steps: the same code paths as every timed
 setting, at a cost the check can afford); a difference above --tolerance stops the benchmark. Each
 (implementation, setting) is then timed in its own subprocess (so its peak memory is its own): warm-up
-steps, then --steps timed outer steps, in --rounds rounds interleaved across implementations.
+steps, then --steps timed outer steps, in --rounds rounds interleaved across implementations. On CUDA the
+clock waits for the GPU at the end of each step, and memory is the allocator's peak beyond the start.
 Needs the `bench` extra for `higher`.
 """
 
@@ -51,7 +53,7 @@ MODELS = {  # the reference workload, and conf/model's small and base at the sam
 
 @dataclass(frozen=True)
 class Setting:
-    impl: str  # metarun | metarun-recompute | higher | naive | forward-backward
+    impl: str  # metarun | metarun-recompute | metarun-batched | higher | naive | forward-backward
     algo: str
     model: str = "reference"
     inner_steps: int = 5
@@ -62,11 +64,12 @@ class Setting:
     meta_batch: int = 4
     inner_lr: float = 0.1
     outer_lr: float = 1e-3
+    device: str = "cpu"
 
 
 def make_model(s: Setting, dtype=torch.float32) -> TransformerClassifier:
     torch.manual_seed(0)
-    return TransformerClassifier(s.vocab, s.n_way, dropout=0.0, **MODELS[s.model]).to(dtype)
+    return TransformerClassifier(s.vocab, s.n_way, dropout=0.0, **MODELS[s.model]).to(s.device, dtype)
 
 
 def make_episodes(s: Setting, seed: int = 0) -> list[Episode]:
@@ -88,7 +91,7 @@ def make_episodes(s: Setting, seed: int = 0) -> list[Episode]:
             tokens(s.n_way * s.n_query),
             labels.repeat_interleave(s.n_query),
             labels,
-        )  # fmt: skip
+        ).to(torch.device(s.device))  # fmt: skip
         for _ in range(s.meta_batch)
     ]
 
@@ -97,8 +100,10 @@ def make_episodes(s: Setting, seed: int = 0) -> list[Episode]:
 
 
 def metarun_gradient(s: Setting):
-    """What `metarun` runs: the algorithm's meta-gradient through the loop's own accumulation."""
-    settings = dict(inner_steps=s.inner_steps, inner_lr=s.inner_lr, head_init="learned", batch_tasks=False)
+    """What `metarun` runs: the algorithm's meta-gradient through the loop's own accumulation (metarun-batched:
+    the meta-batch's tasks at once under vmap, as `algo.batch_tasks=auto` does on CUDA)."""
+    batched = s.impl == "metarun-batched"
+    settings = dict(inner_steps=s.inner_steps, inner_lr=s.inner_lr, head_init="learned", batch_tasks=batched)
     memory = "recompute" if s.impl == "metarun-recompute" else "store"
 
     def step(model, episodes):
@@ -169,6 +174,7 @@ def higher_gradient(s: Setting):
 IMPLEMENTATIONS = {
     "metarun": metarun_gradient,
     "metarun-recompute": metarun_gradient,
+    "metarun-batched": metarun_gradient,
     "higher": higher_gradient,
     "naive": naive_gradient,
 }
@@ -207,6 +213,17 @@ def memory_status(key: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {key}")
 
 
+def cuda_peak_tracker(device: torch.device):
+    """On CUDA: a function that returns the allocator's peak bytes beyond the memory allocated when it was made;
+    None elsewhere (resident memory is read instead)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    baseline = torch.cuda.memory_allocated(device)
+    return lambda: torch.cuda.max_memory_allocated(device) - baseline
+
+
 def worker(s: Setting, warmup: int, steps: int) -> dict:
     """Time `steps` outer steps (meta-gradient + Adam); the forward-backward impl times the unit of work."""
     torch.manual_seed(0)
@@ -234,14 +251,19 @@ def worker(s: Setting, warmup: int, steps: int) -> dict:
         p.grad = torch.zeros_like(p)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    device = torch.device(s.device)
+    gpu_peak = cuda_peak_tracker(device)
     Path("/proc/self/clear_refs").write_text("5")  # restart the peak-RSS count from here (Linux)
     baseline, times = memory_status("VmRSS"), []
     for i in range(warmup + steps):
         started = time.perf_counter()
         outer_step()
+        if gpu_peak:
+            torch.cuda.synchronize(device)  # kernels run asynchronously: the step ends when the GPU is done
         if i >= warmup:
             times.append(time.perf_counter() - started)
-    return {"times": times, "peak_extra_bytes": memory_status("VmHWM") - baseline}
+    peak = gpu_peak() if gpu_peak else memory_status("VmHWM") - baseline
+    return {"times": times, "peak_extra_bytes": peak}
 
 
 def time_in_subprocess(s: Setting, args: argparse.Namespace) -> dict:
@@ -281,9 +303,9 @@ def speed_table(results: dict[Setting, dict], unit: dict[str, float]) -> list[di
     return rows
 
 
-def markdown(rows: list[dict], header: str) -> str:
+def markdown(rows: list[dict], header: str, memory: str = "peak extra RSS") -> str:
     columns = ("algo", "model", "inner steps", "implementation", "time per outer step", "vs fastest peer",
-               "x plain fwd+bwd", "peak extra RSS")  # fmt: skip
+               "x plain fwd+bwd", memory)  # fmt: skip
     lines = [header, "", f"| {' | '.join(columns)} |", "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         ratio = f"{r['vs_fastest_peer']:.2f}" if r["vs_fastest_peer"] else "-"
@@ -313,7 +335,7 @@ def loop_overhead(args: argparse.Namespace) -> str:
     from metarun.run import build_algorithm, prepare_episodes, resolve_device, run
 
     steps = args.steps + args.warmup  # both sides: the median over the same steps, warm-up included
-    overrides = [*args.loop_overrides, f"train.outer_steps={steps}"]
+    overrides = [*args.loop_overrides, f"device={args.device}", f"train.outer_steps={steps}"]
     cfg = compose("config", overrides)
     out = Path(tempfile.mkdtemp())
 
@@ -398,6 +420,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--tolerance", type=float, default=1e-6)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where models, tasks and timings are")
+    parser.add_argument("--batched", action="store_true", help="also time metarun with the tasks batched (vmap)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     parser.add_argument("--doc", type=Path, help="rewrite this document's bench sections (docs/performance.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -408,6 +432,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def gpu_name(device: str) -> str:
+    return f", {torch.cuda.get_device_name()}" if device == "cuda" else ""
+
+
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -416,7 +444,7 @@ def main(argv: list[str] | None = None) -> str:
         return ""
     header = (
         f"Command: `{shlex.join(['python', 'scripts/bench.py', *(argv if argv is not None else sys.argv[1:])])}`  \n"
-        f"Ran on: {platform.machine()}, {args.threads} CPU threads, torch {torch.__version__}, "
+        f"Ran on: {platform.machine()}, {args.threads} CPU threads{gpu_name(args.device)}, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}; meta-batch {args.meta_batch}; {args.rounds} rounds x {args.steps} timed steps "
         f"after {args.warmup} warm-up."
     )
@@ -426,20 +454,24 @@ def main(argv: list[str] | None = None) -> str:
         body = f"{header}\n\n{rank_scaling(args)}"
     else:
         impls = ["metarun", "metarun-recompute"] if args.memory else ["metarun"]
+        impls += ["metarun-batched"] if args.batched else []
         settings = [
-            Setting(impl, algo, model, k, meta_batch=args.meta_batch)
+            Setting(impl, algo, model, k, meta_batch=args.meta_batch, device=args.device)
             for model in args.models
             for k in args.inner_steps
             for algo in args.algos
             for impl in (*impls, *PEERS)
         ]
         check_all(settings, args.tolerance)
-        units = [Setting("forward-backward", "none", model, meta_batch=args.meta_batch) for model in args.models]
+        units = [Setting("forward-backward", "none", model, meta_batch=args.meta_batch, device=args.device)
+                 for model in args.models]  # fmt: skip
         results = measure([*units, *settings], args)
         unit = {s.model: results[s]["median_s"] for s in units}
-        body = markdown(speed_table(results, unit), header)
+        memory = "peak extra GPU memory" if args.device == "cuda" else "peak extra RSS"
+        body = markdown(speed_table(results, unit), header, memory)
     args.out.mkdir(parents=True, exist_ok=True)
     name = "loop" if args.loop else "ranks" if args.ranks else "memory" if args.memory else "speed"
+    name += "-cuda" if args.device == "cuda" else ""
     (args.out / f"{name}.md").write_text(body)
     if args.doc:
         rewrite_section(args.doc, f"bench-{name}", body)

@@ -19,7 +19,7 @@ def test_gradient_check_refuses_a_first_order_gradient_for_maml():
 
 @pytest.mark.parametrize("algo", bench.ALGOS)
 def test_metarun_and_higher_agree_with_the_naive_reference(algo):
-    impls = ["metarun", "higher", *(["metarun-recompute"] if algo == "maml" else [])]
+    impls = ["metarun", "metarun-batched", "higher", *(["metarun-recompute"] if algo == "maml" else [])]
     reference = bench.meta_gradient(bench.Setting("naive", algo, **SMALL))
     for impl in impls:
         worst = bench.check_gradient(impl, bench.meta_gradient(bench.Setting(impl, algo, **SMALL)), reference, 1e-6)
