@@ -93,7 +93,8 @@ def command(*args: str) -> str:
 
 
 def check_runs(algos: list[str], device: torch.device, out: Path) -> list[str]:
-    """Meta-train every algorithm on `device` in one multirun, then evaluate, predict with and load one run."""
+    """Meta-train every algorithm on `device` in one multirun; score the MAML run again there, and predict with it
+    there and on the CPU."""
     sweep = out / "sweep"
     command("metarun", "-m", *SETUP[:-1], f"algo={','.join(algos)}", f"device={device.type}",
             f"hydra.sweep.dir={sweep}")  # fmt: skip
