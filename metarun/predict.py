@@ -29,7 +29,7 @@ def predict(cfg: DictConfig) -> Path:
         raise UserError(f"out={cfg.out!r} is not valid: the predictions are written as JSONL or CSV, so give a path "
                         f"ending in {' or '.join(OUTPUTS)}.")  # fmt: skip
     columns = {"text_column": cfg.text_column, "label_column": cfg.label_column, "max_chars": cfg.max_chars}
-    support = load_local(cfg.support, **columns)
+    support = load_local(cfg.support, **columns, setting="support")
     texts = load_texts(cfg.inputs, cfg.text_column, cfg.max_chars)
     model = load(cfg.run, cfg.checkpoint, cfg.device.name)
     adapted = model.adapt(support.texts, support.labels, seed=cfg.seed, unlabelled=texts)

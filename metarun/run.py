@@ -133,7 +133,8 @@ def fixed_tasks(task: DictConfig, data: DictConfig, scored: str = "test") -> lis
     tasks = []
     columns = {k: data[k] for k in ("text_column", "label_column", "max_chars") if k in data}
     for spec in task.eval_tasks:
-        support, query = load_local(spec.train, **columns), load_local(spec[scored], **columns)
+        support = load_local(spec.train, **columns, setting=f"task.eval_tasks {spec.name}'s train")
+        query = load_local(spec[scored], **columns, setting=f"task.eval_tasks {spec.name}'s {scored}")
         if task.eval_shots:
             support = support_draw(support, task.eval_shots, f"{task.split.seed}:{spec.name}", spec.train)
         labels = sorted(set(support.labels))

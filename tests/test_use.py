@@ -139,6 +139,12 @@ def test_metarun_predict_refuses_an_unknown_output_format(tmp_path):
     assert result.returncode == 2 and "out='p.xlsx' is not valid" in " ".join(result.stderr.split())
 
 
+def test_metarun_predict_names_the_setting_of_a_missing_file(tmp_path):
+    result = command("metarun-predict", "run=x", "support=nope.csv", "inputs=i.csv", "out=p.csv", cwd=tmp_path)
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "not found: 'nope.csv'. Check support " in message, message
+
+
 def test_labels_named_like_the_output_columns_stay_apart(tmp_path):
     folder = trained(tmp_path / "run", "algo=protonet")
     (support_x, _), (query_x, _) = examples(folder, 2, [2, 2])

@@ -43,11 +43,13 @@ def load_local(
     domain_column: str | None = None,
     drop_empty: bool = False,
     max_chars: int = 5000,
+    setting: str = "data.files",
 ) -> Corpus:
     """Read one file, or several split files pooled into one corpus (episodes split by class, not by file).
 
-    Texts longer than `max_chars` characters are cut to their first `max_chars` as they are read."""
-    paths = _readable(files, "data.files")
+    Texts longer than `max_chars` characters are cut to their first `max_chars` as they are read; `setting` names
+    where the files were given, in errors."""
+    paths = _readable(files, setting)
     columns = {"text_column": text_column, "label_column": label_column}
     if domain_column is not None:
         columns["domain_column"] = domain_column
