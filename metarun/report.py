@@ -8,7 +8,7 @@ finished runs, `.hydra/overrides.yaml`), seeds aggregated: the mean test accurac
 over the test episodes for one seed (metrics.json's own) and a Student-t interval of the per-seed means for several.
 The plots (matplotlib, `pip install 'metarun[report]'`): test accuracy against shots per algorithm, validation
 accuracy against outer step (the TensorBoard events) and test accuracy against meta-training time (timing.json).
-Failed jobs (error.txt) and unfinished runs are listed, not tabled. The table code is also what
+Failed jobs (error.txt), unfinished runs and repeats of a tabled run's seed are listed, not tabled. The table code is also what
 scripts/results_table.py and scripts/benchmark.py print.
 """
 
@@ -216,6 +216,7 @@ class Row:
 
     settings: dict[str, str]
     runs: list[Run]
+    repeats: list[Run] = field(default_factory=list)  # runs of a seed already in `runs`: not counted twice
 
     @property
     def test(self) -> Interval:
@@ -262,9 +263,23 @@ def group_runs(runs: Sequence[Run], settings: Callable[[Run], dict], sort: bool 
         if run.finished:
             shown = {k: str(v) for k, v in settings(run).items()}
             groups.setdefault(tuple(shown.items()), Row(shown, [])).runs.append(run)
+    for row in groups.values():
+        _one_run_per_seed(row)
     if not sort:
         return list(groups.values())
     return [groups[key] for key in sorted(groups, key=lambda key: [_natural(v) for _, v in key])]
+
+
+def _one_run_per_seed(row: Row) -> None:
+    """Keep the newest run of each seed in `row.runs` and move the others to `row.repeats`: the same settings and
+    seed run twice are one sample, and counting both would narrow the interval across seeds."""
+    metrics_files = [run.folder / "metrics.json" for run in row.runs]
+    finished_at = {id(run): f.stat().st_mtime if f.is_file() else 0.0 for run, f in zip(row.runs, metrics_files)}
+    newest = {}
+    for run in sorted(row.runs, key=lambda run: finished_at[id(run)]):
+        newest[run.metrics.get("seed")] = run
+    row.repeats = [run for run in row.runs if newest[run.metrics.get("seed")] is not run]
+    row.runs = [run for run in row.runs if newest[run.metrics.get("seed")] is run]
 
 
 def sweep_rows(runs: Sequence[Run]) -> list[Row]:
@@ -324,18 +339,29 @@ def val_cell(score: tuple[str, float] | None) -> str:
     return f"{100 * value:.1f}" + ("" if name == "accuracy" else f" ({name.replace('_', ' ')})")
 
 
-def not_finished(runs: Sequence[Run], folders: Sequence[Path]) -> str:
-    """The failed and the unfinished runs as Markdown lists ('' when every run finished)."""
+def not_in_table(runs: Sequence[Run], rows: Sequence[Row], folders: Sequence[Path]) -> str:
+    """The failed, the unfinished and the repeated runs as Markdown lists ('' when there are none)."""
     failed = [r for r in runs if not r.finished and r.error is not None]
     unfinished = [r for r in runs if not r.finished and r.error is None]
+    resumable = [r for r in unfinished if (r.folder / "checkpoints" / "last.pt").is_file()]
+    repeats = [(run, row) for row in rows for run in row.repeats]
     text = ""
     if failed:
         text += f"Failed runs ({len(failed)}, not in the table):\n\n"
         text += "".join(f"- `{_relative(r.folder, folders)}`: {_first_line(r.error)}\n" for r in failed) + "\n"
-    if unfinished:
-        text += (f"Unfinished runs ({len(unfinished)}, not in the table: still running, or stopped; "
-                 "`metarun train.resume=<folder>` continues one):\n\n")  # fmt: skip
-        text += "".join(f"- `{_relative(r.folder, folders)}`\n" for r in unfinished) + "\n"
+    if resumable:
+        text += (f"Unfinished runs ({len(resumable)}, not in the table: still running, or stopped; "
+                 "`metarun <its overrides> train.resume=<folder>` continues one):\n\n")  # fmt: skip
+        text += "".join(f"- `{_relative(r.folder, folders)}`\n" for r in resumable) + "\n"
+    if len(unfinished) > len(resumable):
+        text += (f"Runs without a checkpoint ({len(unfinished) - len(resumable)}, not in the table: still starting, "
+                 "or stopped before their first validation; each one's cli.log says why):\n\n")  # fmt: skip
+        text += "".join(f"- `{_relative(r.folder, folders)}`\n" for r in unfinished if r not in resumable) + "\n"
+    if repeats:
+        text += (f"Repeated runs ({len(repeats)}, not in the table: the settings and seed of a newer run in the "
+                 "table, which counts that seed once):\n\n")  # fmt: skip
+        text += "".join(f"- `{_relative(r.folder, folders)}` (seed {r.metrics.get('seed')}, {row.label})\n"
+                        for r, row in repeats) + "\n"  # fmt: skip
     return text
 
 
@@ -494,7 +520,7 @@ def write_report(folders: Sequence[Path], out: Path) -> tuple[Path, list[Row]]:
                 plots.append(name)
             lines += [f"![{PLOTS[name]}]({name})\n" for name in plots]
         lines += ["## Runs", "", runs_table(runs, folders)]
-    skipped = not_finished(runs, folders)
+    skipped = not_in_table(runs, rows, folders)
     if skipped:
         lines += ["## Not in the table", "", skipped]
     report = out / "report.md"

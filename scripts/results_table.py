@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from metarun.report import NoRuns, find_runs, not_finished, sweep_rows, table
+from metarun.report import NoRuns, find_runs, not_in_table, sweep_rows, table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     except NoRuns as error:
         raise SystemExit(f"{error} Give a metarun run or sweep folder.") from None
     rows = sweep_rows(runs)
-    skipped = not_finished(runs, args.folders)
+    skipped = not_in_table(runs, rows, args.folders)
     print(table(rows) if rows else "No run finished.\n")
     if skipped:
         print(skipped, end="")

@@ -3,6 +3,7 @@ known values, and the progress lines a run prints into a log."""
 
 import io
 import json
+import os
 import math
 import re
 
@@ -114,7 +115,13 @@ def test_swept_settings_are_the_overrides_that_differ(tmp_path):
     fake_run("a", ["hydra.run.dir=a", "seed=0", "train.outer_steps=5"], "maml", 0, 0.6)
     fake_run("b", ["hydra.run.dir=b", "seed=1", "train.outer_steps=5"], "maml", 1, 0.8)
     fake_run("c", ["hydra.run.dir=c", "algo=reptile", "+budget=smoke", "train.outer_steps=5"], "reptile", 0, 0.4)
-    fake_run("d", ["hydra.run.dir=d", "algo=protonet"], "protonet", 0)  # unfinished
+    fake_run("d", ["hydra.run.dir=d", "algo=protonet"], "protonet", 0)  # unfinished, before its first checkpoint
+    fake_run("e", ["hydra.run.dir=e", "algo=protonet"], "protonet", 0)  # unfinished, resumable
+    (tmp_path / "e" / "checkpoints").mkdir()
+    (tmp_path / "e" / "checkpoints" / "last.pt").write_bytes(b"")
+    fake_run("f", ["hydra.run.dir=f", "seed=0", "train.outer_steps=5"], "maml", 0, 0.7)  # run a's settings again
+    for age, name in enumerate(("f", "a")):  # a finished last: f is the repeat
+        os.utime(tmp_path / name / "metrics.json", (1e9 + age, 1e9 + age))
     runs = report.find_runs([tmp_path])
     assert report.swept_keys([r for r in runs if r.finished]) == ["algo", "budget"]
     assert report.common_settings([r for r in runs if r.finished]) == ["train.outer_steps=5"]
@@ -124,7 +131,12 @@ def test_swept_settings_are_the_overrides_that_differ(tmp_path):
         ({"algo": "reptile", "budget": "smoke"}, 1),
     ]
     assert report.percent(rows[1].test) == "40.0 ± 5.0" and rows[0].test.over == "seeds"
-    assert "Unfinished runs (1, not in the table" in report.not_finished(runs, [tmp_path])
+    assert report.percent(rows[0].test).startswith("70.0 ± ")  # seeds 0 and 1 once each: a (0.6) and b (0.8)
+    assert [r.folder.name for r in rows[0].repeats] == ["f"]
+    skipped = report.not_in_table(runs, rows, [tmp_path])
+    assert "Unfinished runs (1, not in the table" in skipped and "- `e`" in skipped
+    assert "Runs without a checkpoint (1, not in the table" in skipped and "- `d`" in skipped
+    assert "Repeated runs (1, not in the table" in skipped and "- `f` (seed 0, algo=maml, budget=-)" in skipped
 
 
 def test_the_validation_column_gives_the_score_that_kept_each_run(tmp_path):
