@@ -8,8 +8,8 @@ finished runs, `.hydra/overrides.yaml`), seeds aggregated: the mean test accurac
 over the test episodes for one seed (metrics.json's own) and a Student-t interval of the per-seed means for several.
 The plots (matplotlib, `pip install 'metarun[report]'`): test accuracy against shots per algorithm, validation
 accuracy against outer step (the TensorBoard events) and test accuracy against meta-training time (timing.json).
-Failed jobs (error.txt), unfinished runs and repeats of a tabled run's seed are listed, not tabled. The table code is also what
-scripts/results_table.py and scripts/benchmark.py print.
+Failed jobs (error.txt), unfinished runs and repeats of a tabled run's seed are listed, not tabled. The table
+code is also what scripts/results_table.py and scripts/benchmark.py print.
 """
 
 from __future__ import annotations
