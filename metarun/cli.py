@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -84,13 +85,20 @@ def _launch(hydra_app) -> None:
         raise
 
 
+NEEDS_QUOTES = re.compile(r"[=,\s\[\](){}]")  # what Hydra's grammar reads as syntax in an unquoted value
+ESCAPED = re.compile(r"[\\'\"$]")  # a value with these was written for the grammar (escapes, quotes, ${...})
+
+
 def quote_paths(args: list[str], names: tuple[str, ...]) -> list[str]:
-    """`name=value` arguments of the settings `names` (folders and files, never sweeps) with the value quoted for
-    Hydra's override grammar, so that a sweep job's folder (`0_algo=maml,seed=1`) can be given as it is."""
+    """`name=value` arguments of the settings `names` (folders and files) with the value quoted for Hydra's override
+    grammar, so that a sweep job's folder (`0_algo=maml,seed=1`) can be given as it is. A value that already uses
+    the grammar (escapes, quotes, interpolations), and every argument of a sweep (-m), stay as typed."""
+    if "-m" in args or "--multirun" in args:
+        return args
     quoted = []
     for arg in args:
         name, sep, value = arg.partition("=")
-        plain = sep and name in names and value and value[0] not in "'\"" and "'" not in value
+        plain = sep and name in names and NEEDS_QUOTES.search(value) and not ESCAPED.search(value)
         quoted.append(f"{name}='{value}'" if plain else arg)
     return quoted
 

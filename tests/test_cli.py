@@ -155,3 +155,29 @@ def test_protonet_meta_trains_on_wider_episodes_than_it_tests_and_maml_refuses(t
     assert metrics["n_way"] == 5 and 0.0 <= metrics["test_acc"] <= 1.0
     message = bad_input(tmp_path, "algo=maml", "task.meta_train_way=8")
     assert "task.meta_train_way=8" in message and "task.n_way=5" in message and "MAML" in message
+
+
+@pytest.mark.parametrize(
+    ("typed", "parsed"),
+    [
+        ("run=outputs/multirun/x/0_algo=maml,seed=1", "outputs/multirun/x/0_algo=maml,seed=1"),  # a sweep job's folder
+        ("run=my runs/a", "my runs/a"),
+        ("run=outputs/2026-11-30/10-00-00-ab12cd", "outputs/2026-11-30/10-00-00-ab12cd"),
+        ("run=o\\,p", "o,p"),  # written for the grammar already: an escaped comma
+        ("run='q,a'", "q,a"),
+    ],
+)
+def test_a_path_setting_is_read_as_the_path_typed(typed, parsed):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from metarun.cli import quote_paths
+
+    [override] = OverridesParser.create().parse_overrides(quote_paths([typed], ("run",)))
+    assert override.value() == parsed
+
+
+def test_a_sweep_over_runs_is_left_to_the_grammar():
+    from metarun.cli import quote_paths
+
+    assert quote_paths(["-m", "run=a,b", "x=1"], ("run",)) == ["-m", "run=a,b", "x=1"]
+    assert quote_paths(["task.n_way=3", "algo.x=[1,2]"], ("run",)) == ["task.n_way=3", "algo.x=[1,2]"]
