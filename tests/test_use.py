@@ -174,6 +174,13 @@ def test_a_sweep_jobs_folder_and_the_device_are_taken_as_typed(tmp_path):
                         f"out={tmp_path / 'p=1.jsonl'}", "device=cpu")  # fmt: skip
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert len((tmp_path / "p=1.jsonl").read_text().splitlines()) == len(query_x)
+    in_bf16 = command("metarun-predict", f"run={folder}", f"support={support}", f"inputs={inputs}",
+                      f"out={tmp_path / 'bf16.jsonl'}", "device=cpu", "device.precision=bf16",
+                      "device.threads=1")  # fmt: skip
+    assert in_bf16.returncode == 0, in_bf16.stderr[-2000:]
+    probabilities = [[json.loads(line)["probabilities"] for line in (tmp_path / f).read_text().splitlines()]
+                     for f in ("p=1.jsonl", "bf16.jsonl")]  # fmt: skip
+    assert probabilities[0] != probabilities[1]  # the precision asked for is the one used
     scored = command("metarun-eval", f"run={folder}", "device=cpu", f"hydra.run.dir={tmp_path / 'eval'}")
     assert scored.returncode == 0, scored.stderr[-2000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
