@@ -271,15 +271,18 @@ def group_runs(runs: Sequence[Run], settings: Callable[[Run], dict], sort: bool 
 
 
 def _one_run_per_seed(row: Row) -> None:
-    """Keep the newest run of each seed in `row.runs` and move the others to `row.repeats`: the same settings and
-    seed run twice are one sample, and counting both would narrow the interval across seeds."""
+    """Keep the newest run (by its metrics.json's time) of each known seed in `row.runs` and move the others to
+    `row.repeats`: the same settings and seed run twice are one sample, and counting both would narrow the interval
+    across seeds. Runs of an unknown seed all stay."""
     metrics_files = [run.folder / "metrics.json" for run in row.runs]
+    # runs made in memory (no file) are taken in their order
     finished_at = {id(run): f.stat().st_mtime if f.is_file() else 0.0 for run, f in zip(row.runs, metrics_files)}
     newest = {}
     for run in sorted(row.runs, key=lambda run: finished_at[id(run)]):
-        newest[run.metrics.get("seed")] = run
-    row.repeats = [run for run in row.runs if newest[run.metrics.get("seed")] is not run]
-    row.runs = [run for run in row.runs if newest[run.metrics.get("seed")] is run]
+        newest[run.setting("seed")] = run
+    repeated = lambda run: run.setting("seed") != "-" and newest[run.setting("seed")] is not run  # noqa: E731
+    row.repeats = [run for run in row.runs if repeated(run)]
+    row.runs = [run for run in row.runs if not repeated(run)]
 
 
 def sweep_rows(runs: Sequence[Run]) -> list[Row]:
@@ -344,6 +347,7 @@ def not_in_table(runs: Sequence[Run], rows: Sequence[Row], folders: Sequence[Pat
     failed = [r for r in runs if not r.finished and r.error is not None]
     unfinished = [r for r in runs if not r.finished and r.error is None]
     resumable = [r for r in unfinished if (r.folder / "checkpoints" / "last.pt").is_file()]
+    without_checkpoint = [r for r in unfinished if not (r.folder / "checkpoints" / "last.pt").is_file()]
     repeats = [(run, row) for row in rows for run in row.repeats]
     text = ""
     if failed:
@@ -353,10 +357,10 @@ def not_in_table(runs: Sequence[Run], rows: Sequence[Row], folders: Sequence[Pat
         text += (f"Unfinished runs ({len(resumable)}, not in the table: still running, or stopped; "
                  "`metarun <its overrides> train.resume=<folder>` continues one):\n\n")  # fmt: skip
         text += "".join(f"- `{_relative(r.folder, folders)}`\n" for r in resumable) + "\n"
-    if len(unfinished) > len(resumable):
-        text += (f"Runs without a checkpoint ({len(unfinished) - len(resumable)}, not in the table: still starting, "
-                 "or stopped before their first validation; each one's cli.log says why):\n\n")  # fmt: skip
-        text += "".join(f"- `{_relative(r.folder, folders)}`\n" for r in unfinished if r not in resumable) + "\n"
+    if without_checkpoint:
+        text += (f"Runs without a checkpoint ({len(without_checkpoint)}, not in the table: still starting, or stopped "
+                 "before their first validation; each one's cli.log says why):\n\n")  # fmt: skip
+        text += "".join(f"- `{_relative(r.folder, folders)}`\n" for r in without_checkpoint) + "\n"
     if repeats:
         text += (f"Repeated runs ({len(repeats)}, not in the table: the settings and seed of a newer run in the "
                  "table, which counts that seed once):\n\n")  # fmt: skip

@@ -426,6 +426,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--doc", type=Path, help="rewrite this document's bench sections (docs/performance.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.ranks and args.device != "cpu":
+        parser.error("--ranks compares CPU processes with CPU threads; it takes no --device")
     if args.memory:
         args.algos, args.models = ["maml"], args.models if args.models != ["reference"] else ["base"]
         args.inner_steps = args.inner_steps if args.inner_steps != [5] else [1, 5, 10, 20]

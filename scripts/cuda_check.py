@@ -61,8 +61,8 @@ def relative_difference(candidate: dict[str, torch.Tensor], reference: dict[str,
     return worst / scale if scale else worst
 
 
-def check_gradients(algos: list[str], device: torch.device, tolerance: float) -> list[str]:
-    """One line per (algorithm, path) compared; SystemExit naming every disagreement once all are compared."""
+def check_gradients(algos: list[str], device: torch.device, tolerance: float) -> tuple[list[str], list[str]]:
+    """One line per (algorithm, path) compared, and the disagreements beyond `tolerance`."""
     lines, failed = [], []
     for algo in algos:
         cpu = outcome(algo, torch.device("cpu"), [])
@@ -78,10 +78,8 @@ def check_gradients(algos: list[str], device: torch.device, tolerance: float) ->
             print(line, flush=True)
             lines.append(line)
             if not (grads <= tolerance and logits <= tolerance):
-                failed.append(f"{algo} on {device.type} ({how})")
-    if failed:
-        raise SystemExit(f"{'; '.join(failed)}: differs from the CPU beyond --tolerance {tolerance:g}")
-    return lines
+                failed.append(f"{algo} on {device.type} ({how}) differs from the CPU beyond --tolerance {tolerance:g}")
+    return lines, failed
 
 
 def command(*args: str) -> str:
@@ -92,7 +90,7 @@ def command(*args: str) -> str:
     return done.stdout
 
 
-def check_runs(algos: list[str], device: torch.device, out: Path) -> list[str]:
+def check_runs(algos: list[str], device: torch.device, out: Path, tolerance: float) -> list[str]:
     """Meta-train every algorithm on `device` in one multirun; score the MAML run again there, and predict with it
     there and on the CPU."""
     sweep = out / "sweep"
@@ -126,6 +124,8 @@ def check_runs(algos: list[str], device: torch.device, out: Path) -> list[str]:
     gap = relative_difference(probabilities[device.type], probabilities["cpu"])
     lines.append(f"metarun-predict with the {device.type}-trained run: {device.type} against cpu probabilities, "
                  f"relative difference {gap:.1e}")  # fmt: skip
+    if gap > tolerance:
+        raise SystemExit(f"metarun-predict's probabilities on {device.type} and cpu differ beyond {tolerance:g}")
     print("\n".join(lines), flush=True)
     return lines
 
@@ -140,12 +140,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     lines = [f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else "")]
-    try:
-        lines += check_gradients(args.algos, device, args.tolerance)
-    finally:  # the runs are checked even when a gradient disagrees, which is reported at the end
-        lines += check_runs(args.algos, device, args.out) if args.runs else []
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "cuda_check.txt").write_text("\n".join(lines) + "\n")
+    compared, failures = check_gradients(args.algos, device, args.tolerance)
+    lines += compared
+    if args.runs:  # also when a gradient disagrees: every finding is written before the exit
+        try:
+            lines += check_runs(args.algos, device, args.out, args.tolerance)
+        except SystemExit as stop:
+            failures.append(str(stop))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cuda_check.txt").write_text("\n".join([*lines, *failures]) + "\n")
+    if failures:
+        raise SystemExit("\n".join(failures))
 
 
 if __name__ == "__main__":

@@ -272,8 +272,11 @@ def test_memory_light_maml_replays_dropout_masks():
     ("asked", "device", "batched"),
     [("auto", "cuda", True), ("auto", "cpu", False), (True, "cpu", True), (True, "cuda", True), (False, "cuda", False)],
 )
-def test_batch_tasks_auto_batches_on_cuda_only_and_false_never(asked, device, batched):
+def test_batch_tasks_auto_batches_on_cuda_only_and_false_never(model64, asked, device, batched):
     assert batches_tasks(asked, device) is batched
+    algorithm = MAML(model64, inner_steps=1, inner_lr=INNER_LR)  # one that can batch its tasks
+    assert algorithm._batching(asked, device) is batched
+    assert not MAML(model64, inner_steps=1, inner_lr=INNER_LR, inner_scope="head")._batching("auto", device)
 
 
 @pytest.mark.parametrize("head_init", ["learned", "zero", "prototypes"])

@@ -187,3 +187,10 @@ def test_interval_across_seeds_and_over_episodes():
     one = report.across_seeds([0.55], episode_half_width=0.04)
     assert (one.mean, one.half_width, one.over) == (0.55, 0.04, "episodes")
     assert report.percent(one) == "55.0 ± 4.0" and report.percent(report.across_seeds([0.5])) == "50.0"
+
+
+def test_runs_of_an_unknown_seed_are_all_counted(tmp_path):
+    runs = [report.Run(tmp_path / name, {"algo": "maml"}, {"test_acc": acc, "test_ci95": 0.05, "test_episodes": 10})
+            for name, acc in (("a", 0.6), ("b", 0.8))]  # fmt: skip
+    [row] = report.group_runs(runs, lambda run: {"algo": "maml"})
+    assert row.seeds == 2 and row.repeats == []

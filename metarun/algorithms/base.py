@@ -105,7 +105,7 @@ class Algorithm:
         self.inner_scope, self.outer_scope, self.top_layers = inner_scope, outer_scope, top_layers
         names = [n for n, _ in model.named_parameters()]
         self.inner_names, self.outer_names = self.scope_names(names, inner_scope), self.scope_names(names, outer_scope)
-        self.batched = self._batching(batch_tasks)
+        self.batched = self._batching(batch_tasks, next(self.model.parameters()).device.type)
         if self.meta_trains and not self.meta_learned_names(dict(model.named_parameters())):
             raise UserError(
                 f"algo.outer_scope={outer_scope!r} leaves nothing to meta-learn: its only parameters are the head, "
@@ -132,8 +132,9 @@ class Algorithm:
             first = next(i for i, n in enumerate(names) if n.startswith(layers[-self.top_layers]))
         return names[first:]
 
-    def _batching(self, batch_tasks: str | bool) -> bool:
-        """Whether the loop calls `batched_meta_gradient`: asked for (or auto on CUDA) and possible."""
+    def _batching(self, batch_tasks: str | bool, device_type: str) -> bool:
+        """Whether the loop calls `batched_meta_gradient` for a model on `device_type`: asked for (or auto on CUDA)
+        and possible."""
         possible = (
             self.can_batch_tasks
             and isinstance(self.inner_optimizer, SGD)
@@ -147,7 +148,7 @@ class Algorithm:
                 "batching needs maml, fomaml or reptile with sgd inner steps over all parameters of a metarun-built "
                 "model (and algo.memory=store); use algo.batch_tasks=false."
             )
-        return possible and batches_tasks(batch_tasks, next(self.model.parameters()).device.type)
+        return possible and batches_tasks(batch_tasks, device_type)
 
     @property
     def learns_head(self) -> bool:
