@@ -269,11 +269,14 @@ class PathsConfig:
 
 
 # ---- device, training, evaluation ----
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 @dataclass
 class DeviceConfig:
     name: str = setting("auto", choices=("auto", "cpu", "cuda"))
     # auto: bf16 autocast for pretrained encoders on CUDA, else float32
-    precision: str = setting("auto", choices=("auto", "fp32", "bf16"))
+    precision: str = setting("auto", choices=PRECISIONS)
     threads: Optional[int] = setting(None, least=1)  # torch's CPU threads in this process; null: one per core
 
 

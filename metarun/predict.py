@@ -8,15 +8,15 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from metarun.checkpoint import load_checkpoint, write_text_atomically
+from metarun.checkpoint import write_text_atomically
 from metarun.config import check_config
 from metarun.data import load_local, load_texts
 from metarun.errors import UserError
 from metarun.reporting import console
-from metarun.trained import TrainedModel, checkpoint_path, model_from_checkpoint
+from metarun.trained import load
 
 OUTPUTS = (".jsonl", ".csv")
 SHOW_PROGRESS_FROM = 2048  # inputs; fewer are labelled before a bar would be worth drawing
@@ -32,7 +32,15 @@ def predict(cfg: DictConfig) -> Path:
     columns = {"text_column": cfg.text_column, "label_column": cfg.label_column, "max_chars": cfg.max_chars}
     support = load_local(cfg.support, **columns, setting="support")
     texts = load_texts(cfg.inputs, cfg.text_column, cfg.max_chars)
-    model = load_for_prediction(cfg)
+    if cfg.device.threads:
+        torch.set_num_threads(cfg.device.threads)
+    # auto keeps the run's own precision; fp32 or bf16 replaces it
+    model = load(
+        cfg.run,
+        cfg.checkpoint,
+        cfg.device.name,
+        precision=None if cfg.device.precision == "auto" else cfg.device.precision,
+    )
     adapted = model.adapt(support.texts, support.labels, seed=cfg.seed, unlabelled=texts)
     counts = {label: support.labels.count(label) for label in adapted.labels}
     console.print(f"adapted on {len(support)} examples of {len(counts)} labels: "
@@ -50,18 +58,6 @@ def predict(cfg: DictConfig) -> Path:
     write_text_atomically(out, _as_jsonl(rows) if out.suffix.lower() == ".jsonl" else _as_csv(rows, adapted.labels))
     console.print(f"wrote {len(rows)} predictions to {out}", highlight=False)
     return out
-
-
-def load_for_prediction(cfg: DictConfig) -> TrainedModel:
-    """The run on `device.name`, with `device.threads` applied and a `device.precision` other than auto replacing
-    the run's own."""
-    if cfg.device.threads:
-        torch.set_num_threads(cfg.device.threads)
-    saved = load_checkpoint(checkpoint_path(cfg.run, cfg.checkpoint))
-    config = OmegaConf.create(saved["config"])
-    if cfg.device.precision != "auto":
-        config.device.precision = cfg.device.precision
-    return model_from_checkpoint(saved, cfg.device.name, config)
 
 
 def _as_jsonl(rows: list[dict]) -> str:

@@ -274,15 +274,15 @@ def _one_run_per_seed(row: Row) -> None:
     """Keep the newest run (by its metrics.json's time) of each known seed in `row.runs` and move the others to
     `row.repeats`: the same settings and seed run twice are one sample, and counting both would narrow the interval
     across seeds. Runs of an unknown seed all stay."""
-    metrics_files = [run.folder / "metrics.json" for run in row.runs]
-    # runs made in memory (no file) are taken in their order
-    finished_at = {id(run): f.stat().st_mtime if f.is_file() else 0.0 for run, f in zip(row.runs, metrics_files)}
-    newest = {}
-    for run in sorted(row.runs, key=lambda run: finished_at[id(run)]):
-        newest[run.setting("seed")] = run
-    repeated = lambda run: run.setting("seed") != "-" and newest[run.setting("seed")] is not run  # noqa: E731
-    row.repeats = [run for run in row.runs if repeated(run)]
-    row.runs = [run for run in row.runs if not repeated(run)]
+    newest = {run.setting("seed"): run for run in sorted(row.runs, key=_finished_at)}
+    repeats = [run for run in row.runs if run.setting("seed") != "-" and newest[run.setting("seed")] is not run]
+    row.runs, row.repeats = [run for run in row.runs if all(run is not r for r in repeats)], repeats
+
+
+def _finished_at(run: Run) -> float:
+    """When its metrics.json was written; 0 for a run made in memory (those keep their order)."""
+    path = run.folder / "metrics.json"
+    return path.stat().st_mtime if path.is_file() else 0.0
 
 
 def sweep_rows(runs: Sequence[Run]) -> list[Row]:

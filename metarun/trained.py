@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 
 from metarun.algorithms import Algorithm, Params
 from metarun.checkpoint import load_checkpoint, restore_weights
+from metarun.config import PRECISIONS
 from metarun.errors import UserError, brief
 from metarun.evaluation import eval_mode
 from metarun.tokenizer import encode
@@ -119,19 +120,30 @@ def checkpoint_path(run_folder: str | Path, checkpoint: str = "best") -> Path:
 
 
 def load(
-    run_folder: str | Path, checkpoint: str = "best", device: str = "auto", config: DictConfig | None = None
+    run_folder: str | Path,
+    checkpoint: str = "best",
+    device: str = "auto",
+    config: DictConfig | None = None,
+    precision: str | None = None,
 ) -> TrainedModel:
     """A run's `best.pt` (or `last.pt`) with its own tokenizer, config and algorithm, on `device` (auto|cpu|cuda);
-    `config` replaces the run's own settings (metarun-eval: how it adapts and where it runs)."""
-    return model_from_checkpoint(load_checkpoint(checkpoint_path(run_folder, checkpoint)), device, config)
+    `config` replaces the run's own settings (metarun-eval: how it adapts and where it runs), and `precision`
+    (auto|fp32|bf16) the run's `device.precision`."""
+    return model_from_checkpoint(load_checkpoint(checkpoint_path(run_folder, checkpoint)), device, config, precision)
 
 
-def model_from_checkpoint(saved: dict, device: str = "auto", config: DictConfig | None = None) -> TrainedModel:
+def model_from_checkpoint(
+    saved: dict, device: str = "auto", config: DictConfig | None = None, precision: str | None = None
+) -> TrainedModel:
     """The run of an already-read checkpoint as a model (see `load`)."""
     from metarun.run import build_algorithm, resolve_device
 
     # the model is built as the run built it (its n_way head); adapting resizes what a task rebuilds anyway
     config = OmegaConf.create(saved["config"]) if config is None else config
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise UserError(f"precision={precision!r} is not valid; use one of: {', '.join(PRECISIONS)}.")
+        config = OmegaConf.merge(config, {"device": {"precision": precision}})
     built_as = OmegaConf.merge(config, {"task": {"n_way": saved["config"]["task"]["n_way"]}})
     tokenizer = Tokenizer.from_str(saved["tokenizer"])
     target = resolve_device(device)

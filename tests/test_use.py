@@ -139,6 +139,12 @@ def test_metarun_predict_refuses_an_unknown_output_format(tmp_path):
     assert result.returncode == 2 and "out='p.xlsx' is not valid" in " ".join(result.stderr.split())
 
 
+def test_load_refuses_an_unknown_precision(tmp_path):
+    folder = trained(tmp_path / "run", "algo=protonet")
+    with pytest.raises(UserError, match="precision='fp16' is not valid; use one of: auto, fp32, bf16"):
+        load(folder, precision="fp16")
+
+
 def test_metarun_predict_names_the_setting_of_a_missing_file(tmp_path):
     result = command("metarun-predict", "run=x", "support=nope.csv", "inputs=i.csv", "out=p.csv", cwd=tmp_path)
     message = " ".join(result.stderr.split())
