@@ -7,7 +7,6 @@ import io
 import json
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -16,6 +15,7 @@ from metarun.config import check_config
 from metarun.data import load_local, load_texts
 from metarun.errors import UserError
 from metarun.reporting import console
+from metarun.run import use_threads
 from metarun.trained import load
 
 OUTPUTS = (".jsonl", ".csv")
@@ -32,8 +32,7 @@ def predict(cfg: DictConfig) -> Path:
     columns = {"text_column": cfg.text_column, "label_column": cfg.label_column, "max_chars": cfg.max_chars}
     support = load_local(cfg.support, **columns, setting="support")
     texts = load_texts(cfg.inputs, cfg.text_column, cfg.max_chars)
-    if cfg.device.threads:
-        torch.set_num_threads(cfg.device.threads)
+    use_threads(cfg.device)
     # auto keeps the run's own precision; fp32 or bf16 replaces it
     model = load(
         cfg.run,

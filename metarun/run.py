@@ -58,6 +58,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_threads(device: DictConfig) -> None:
+    """`device.threads`: torch's CPU threads in this process (null keeps torch's own choice, one per core)."""
+    if device.threads:
+        torch.set_num_threads(device.threads)
+
+
 def resolve_precision(name: str, device: torch.device, prefers_bf16: bool) -> torch.dtype | None:
     """The autocast dtype for the encoder's forward passes, None for float32: `auto` is bf16 on CUDA for models
     that prefer it (pretrained encoders, trained for it), float32 otherwise."""
@@ -274,8 +280,7 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
     """Meta-train, validate, test the best checkpoint; returns the best validation score (`eval.select_by`) for
     sweepers. Under torchrun every process runs this; rank 0 claims the folder and alone writes and prints."""
     check_config(cfg)
-    if cfg.device.threads:
-        torch.set_num_threads(cfg.device.threads)
+    use_threads(cfg.device)
     ranks, device_name = distributed.start(cfg.device.name)
     try:
         distributed.check_meta_batch(cfg.train.meta_batch_size, ranks)
@@ -462,6 +467,7 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
             "prototypes); algo.transductive_steps refines the prototypes of protonet and prototypes runs. Remove it."
         )
     print_config(run_cfg)
+    use_threads(run_cfg.device)
     model = model_from_checkpoint(saved, run_cfg.device.name, run_cfg)
     sampler = None
     if not run_cfg.task.eval_tasks:

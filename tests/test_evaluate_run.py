@@ -136,3 +136,11 @@ def test_test_time_algorithm_settings_apply_to_the_runs_that_have_them(tmp_path)
         evaluated(maml, tmp_path / "eval-maml", "+algo.transductive_steps=3")
     with pytest.raises(UserError, match=r"algo.eval_inner_steps: not a setting of protonet"):
         evaluated(folder, tmp_path / "eval-steps", "algo.eval_inner_steps=3")
+
+
+def test_the_device_groups_threads_are_applied(tmp_path, monkeypatch):
+    folder = trained(tmp_path / "run")
+    asked = []
+    monkeypatch.setattr("torch.set_num_threads", asked.append)
+    evaluated(folder, tmp_path / "eval", "device.threads=3")
+    assert asked == [3]
