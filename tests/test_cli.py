@@ -128,6 +128,11 @@ def test_local_data_without_files_says_which_setting(tmp_path):
     assert "data.files" in bad_input(tmp_path, "data=local")
 
 
+def test_a_data_error_is_not_buried_under_the_config(tmp_path):
+    result = metarun(*FAST, f"hydra.run.dir={tmp_path / 'run'}", "data=local", f"data.files={tmp_path / 'no.jsonl'}")
+    assert result.returncode == 2 and "not found" in result.stderr and "outer_steps" not in result.stdout
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda(tmp_path):
     assert "device=cuda was asked for, but this machine has no CUDA device" in bad_input(tmp_path, "device=cuda")
