@@ -45,6 +45,8 @@ class TrainState:
     best: EvalResult | None = None
     best_step: int | None = None
     step_seconds: list[float] = field(default_factory=list)  # this process's outer steps, validation excluded
+    average: dict[str, torch.Tensor] | None = None  # train.average_from: the mean of the weights validated so far
+    averaged: int = 0  # how many validation steps' weights `average` holds
 
 
 def storage_error(path: Path, error: OSError, run_folder: Path | None = None) -> UserError:
@@ -195,8 +197,11 @@ class Checkpoints:
                 "config": self.config,
                 "tokenizer": self.tokenizer_json,
             }
-            if is_best:
-                self._write(payload, self.best_path)  # best first: a stop between the two leaves last.pt older
+            payload["average"], payload["averaged"] = state.average, state.averaged
+            if is_best:  # best first: a stop between the two leaves last.pt older
+                # with averaging on, the average is what was validated
+                weights = payload["model"] if state.average is None else {**payload["model"], **state.average}
+                self._write({**payload, "model": weights}, self.best_path)
             self._write(payload, self.last_path)
         # what was saved, known to every rank: load_best runs on all of them
         self.best_step = state.step if is_best else self.best_step
@@ -228,7 +233,8 @@ class Checkpoints:
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
         best = None if saved["best"] is None else EvalResult(**saved["best"])
         self.best_step, self.last_step = saved["best_step"], saved["step"]
-        return TrainState(saved["step"], best, saved["best_step"])
+        average = saved.get("average"), saved.get("averaged", 0)  # absent from checkpoints of earlier versions
+        return TrainState(saved["step"], best, saved["best_step"], average=average[0], averaged=average[1])
 
     def _check_same_run(self, saved: dict) -> None:
         check_same_settings(saved, self.config, self.last_path)

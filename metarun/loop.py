@@ -32,6 +32,7 @@ class TrainSettings:
     grad_clip: float | None
     val_interval: int
     select_by: str  # the validation score that picks the best step (a name of config.METRICS)
+    average_from: int | None = None  # checkpoint averaging from this step on (config.TrainConfig)
 
 
 def build_outer_optimizer(
@@ -70,6 +71,14 @@ def accumulate_meta_gradient(
     for name, param in trained.items():
         param.grad = summed[name] / count if name in summed else None
     return ranks.gather(stats)
+
+
+def add_to_average(state: TrainState, weights: Params) -> None:
+    """Fold this validation step's weights into the running mean `state.average` (checkpoint averaging)."""
+    state.averaged += 1
+    with torch.no_grad():
+        before = state.average or {n: torch.zeros_like(w) for n, w in weights.items()}
+        state.average = {n: before[n] + (w - before[n]) / state.averaged for n, w in weights.items()}
 
 
 class StopRequests:
@@ -133,7 +142,10 @@ def meta_train(
             state.step, is_best = step, False
             validates = step % settings.val_interval == 0 or step == settings.outer_steps
             if validates:
-                scores = evaluate_scores(algorithm, params, val_episodes, device)
+                if settings.average_from is not None and step >= settings.average_from:
+                    add_to_average(state, {n: params[n] for n in algorithm.meta_learned_names(params)})
+                weights = params if state.average is None else {**params, **state.average}
+                scores = evaluate_scores(algorithm, weights, val_episodes, device)
                 reporter.log_validation(step, scores, settings.select_by)
                 val = scores[settings.select_by]
                 is_best = state.best is None or val.mean > state.best.mean

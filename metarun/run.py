@@ -313,6 +313,7 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
         cfg.train.grad_clip,
         cfg.eval.val_interval,
         cfg.eval.select_by,
+        cfg.train.average_from,
     )
     optimizer, schedule = build_outer_optimizer(algorithm, instantiate(cfg.train.lr_schedule))
     rng = random.Random(cfg.seed)

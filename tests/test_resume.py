@@ -43,22 +43,29 @@ def stop_at(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
     monkeypatch.setattr(reporting.RunReporter, "log_train", log_and_signal)
 
 
-def artefacts(folder: Path) -> tuple[str, bytes]:
-    return (folder / "metrics.json").read_text(), (folder / "checkpoints" / "best.pt").read_bytes()
+def artefacts(folder: Path) -> tuple[str, bytes, bytes]:
+    checkpoints = folder / "checkpoints"
+    return (
+        (folder / "metrics.json").read_text(),
+        (checkpoints / "best.pt").read_bytes(),
+        (checkpoints / "last.pt").read_bytes(),
+    )
 
 
-@pytest.mark.parametrize("algo, stop", [("maml", 3), ("reptile", 4), ("finetune", 1)])
+@pytest.mark.parametrize("algo, stop", [("maml", 3), ("reptile", 4), ("finetune", 1), ("maml train.average_from=2", 5)])
 def test_stopped_and_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch, algo, stop):
-    """Stops off (3) and on (4) a validation step, and before the first validation (1)."""
-    run(config(f"algo={algo}"), tmp_path / "whole")
+    """Stops off (3, 5) and on (4) a validation step, and before the first validation (1); with checkpoint averaging
+    the running mean comes back too."""
+    algo, *more = algo.split()
+    run(config(f"algo={algo}", *more), tmp_path / "whole")
     stop_at(monkeypatch, stop)
     with pytest.raises(RunInterrupted) as stopped:
-        run(config(f"algo={algo}"), tmp_path / "stopped")
+        run(config(f"algo={algo}", *more), tmp_path / "stopped")
     assert stopped.value.exit_code == 130 and f"after outer step {stop} of 6" in str(stopped.value)
     assert torch.load(tmp_path / "stopped/checkpoints/last.pt", weights_only=True)["step"] == stop
     assert not (tmp_path / "stopped/metrics.json").exists()
     monkeypatch.undo()
-    run(config(f"algo={algo}", f"train.resume={tmp_path / 'stopped'}"), tmp_path / "elsewhere")
+    run(config(f"algo={algo}", *more, f"train.resume={tmp_path / 'stopped'}"), tmp_path / "elsewhere")
     assert not (tmp_path / "elsewhere").exists()  # the resumed run writes into its own folder
     assert artefacts(tmp_path / "stopped") == artefacts(tmp_path / "whole")
 
