@@ -287,7 +287,8 @@ class TrainConfig:
     lr_schedule: Any = MISSING  # a partial target called with the outer optimizer: lr_schedule=cosine|constant
     grad_clip: Optional[float] = setting(1.0, above=0.0)  # max norm of the averaged (meta-)gradient; null: none
     # checkpoint averaging (SWA, Izmailov et al., 2018): from this outer step on, each validation scores, and best.pt
-    # keeps, the mean of the trained weights at every validation since; training itself goes on unchanged. null: off
+    # keeps, the mean of the model's trained weights at every validation since (Meta-SGD's learned rates are not
+    # averaged); training itself goes on unchanged. null: off
     average_from: Optional[int] = setting(None, least=1)
     diagnostic_scores: bool = False  # forwards only for logging: the query before adaptation, Reptile's query after
     resume: Optional[str] = None  # a run folder: continue that run from its checkpoints/last.pt
