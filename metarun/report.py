@@ -347,7 +347,7 @@ def not_in_table(runs: Sequence[Run], rows: Sequence[Row], folders: Sequence[Pat
     failed = [r for r in runs if not r.finished and r.error is not None]
     unfinished = [r for r in runs if not r.finished and r.error is None]
     resumable = [r for r in unfinished if (r.folder / "checkpoints" / "last.pt").is_file()]
-    without_checkpoint = [r for r in unfinished if not (r.folder / "checkpoints" / "last.pt").is_file()]
+    without_checkpoint = [r for r in unfinished if all(r is not s for s in resumable)]
     repeats = [(run, row) for row in rows for run in row.repeats]
     text = ""
     if failed:
