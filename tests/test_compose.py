@@ -2,9 +2,12 @@
 
 import itertools
 import json
+import re
+from pathlib import Path
 
 import pytest
 from metarun.config import compose
+from omegaconf import OmegaConf
 
 from conftest import CLINC150, compose_config
 from metarun.run import run
@@ -97,6 +100,15 @@ def test_the_arsc_dev_protocol_runs_on_a_slice_of_its_source_domains(tmp_path, c
     assert metrics["test_episodes"] == metrics["val_episodes"] == 12  # 4 dev domains x 3 thresholds, dev files
     assert sorted(metrics["per_task_recall"]["apparel.t2"]) == ["-1", "1"]
     assert "tools_hardware.t2" in caplog.text and "left out" in caplog.text  # 27 reviews: too few for episodes
+
+
+def test_the_named_arsc_recipe_is_the_measured_one():
+    results = (Path(__file__).parents[1] / "docs" / "results.md").read_text()
+    measured = re.search(r"--variant 'maml-top4-lr2x5=([^']+)'", results).group(1).split()  # the table's row
+    named = compose("config", ["experiment=arsc_dev", "tuning=maml_minilm_arsc"])
+    spelled_out = compose("config", ["experiment=arsc_dev", *measured])
+    assert OmegaConf.to_container(named) == OmegaConf.to_container(spelled_out)
+    assert named.algo.inner_lr == 2.0 and named.train.outer_steps == 400  # not maml_minilm's own settings
 
 
 def test_the_official_arsc_preset_names_the_target_files_in_the_folder_given():
