@@ -19,7 +19,16 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from metarun.config import CONF_DIR, register_configs, register_resolvers  # noqa: E402
 from metarun.callbacks import FailedJobs  # noqa: E402
-from metarun.errors import EXIT_USER_ERROR, RunInterrupted, composition_error, report, reported_stops, stop_signals  # noqa: E402,E501
+from metarun.errors import (  # noqa: E402
+    EXIT_USER_ERROR,
+    RunInterrupted,
+    UserError,
+    composition_error,
+    report,
+    reported_stops,
+    stop_signals,
+    unknown_option,
+)
 
 register_configs()
 register_resolvers()
@@ -37,11 +46,23 @@ def app(cfg: DictConfig) -> float:
         from metarun.run import run
 
         with stop_signals():
+            check_named_tuning(hydra_cfg)
             return run(cfg, Path(hydra_cfg.runtime.output_dir))
     with reported_stops(cfg.debug, resume_command(hydra_cfg.overrides.task)):
         from metarun.run import run
 
+        check_named_tuning(hydra_cfg)
         return run(cfg, Path(hydra_cfg.runtime.output_dir))
+
+
+def check_named_tuning(hydra_cfg) -> None:
+    """`tuning` is optional, so Hydra skips a missing file silently: right for `<algo>_<model>`, which few pairs
+    have, wrong for a tuning asked for by name, whose typo would run without it."""
+    if not any(o.startswith("tuning=") for o in hydra_cfg.overrides.task):
+        return
+    options = sorted(path.stem for path in (Path(CONF_DIR) / "tuning").glob("*.yaml"))
+    if hydra_cfg.runtime.choices.tuning not in options:
+        raise UserError(unknown_option("tuning", hydra_cfg.runtime.choices.tuning, options))
 
 
 def resume_command(overrides) -> str:

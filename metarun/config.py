@@ -13,13 +13,13 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
-from metarun.errors import UserError
+from metarun.errors import UserError, unknown_setting
 
 # absolute, from any working directory: a wheel ships conf/ as metarun/conf; an editable install reads the repo's conf/
 _PACKAGE = Path(__file__).resolve().parent
@@ -435,17 +435,20 @@ def _problem(key: str, value: Any, rules: dict) -> str | None:
     return None
 
 
-def _problems(node: DictConfig, prefix: str) -> list[str]:
+def _problems(node: DictConfig, prefix: str, extra: Collection[str] = ()) -> list[str]:
     schema = OmegaConf.get_type(node)
     rules = {f.name: f.metadata for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
     found = []
     for key in node:
+        name = f"{prefix}{key}"
+        if rules and key not in rules and name not in extra:
+            found.append(unknown_setting(name, list(rules)))
+            continue
         if OmegaConf.is_missing(node, key):
             continue
         value = node[key]
-        name = f"{prefix}{key}"
         if isinstance(value, DictConfig):
-            found += _problems(value, f"{name}.")
+            found += _problems(value, f"{name}.", extra)
         elif isinstance(value, ListConfig):
             found += [p for i, item in enumerate(value) if isinstance(item, DictConfig)
                       for p in _problems(item, f"{name}[{i}].")]  # fmt: skip
@@ -454,14 +457,15 @@ def _problems(node: DictConfig, prefix: str) -> list[str]:
     return [p for p in found if p]
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Every setting against its schema, before any work: values still missing, then ranges and choices."""
+def check_config(cfg: DictConfig, extra: Collection[str] = ()) -> None:
+    """Every setting against its schema, before any work: values still missing, unknown keys (but the dotted names
+    in `extra`), then ranges and choices."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(
             f"These settings need a value: {', '.join(missing)}; give them on the command line, e.g. {missing[0]}=..."
         )
-    problems = _problems(cfg, "") + (_split_problems(cfg.task) if "task" in cfg else [])
+    problems = _problems(cfg, "", extra) + (_split_problems(cfg.task) if "task" in cfg else [])
     if problems:
         raise UserError(" ".join(problems))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -48,12 +50,35 @@ def report(message: str, title: str = "metarun error") -> None:
     Console(stderr=True, soft_wrap=True).print(f"[bold red]{title}:[/] {message}", highlight=False, markup=True)
 
 
+def unknown_setting(name: str, fields: list[str]) -> str:
+    """`name` (dotted) is not among its section's `fields`: the nearest names, else all of them."""
+    section, _, key = name.rpartition(".")
+    close = [f"{section}.{c}" if section else c for c in difflib.get_close_matches(key, fields, n=3)]
+    hint = f"did you mean {' or '.join(close)}?" if close else f"the settings there are: {', '.join(fields)}."
+    return f"{name} is not a setting, so nothing would read it; {hint}"
+
+
+def unknown_option(group: str, option: str, options: list[str]) -> str:
+    """`group=option` names no file of the config group: the nearest options, and all of them."""
+    close = difflib.get_close_matches(option, options, n=1)
+    guess = f"; did you mean {group}={close[0]}?" if close else "."
+    return f"{group}={option} is not an option of {group}{guess} The options are: {', '.join(options)}."
+
+
 def composition_error(error: Exception) -> str:
     """Hydra's and OmegaConf's composition errors (bad override, unknown option, wrong type) as one paragraph."""
-    from omegaconf.errors import OmegaConfBaseException
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+    if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        return unknown_option(group, option, error.options)
     text = " ".join(str(error).split("\nConfig search path")[0].split())
     cause = error.__cause__
+    schema = getattr(cause, "object_type", None)
+    fields = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and fields and cause.key not in fields:
+        return unknown_setting(cause.full_key, fields)  # rather than Hydra's advice to add it with `+`
     if isinstance(cause, OmegaConfBaseException):
         detail = str(getattr(cause, "msg", cause)).splitlines()[0]  # the rest repeats the key and the schema's name
         text = f"{text.rstrip('.')}: {detail}."

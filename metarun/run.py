@@ -451,7 +451,7 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
     The metrics go to `output_dir`; the run's folder is only read. Returns the test accuracy."""
     from metarun.trained import checkpoint_path, model_from_checkpoint
 
-    check_config(cfg)
+    check_config(cfg, extra=EVAL_ALGO_SETTINGS)  # `+algo.transductive_steps`: a setting of the run's algorithm
     saved = load_checkpoint(checkpoint_path(cfg.run, cfg.checkpoint))  # read once: its config, then its weights
     changed = _changed_settings(overrides)
     run_cfg = OmegaConf.create(saved["config"])

@@ -1,6 +1,7 @@
 """The schema: every config group option has one, and every setting is checked before any work."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,10 +65,25 @@ def test_all_problems_are_told_at_once_before_any_data_is_read(tmp_path):
 
 @pytest.mark.parametrize(
     "override, words",
+    [("+train.outer_step=3", "train.outer_step is not a setting, so nothing would read it; did you mean "
+                             "train.outer_steps?"),
+     ("+trian.seed=1", "trian is not a setting"),
+     ("+algo.distanse=cosine", "algo.distanse is not a setting")],
+)  # fmt: skip
+def test_a_key_added_with_plus_that_no_setting_reads_is_refused(tmp_path, override, words):
+    cfg = config("algo=protonet", override)  # Hydra lets `+` add keys the schema does not have
+    with pytest.raises(UserError, match=re.escape(words)):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "override, words",
     [("train.outer_steps=abc", "could not be converted to Integer"), ("task.k_shot=1.5", "to Integer"),
      ("algo.inner_lr=abc", "could not be converted to Float"),
-     ("lr_schedule=linear", "Available options in 'lr_schedule'"),
-     ("train.outer_stepz=3", "Key 'outer_stepz' not in 'TrainConfig'")],
+     ("lr_schedule=linear", "lr_schedule=linear is not an option of lr_schedule. The options are: constant, cosine."),
+     ("train.outer_stepz=3", "train.outer_stepz is not a setting, so nothing would read it; did you mean "
+                             "train.outer_steps?")],
 )  # fmt: skip
 def test_wrong_types_and_unknown_names_exit_2_with_one_paragraph(tmp_path, override, words):
     with pytest.raises(ConfigCompositionException):
