@@ -1,7 +1,7 @@
 """Hydra callbacks: what must happen around a run or a sweep rather than inside it.
 
 - `RunFolderGuard`: a new run refuses a folder that holds another run's results before Hydra writes its config
-  files there, so the other run's `.hydra/` stays as it was.
+  files there, so the other run's `.hydra/` stays as it was; a new sweep likewise refuses another sweep's folder.
 - `FailedJobs` (sweeps, `metarun -m`): Hydra marks a job whose task function raised as failed and goes on with the
   next; this tells the user at once, keeps the reason in the job's folder (`error.txt`) and, at the end, lists
   every failed job and exits non-zero.
@@ -22,6 +22,15 @@ from metarun.errors import EXIT_USER_ERROR, UserError, report
 
 
 class RunFolderGuard(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        if (sweep / "multirun.yaml").exists():  # Hydra would overwrite it, and the failed-job list would mix sweeps
+            report(
+                f"{sweep} already holds another sweep (multirun.yaml); a sweep never writes into another's folder. "
+                "Give this one another hydra.sweep.dir (the default folder is new for every sweep)."
+            )
+            sys.exit(EXIT_USER_ERROR)
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.train.resume:  # a resume writes its config files into .hydra/resume-ID, beside the run's own
             return

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -35,15 +36,21 @@ def _tree(node, tree: Tree) -> Tree:
 
 
 def print_config(cfg: DictConfig) -> None:
-    """The config as a tree, headed by the options Hydra chose (the `tuning` file among them) when it composed."""
+    """The config as a tree, headed by the options Hydra chose (the `tuning` file among them) when it composed; a
+    sweep's job shows the heading and where its config is kept, so that the jobs' progress stays readable."""
     title = "[bold]config"
     if HydraConfig.initialized():
-        chosen = {k: v for k, v in HydraConfig.get().runtime.choices.items() if v and not k.startswith("hydra/")}
+        hydra_cfg = HydraConfig.get()
+        chosen = {k: v for k, v in hydra_cfg.runtime.choices.items() if v and not k.startswith("hydra/")}
         if not (Path(CONF_DIR) / "tuning" / f"{chosen.get('tuning')}.yaml").is_file():
             chosen.pop("tuning", None)  # an optional default Hydra records even when no such file exists
         first = [k for k in TITLE_ORDER if k in chosen]  # the presets first, then the main parts
         shown = [*first, *sorted(set(chosen) - set(first))]
         title += " [dim](" + ", ".join(f"{k}={chosen[k]}" for k in shown) + ")"
+        if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.output_subdir:
+            saved = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"
+            console.print(f"{title}[/dim] in full: {saved}", highlight=False, soft_wrap=True)  # a path to copy
+            return
     console.print(_tree(OmegaConf.to_container(cfg, resolve=True), Tree(title)))
 
 

@@ -78,6 +78,9 @@ def test_multirun_gives_each_run_its_own_folder(tmp_path):
     folders = sorted(p.parent.name for p in tmp_path.glob("*/metrics.json"))
     assert len(folders) == 2 and folders[0].startswith("0_") and folders[1].startswith("1_")
     assert "seed=0" in folders[0] and "seed=1" in folders[1]
+    output = " ".join(result.stdout.split())  # each job names its saved config instead of printing the whole tree
+    assert output.count("in full: ") == 2 and f"{tmp_path / folders[1] / '.hydra' / 'config.yaml'}" in output
+    assert "grad_clip" not in output
 
 
 def test_same_seed_same_config_gives_identical_metrics(tmp_path):
@@ -95,7 +98,13 @@ def bad_input(tmp_path, *args, code=2):
 
 def test_unknown_option_names_the_valid_ones(tmp_path):
     message = bad_input(tmp_path, "algo=nope")
-    assert "Could not find 'algo/nope'" in message and "maml" in message and "reptile" in message
+    assert "algo=nope is not an option of algo. The options are: anil, finetune," in message and "reptile" in message
+    assert "did you mean algo=maml?" in bad_input(tmp_path, "algo=mamll")
+
+
+def test_a_tuning_asked_for_by_name_must_exist(tmp_path):
+    message = bad_input(tmp_path, "tuning=maml_minilm_arc")  # `optional` in the defaults list: Hydra would skip it
+    assert "tuning=maml_minilm_arc is not an option of tuning; did you mean tuning=maml_minilm_arsc?" in message
 
 
 def test_n_way_larger_than_the_split(tmp_path):

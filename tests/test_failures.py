@@ -137,6 +137,14 @@ def test_a_failing_job_does_not_end_the_sweep(tmp_path):
     assert "algo.outer_optimizer.lr=1e+30" in summary and "diverged" in summary and "0.003" not in summary
 
 
+def test_a_sweep_never_writes_into_another_sweeps_folder(tmp_path):
+    assert metarun("-m", *FAST, "seed=0", f"hydra.sweep.dir={tmp_path}").returncode == 0
+    kept, entries = (tmp_path / "multirun.yaml").read_text(), sorted(tmp_path.iterdir())
+    again = metarun("-m", *FAST, "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    assert again.returncode == 2 and "already holds another sweep" in " ".join(again.stderr.split())
+    assert (tmp_path / "multirun.yaml").read_text() == kept and sorted(tmp_path.iterdir()) == entries
+
+
 def test_a_refused_folder_keeps_the_other_runs_config_files(tmp_path):
     assert metarun(*FAST, f"hydra.run.dir={tmp_path}").returncode == 0
     kept = (tmp_path / ".hydra/overrides.yaml").read_text()
