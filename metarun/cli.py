@@ -93,6 +93,9 @@ def predict_app(cfg: DictConfig) -> None:
 def _launch(hydra_app) -> None:
     try:
         hydra_app()
+    except BrokenPipeError:  # the output went to a reader that stopped early (`metarun --help | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        sys.exit(1)
     except RunInterrupted as stop:  # in a sweep: the jobs that finished keep their folders
         report(f"{stop} The sweep stopped at this job; the jobs before it are complete in their folders.",
                title="metarun stopped")  # fmt: skip

@@ -378,11 +378,21 @@ _RUN_ID = uuid.uuid4().hex[:6]  # one per process: runs started in the same seco
 
 def register_resolvers() -> None:
     """`${run_id:}` for unique run folders; `${run_dir:resume,default}` puts a resumed run in its own folder, and
-    `${hydra_subdir:resume}` its config files in `.hydra/resume-ID`, beside the original ones."""
+    `${hydra_subdir:resume}` its config files in `.hydra/resume-ID`, beside the original ones; `${config_groups:}`
+    lists conf/'s groups and options for `--help`."""
     OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID, replace=True)
+    OmegaConf.register_new_resolver("config_groups", _config_groups, replace=True)
     OmegaConf.register_new_resolver("abspath", lambda path: str(Path(path).expanduser().resolve()), replace=True)
     OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
     OmegaConf.register_new_resolver("hydra_subdir", _hydra_subdir, replace=True)
+
+
+def _config_groups(*only: str) -> str:
+    """Each group of conf/ (or those named) with its options, one line each (Hydra's list adds the schema groups)."""
+    groups = sorted({path.parent for path in Path(CONF_DIR).rglob("*.yaml")} - {Path(CONF_DIR)})
+    groups = [g for g in groups if not only or str(g.relative_to(CONF_DIR)) in only]
+    return "\n".join(f"  {group.relative_to(CONF_DIR)}: " + ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
+                     for group in groups)  # fmt: skip
 
 
 def _rank() -> int:

@@ -195,3 +195,12 @@ def test_a_sweep_over_runs_is_left_to_the_grammar():
 
     assert quote_paths(["-m", "run=a,b", "x=1"], ("run",)) == ["-m", "run=a,b", "x=1"]
     assert quote_paths(["task.n_way=3", "algo.x=[1,2]"], ("run",)) == ["task.n_way=3", "algo.x=[1,2]"]
+
+
+def test_help_lists_the_config_groups_a_user_picks():
+    shown = metarun("--help")
+    assert shown.returncode == 0 and shown.stdout.startswith("metarun: meta-train")
+    assert "  tuning: anil_minilm," in shown.stdout and "maml_minilm_arsc" in shown.stdout
+    assert "schema/" not in shown.stdout  # the structured configs are not options to pick
+    evaluate = command("metarun-eval", "--help").stdout
+    assert "  data: clinc150, local, synthetic" in evaluate and "  algo:" not in evaluate  # what eval may change
