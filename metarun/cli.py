@@ -106,6 +106,12 @@ def _launch(hydra_app) -> None:
         if isinstance(error, (HydraException, OmegaConfBaseException)):  # bad overrides, options or types
             report(composition_error(error))
             sys.exit(EXIT_USER_ERROR)
+        if isinstance(error, ValueError) and str(error).startswith("Config group override must be"):  # group=null
+            nulls = [arg for arg in sys.argv[1:] if arg.endswith("=null")]
+            report(f"{' '.join(nulls) or 'A group set to null'}: a config group takes one of its options, not "
+                   "null. An optional group (experiment, tuning, budget, ...) is left out with ~group, e.g. "
+                   "~experiment.")  # fmt: skip
+            sys.exit(EXIT_USER_ERROR)
         raise
 
 

@@ -102,6 +102,11 @@ def test_unknown_option_names_the_valid_ones(tmp_path):
     assert "did you mean algo=maml?" in bad_input(tmp_path, "algo=mamll")
 
 
+def test_a_group_set_to_null_is_told_how_to_leave_it_out(tmp_path):
+    message = bad_input(tmp_path, "experiment=null")  # Hydra raises a ValueError with a traceback
+    assert "experiment=null: a config group takes one of its options, not null" in message and "~experiment" in message
+
+
 def test_a_tuning_asked_for_by_name_must_exist(tmp_path):
     message = bad_input(tmp_path, "tuning=maml_minilm_arc")  # `optional` in the defaults list: Hydra would skip it
     assert "tuning=maml_minilm_arc is not an option of tuning; did you mean tuning=maml_minilm_arsc?" in message
