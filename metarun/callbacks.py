@@ -24,9 +24,10 @@ from metarun.errors import EXIT_USER_ERROR, UserError, report
 class RunFolderGuard(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        if (sweep / "multirun.yaml").exists():  # Hydra would overwrite it, and the failed-job list would mix sweeps
+        # the record (the basic sweeper's multirun.yaml) or a job's config files (Optuna writes its record at the end)
+        if (sweep / "multirun.yaml").exists() or any(sweep.glob("*/.hydra")):
             report(
-                f"{sweep} already holds another sweep (multirun.yaml); a sweep never writes into another's folder. "
+                f"{sweep} already holds another sweep's jobs; a sweep never writes into another's folder. "
                 "Give this one another hydra.sweep.dir (the default folder is new for every sweep)."
             )
             sys.exit(EXIT_USER_ERROR)

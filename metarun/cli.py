@@ -17,7 +17,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from metarun.config import CONF_DIR, register_configs, register_resolvers  # noqa: E402
+from metarun.config import CONF_DIR, config_groups, group_options, register_configs, register_resolvers  # noqa: E402
 from metarun.callbacks import FailedJobs  # noqa: E402
 from metarun.errors import (  # noqa: E402
     EXIT_USER_ERROR,
@@ -60,9 +60,8 @@ def check_named_tuning(hydra_cfg) -> None:
     have, wrong for a tuning asked for by name, whose typo would run without it."""
     if not any(o.startswith("tuning=") for o in hydra_cfg.overrides.task):
         return
-    options = sorted(path.stem for path in (Path(CONF_DIR) / "tuning").glob("*.yaml"))
-    if hydra_cfg.runtime.choices.tuning not in options:
-        raise UserError(unknown_option("tuning", hydra_cfg.runtime.choices.tuning, options))
+    if hydra_cfg.runtime.choices.tuning not in group_options("tuning"):
+        raise UserError(unknown_option("tuning", hydra_cfg.runtime.choices.tuning, group_options("tuning")))
 
 
 def resume_command(overrides) -> str:
@@ -90,7 +89,8 @@ def predict_app(cfg: DictConfig) -> None:
         predict(cfg)
 
 
-def _launch(hydra_app) -> None:
+def _launch(hydra_app, added: tuple[str, ...] = ()) -> None:
+    """Run a Hydra app, its bad input told in one paragraph; `added`: settings this command takes with a leading +."""
     try:
         hydra_app()
     except BrokenPipeError:  # the output went to a reader that stopped early (`metarun --help | head`)
@@ -104,12 +104,12 @@ def _launch(hydra_app) -> None:
         if FailedJobs.summary():  # a sweep raises its first failure once all jobs ran: the list says it all
             sys.exit(1)
         if isinstance(error, (HydraException, OmegaConfBaseException)):  # bad overrides, options or types
-            report(composition_error(error))
+            report(composition_error(error, added))
             sys.exit(EXIT_USER_ERROR)
-        if isinstance(error, ValueError) and str(error).startswith("Config group override must be"):  # group=null
-            nulls = [arg for arg in sys.argv[1:] if arg.endswith("=null")]
-            report(f"{' '.join(nulls) or 'A group set to null'}: a config group takes one of its options, not "
-                   "null. An optional group (experiment, tuning, budget, ...) is left out with ~group, e.g. "
+        if isinstance(error, ValueError) and str(error).startswith("Config group override must be"):  # null, 1, ...
+            groups = [arg for arg in sys.argv[1:] if arg.partition("=")[0] in config_groups()]
+            report(f"{' '.join(groups) or 'A config group'}: a config group takes the name of one of its options. "
+                   "An optional group (experiment, tuning, budget, ...) is left out with ~group, e.g. "
                    "~experiment.")  # fmt: skip
             sys.exit(EXIT_USER_ERROR)
         raise
@@ -141,7 +141,7 @@ def main() -> None:
 def eval_main() -> None:
     """`metarun-eval run=<folder>`: score a run's checkpoint on its test split, or on other data and tasks."""
     sys.argv[1:] = quote_paths(sys.argv[1:], ("run",))
-    _launch(eval_app)
+    _launch(eval_app, added=("algo.transductive_steps",))  # protonet's: absent from the base config's algo (maml)
 
 
 def predict_main() -> None:

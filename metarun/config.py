@@ -387,12 +387,21 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("hydra_subdir", _hydra_subdir, replace=True)
 
 
+def config_groups() -> list[str]:
+    """The config groups of conf/ (`algo`, `algo/outer_optimizer`, ...): Hydra's own list adds the schema groups."""
+    folders = {path.parent for path in Path(CONF_DIR).rglob("*.yaml")} - {Path(CONF_DIR)}
+    return sorted(str(folder.relative_to(CONF_DIR)) for folder in folders)
+
+
+def group_options(group: str) -> list[str]:
+    """The options of one config group: its YAML files' names."""
+    return sorted(path.stem for path in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
 def _config_groups(*only: str) -> str:
-    """Each group of conf/ (or those named) with its options, one line each (Hydra's list adds the schema groups)."""
-    groups = sorted({path.parent for path in Path(CONF_DIR).rglob("*.yaml")} - {Path(CONF_DIR)})
-    groups = [g for g in groups if not only or str(g.relative_to(CONF_DIR)) in only]
-    return "\n".join(f"  {group.relative_to(CONF_DIR)}: " + ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
-                     for group in groups)  # fmt: skip
+    """Each group of conf/ (or those named) with its options, one line each, for `--help`."""
+    return "\n".join(f"  {group}: {', '.join(group_options(group))}" for group in config_groups()
+                     if not only or group in only)  # fmt: skip
 
 
 def _rank() -> int:

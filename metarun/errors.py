@@ -53,6 +53,7 @@ def report(message: str, title: str = "metarun error") -> None:
 def unknown_setting(name: str, fields: list[str]) -> str:
     """`name` (dotted) is not among its section's `fields`: the nearest names, else all of them."""
     section, _, key = name.rpartition(".")
+    fields = [f for f in fields if not f.startswith("_")]  # _target_ and _partial_ are set by the configs
     close = [f"{section}.{c}" if section else c for c in difflib.get_close_matches(key, fields, n=3)]
     hint = f"did you mean {' or '.join(close)}?" if close else f"the settings there are: {', '.join(fields)}."
     return f"{name} is not a setting, so nothing would read it; {hint}"
@@ -65,19 +66,24 @@ def unknown_option(group: str, option: str, options: list[str]) -> str:
     return f"{group}={option} is not an option of {group}{guess} The options are: {', '.join(options)}."
 
 
-def composition_error(error: Exception) -> str:
-    """Hydra's and OmegaConf's composition errors (bad override, unknown option, wrong type) as one paragraph."""
+def composition_error(error: Exception, added: tuple[str, ...] = ()) -> str:
+    """Hydra's and OmegaConf's composition errors (bad override, unknown option, wrong type) as one paragraph;
+    `added` are the settings the command takes with a leading + (Hydra's advice is right for those alone)."""
     from hydra.errors import MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        return unknown_option(group, option, error.options)
+        plugin = " Hydra's plugins add these options: pip install -e '.[sweep]'." if group.startswith("hydra/") else ""
+        return unknown_option(group, option, error.options) + plugin
     text = " ".join(str(error).split("\nConfig search path")[0].split())
     cause = error.__cause__
     schema = getattr(cause, "object_type", None)
     fields = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and fields and cause.key not in fields:
+        if cause.full_key in added:
+            return (f"{cause.full_key} is given with a leading +, as this command's base config lacks it (the run's "
+                    f"algorithm may have it): +{cause.full_key}=<value>.")  # fmt: skip
         return unknown_setting(cause.full_key, fields)  # rather than Hydra's advice to add it with `+`
     if isinstance(cause, OmegaConfBaseException):
         detail = str(getattr(cause, "msg", cause)).splitlines()[0]  # the rest repeats the key and the schema's name

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from metarun.algorithms import TaskStats
-from metarun.config import CONF_DIR, METRICS
+from metarun.config import METRICS, group_options
 from metarun.evaluation import EvalResult
 
 console = Console()
@@ -35,19 +35,20 @@ def _tree(node, tree: Tree) -> Tree:
     return tree
 
 
-def print_config(cfg: DictConfig) -> None:
-    """The config as a tree, headed by the options Hydra chose (the `tuning` file among them) when it composed; a
-    sweep's job shows the heading and where its config is kept, so that the jobs' progress stays readable."""
+def print_config(cfg: DictConfig, saved_in_sweeps: bool = False) -> None:
+    """The config as a tree, headed by the options Hydra chose (the `tuning` file among them) when it composed. With
+    `saved_in_sweeps` (`cfg` is what Hydra saved in the job's folder), a sweep's job shows the heading and that file
+    instead, so that the jobs' progress stays readable."""
     title = "[bold]config"
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         chosen = {k: v for k, v in hydra_cfg.runtime.choices.items() if v and not k.startswith("hydra/")}
-        if not (Path(CONF_DIR) / "tuning" / f"{chosen.get('tuning')}.yaml").is_file():
+        if chosen.get("tuning") not in group_options("tuning"):
             chosen.pop("tuning", None)  # an optional default Hydra records even when no such file exists
         first = [k for k in TITLE_ORDER if k in chosen]  # the presets first, then the main parts
         shown = [*first, *sorted(set(chosen) - set(first))]
         title += " [dim](" + ", ".join(f"{k}={chosen[k]}" for k in shown) + ")"
-        if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.output_subdir:
+        if saved_in_sweeps and hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.output_subdir:
             saved = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"
             console.print(f"{title}[/dim] in full: {saved}", highlight=False, soft_wrap=True)  # a path to copy
             return

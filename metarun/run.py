@@ -299,7 +299,7 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
     """The run proper; `stopped` is the checkpoint a resumed run continues from."""
     torch.manual_seed(cfg.seed)
     tokenizer, samplers, split = prepare_episodes(cfg)
-    print_config(cfg)  # after the data: a data error is the whole output, not a line after the config
+    print_config(cfg, saved_in_sweeps=True)  # after the data: a data error is the whole output, not after the config
     algorithm = build_algorithm(cfg, tokenizer, samplers["train"].n_classes, device)
     if ranks.world > 1:  # one starting point for all, and each process its own draws (dropout, fresh heads)
         ranks.copy_from_main(list(algorithm.trained_tensors().values()))

@@ -103,8 +103,10 @@ def test_unknown_option_names_the_valid_ones(tmp_path):
 
 
 def test_a_group_set_to_null_is_told_how_to_leave_it_out(tmp_path):
-    message = bad_input(tmp_path, "experiment=null")  # Hydra raises a ValueError with a traceback
-    assert "experiment=null: a config group takes one of its options, not null" in message and "~experiment" in message
+    message = bad_input(tmp_path, "experiment=null", "train.grad_clip=null")  # Hydra: a ValueError with a traceback
+    assert "experiment=null: a config group takes the name of one of its options" in message
+    assert "~experiment" in message
+    assert "grad_clip" not in message  # a setting, which null suits
 
 
 def test_a_tuning_asked_for_by_name_must_exist(tmp_path):

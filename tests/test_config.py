@@ -68,7 +68,8 @@ def test_all_problems_are_told_at_once_before_any_data_is_read(tmp_path):
     [("+train.outer_step=3", "train.outer_step is not a setting, so nothing would read it; did you mean "
                              "train.outer_steps?"),
      ("+trian.seed=1", "trian is not a setting"),
-     ("+algo.distanse=cosine", "algo.distanse is not a setting")],
+     ("+algo.distanse=cosine", "algo.distanse is not a setting"),
+     ("+algo.zzz=1", "algo.zzz is not a setting, so nothing would read it; the settings there are: outer_optimizer,")],
 )  # fmt: skip
 def test_a_key_added_with_plus_that_no_setting_reads_is_refused(tmp_path, override, words):
     cfg = config("algo=protonet", override)  # Hydra lets `+` add keys the schema does not have

@@ -138,6 +138,13 @@ def test_test_time_algorithm_settings_apply_to_the_runs_that_have_them(tmp_path)
         evaluated(folder, tmp_path / "eval-steps", "algo.eval_inner_steps=3")
 
 
+def test_a_test_time_setting_without_its_plus_is_told_to_take_one(tmp_path):
+    folder = trained(tmp_path / "run", "algo=protonet")
+    result = command("metarun-eval", f"run={folder}", "algo.transductive_steps=3", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "+algo.transductive_steps=<value>" in " ".join(result.stderr.split())  # Hydra's advice, not "no setting"
+
+
 def test_the_device_groups_threads_are_applied(tmp_path, monkeypatch):
     folder = trained(tmp_path / "run")
     asked = []

@@ -145,6 +145,13 @@ def test_a_sweep_never_writes_into_another_sweeps_folder(tmp_path):
     assert (tmp_path / "multirun.yaml").read_text() == kept and sorted(tmp_path.iterdir()) == entries
 
 
+def test_a_sweep_never_writes_into_a_folder_with_another_sweeps_jobs(tmp_path):
+    (tmp_path / "0_seed=3" / ".hydra").mkdir(parents=True)  # a job of a sweep that writes no multirun.yaml (Optuna)
+    again = metarun("-m", *FAST, "seed=0", f"hydra.sweep.dir={tmp_path}")
+    assert again.returncode == 2 and "already holds another sweep's jobs" in " ".join(again.stderr.split())
+    assert [p.name for p in tmp_path.iterdir()] == ["0_seed=3"]
+
+
 def test_a_refused_folder_keeps_the_other_runs_config_files(tmp_path):
     assert metarun(*FAST, f"hydra.run.dir={tmp_path}").returncode == 0
     kept = (tmp_path / ".hydra/overrides.yaml").read_text()
