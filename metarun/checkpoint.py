@@ -233,10 +233,10 @@ class Checkpoints:
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
         best = None if saved["best"] is None else EvalResult(**saved["best"])
         self.best_step, self.last_step = saved["best_step"], saved["step"]
-        # the average is absent from checkpoints of earlier versions
-        state = TrainState(saved["step"], best, saved["best_step"])
-        state.average, state.averaged = saved.get("average"), saved.get("averaged", 0)
-        return state
+        # checkpoints of earlier versions hold no average
+        return TrainState(
+            saved["step"], best, saved["best_step"], average=saved.get("average"), averaged=saved.get("averaged", 0)
+        )
 
     def _check_same_run(self, saved: dict) -> None:
         check_same_settings(saved, self.config, self.last_path)

@@ -60,8 +60,9 @@ def check_named_tuning(hydra_cfg) -> None:
     have, wrong for a tuning asked for by name, whose typo would run without it."""
     if not any(o.startswith("tuning=") for o in hydra_cfg.overrides.task):
         return
-    if hydra_cfg.runtime.choices.tuning not in group_options("tuning"):
-        raise UserError(unknown_option("tuning", hydra_cfg.runtime.choices.tuning, group_options("tuning")))
+    options = group_options("tuning")
+    if hydra_cfg.runtime.choices.tuning not in options:
+        raise UserError(unknown_option("tuning", hydra_cfg.runtime.choices.tuning, options))
 
 
 def resume_command(overrides) -> str:
@@ -107,7 +108,8 @@ def _launch(hydra_app, added: tuple[str, ...] = ()) -> None:
             report(composition_error(error, added))
             sys.exit(EXIT_USER_ERROR)
         if isinstance(error, ValueError) and str(error).startswith("Config group override must be"):  # null, 1, ...
-            groups = [arg for arg in sys.argv[1:] if arg.partition("=")[0] in config_groups()]
+            groups = set(config_groups())
+            groups = [arg for arg in sys.argv[1:] if arg.partition("=")[0] in groups]
             report(f"{' '.join(groups) or 'A config group'}: a config group takes the name of one of its options. "
                    "An optional group (experiment, tuning, budget, ...) is left out with ~group, e.g. "
                    "~experiment.")  # fmt: skip

@@ -346,8 +346,9 @@ def not_in_table(runs: Sequence[Run], rows: Sequence[Row], folders: Sequence[Pat
     """The failed, the unfinished and the repeated runs as Markdown lists ('' when there are none)."""
     failed = [r for r in runs if not r.finished and r.error is not None]
     unfinished = [r for r in runs if not r.finished and r.error is None]
-    resumable = [r for r in unfinished if (r.folder / "checkpoints" / "last.pt").is_file()]
-    without_checkpoint = [r for r in unfinished if all(r is not s for s in resumable)]
+    resumable, without_checkpoint = [], []
+    for run in unfinished:  # each run's last.pt looked for once
+        (resumable if (run.folder / "checkpoints" / "last.pt").is_file() else without_checkpoint).append(run)
     repeats = [(run, row) for row in rows for run in row.repeats]
     text = ""
     if failed:
