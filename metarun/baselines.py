@@ -13,16 +13,18 @@ The fitted models are scikit-learn's, so the tests check their decision values a
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
 
 from metarun.errors import UserError
-from metarun.evaluation import Scores, classification_scores
-
-if TYPE_CHECKING:
-    from metarun.run import TestScores
+from metarun.evaluation import classification_scores
+from metarun.features import by_length
+from metarun.parts import build, build_algorithm, build_task
+from metarun.results import TestScores
+from metarun.stats import Scores
+from metarun.tasks import FixedTasks
+from metarun.tokenizer import encode, make_tokenizer
 
 
 def _sklearn():
@@ -69,13 +71,9 @@ METHODS = ("majority", "tfidf_lr", "features_lr")
 def frozen_encoder(cfg: DictConfig, train_texts: list[str]):
     """`encode(texts) -> [n, d]`: the features of `cfg.model` as built for a run (its tokenizer fit on `train_texts`
     where it is fit at all), on the CPU, without dropout."""
-    from metarun.features import by_length
-    from metarun.run import build_algorithm
-    from metarun.tokenizer import encode, make_tokenizer
-
     torch.manual_seed(cfg.seed)
     tokenizer = make_tokenizer(cfg.model, train_texts)
-    algorithm = build_algorithm(cfg, tokenizer, cfg.task.n_way, torch.device("cpu"))
+    algorithm = build_algorithm(cfg, tokenizer, torch.device("cpu"), n_train_classes=cfg.task.n_way)
     params = dict(algorithm.model.named_parameters())
     algorithm.model.eval()
     return lambda texts: torch.stack(
@@ -86,20 +84,20 @@ def frozen_encoder(cfg: DictConfig, train_texts: list[str]):
 def score_baselines(cfg: DictConfig, methods: tuple[str, ...] = METHODS) -> dict[str, TestScores]:
     """Each method's scores on `cfg.task.eval_tasks`, as a run's test scores (per task, and their means over tasks),
     trained on the config's meta-training data plus the task's support set; `features_lr` uses `cfg.model`."""
-    from metarun.run import TestScores, fixed_tasks, split_corpus
-
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise UserError(f"Unknown baseline(s) {unknown}; choose from {', '.join(METHODS)}.")
-    if not cfg.task.eval_tasks:
+    family = build_task(cfg)
+    if not isinstance(family, FixedTasks):
         raise UserError(
-            "The baselines score fixed evaluation tasks (task.eval_tasks), as experiment=arsc_dev sets them; this "
-            "config has none."
+            "The baselines score fixed evaluation tasks (task=fixed_tasks with task.eval_tasks), as "
+            f"experiment=arsc_dev sets them; this config has task={cfg.choices.task}."
         )
-    corpus, _, rows = split_corpus(cfg)
+    corpus = build(cfg.data)
+    rows = family.split(corpus)
     source_texts = [corpus.texts[i] for i in rows["train"]]
     source_labels = [corpus.labels[i] for i in rows["train"]]
-    tasks = fixed_tasks(cfg.task, cfg.data)
+    tasks = family.tasks()
     if "features_lr" in methods:  # every distinct text once
         texts = sorted({*source_texts, *(x for t in tasks for x in (*t.support.texts, *t.scored.texts))})
         table = dict(zip(texts, frozen_encoder(cfg, source_texts)(texts)))

@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from metarun.errors import EXIT_USER_ERROR, UserError, report
+from metarun.run_folder import refuse_taken_folder
 
 
 class RunFolderGuard(Callback):
@@ -35,8 +36,6 @@ class RunFolderGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.train.resume:  # a resume writes its config files into .hydra/resume-ID, beside the run's own
             return
-        from metarun.run import refuse_taken_folder
-
         try:
             refuse_taken_folder(Path(config.hydra.run.dir))
         except UserError as error:

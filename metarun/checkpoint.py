@@ -7,9 +7,7 @@ tokenizer and the checkpoint format.
 
 from __future__ import annotations
 
-import errno
 import io
-import os
 import pickle
 import random
 import shutil
@@ -23,20 +21,12 @@ import metarun
 from metarun.algorithms import Algorithm
 from metarun.distributed import Ranks
 from metarun.errors import UserError, brief
-from metarun.evaluation import EvalResult
+from metarun.run_folder import write_atomically
+from metarun.stats import EvalResult
 
 FORMAT = 3  # the layout below; a checkpoint of another format is refused
 # settings a resumed run may change: they do not touch the maths of meta-training
 RESUMABLE_CHANGES = ("train.resume", "debug", "device.name", "choices.device")
-STORAGE_FAULTS = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission denied (the folder is not writable)",
-    errno.EPERM: "permission denied (the folder is not writable)",
-}
-
-
 @dataclass
 class TrainState:
     """Where meta-training stands: the last finished outer step and the best validation so far."""
@@ -47,46 +37,6 @@ class TrainState:
     step_seconds: list[float] = field(default_factory=list)  # this process's outer steps, validation excluded
     average: dict[str, torch.Tensor] | None = None  # train.average_from: the mean of the weights validated so far
     averaged: int = 0  # how many validation steps' weights `average` holds
-
-
-def storage_error(path: Path, error: OSError, run_folder: Path | None = None) -> UserError:
-    why = STORAGE_FAULTS.get(error.errno, error.strerror or str(error))
-    return UserError(
-        f"Could not write {path}: {why}. Files written before are intact and no partial file is left. "
-        "Free some space or make the folder writable, then run again.",
-        run_folder=run_folder,
-    )
-
-
-def write_atomically(path: Path, data: bytes, run_folder: Path | None = None) -> None:
-    """Write beside the target, then rename: a full disk or a kill mid-write never touches the last good file, and
-    a failed write leaves no partial file behind."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # a process's own: no two writers share one
-    try:
-        with open(partial, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())  # on disk before it takes the name of the last good file
-        os.replace(partial, path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        raise storage_error(path, error, run_folder) from error
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """A run folder's text file (metrics, splits, tokenizer), written like a checkpoint."""
-    write_atomically(path, text.encode(), run_folder=path.parent)
-
-
-def check_writable(folder: Path) -> None:
-    """The folder exists (made if needed) and takes a file: checked before any work, not after hours of it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test.{os.getpid()}.partial"
-        probe.write_bytes(b"metarun")
-        probe.unlink()
-    except OSError as error:
-        raise storage_error(Path(error.filename or folder), error) from error
 
 
 def same_run_config(config: dict) -> dict:
@@ -111,6 +61,14 @@ def check_same_settings(saved: dict, config: dict, path: Path) -> None:
             f"{shown}{' ...' if len(changed) > 6 else ''}. Resume with the run's overrides (they are in "
             f"{path.parent.parent / '.hydra' / 'overrides.yaml'}), or start a new run."
         )
+
+
+def stopped_run(folder: Path, config: dict) -> dict:
+    """The stopped run's `last.pt` in `folder` as read, refused when `config` would change its maths."""
+    last = folder / "checkpoints" / "last.pt"
+    saved = load_checkpoint(last)
+    check_same_settings(saved, same_run_config(config), last)
+    return saved
 
 
 def restore_weights(algorithm: Algorithm, saved: dict) -> None:

@@ -76,7 +76,7 @@ def resume_command(overrides) -> str:
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
 def eval_app(cfg: DictConfig) -> float:
     with reported_stops(cfg.debug, ""):
-        from metarun.run import evaluate_run
+        from metarun.evaluate_run import evaluate_run
 
         hydra_cfg = HydraConfig.get()
         return evaluate_run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
@@ -142,8 +142,10 @@ def main() -> None:
 
 def eval_main() -> None:
     """`metarun-eval run=<folder>`: score a run's checkpoint on its test split, or on other data and tasks."""
+    from metarun.evaluate_run import test_time_settings
+
     sys.argv[1:] = quote_paths(sys.argv[1:], ("run",))
-    _launch(eval_app, added=("algo.transductive_steps",))  # protonet's: absent from the base config's algo (maml)
+    _launch(eval_app, added=tuple(test_time_settings()))  # some are absent from the base config's algo (maml)
 
 
 def predict_main() -> None:

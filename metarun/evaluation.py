@@ -6,50 +6,17 @@ test file, often imbalanced, so it also gets balanced accuracy and macro-F1 (`cl
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import torch
 
 from metarun.algorithms import Algorithm, Params
-from metarun.config import METRICS
+from metarun.algorithms.caching import cached
 from metarun.distributed import Ranks
-from metarun.stats import half_width_95
+from metarun.results import TestScores
+from metarun.stats import EvalResult, Scores, summarize
+from metarun.tasks import TestSet
 from metarun.episodes import Episode
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    mean: float  # mean score (accuracy unless said otherwise) over episodes, in [0, 1]
-    ci95: float  # half-width of the 95% confidence interval of that mean; nan with fewer than two episodes
-    episodes: int
-
-    @property
-    def interval(self) -> float | None:
-        """`ci95`, or None where there is no interval (a single episode): what metrics.json stores."""
-        return self.ci95 if math.isfinite(self.ci95) else None
-
-    def __str__(self) -> str:
-        if self.interval is None:
-            return f"{100 * self.mean:.2f}"
-        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}"
-
-
-def mean_with_ci(values: list[float]) -> EvalResult:
-    """The mean of `values` (episodes or tasks) with its 95% Student-t interval: over a dozen tasks the normal
-    quantile would be 10% too narrow; over 600 episodes the two agree to 0.2%."""
-    return EvalResult(sum(values) / len(values), half_width_95(values), len(values))
-
-
-@dataclass(frozen=True)
-class Scores:
-    """One episode's (or one fixed task's) query scores, each in [0, 1]."""
-
-    accuracy: float
-    balanced_accuracy: float  # mean recall over the classes present in the query set
-    macro_f1: float  # mean F1 over the classes present in the query set or predicted for it
-    recall: tuple[float | None, ...] = ()  # each class's recall, by label id; None for a class absent from the query
 
 
 def classification_scores(predicted: torch.Tensor, target: torch.Tensor, n_classes: int | None = None) -> Scores:
@@ -73,11 +40,6 @@ def classification_scores(predicted: torch.Tensor, target: torch.Tensor, n_class
     )
 
 
-def summarize(scores: list[Scores]) -> dict[str, EvalResult]:
-    """Each metric's mean over episodes (or tasks) with its 95% CI, by name (`METRICS`)."""
-    return {metric: mean_with_ci([getattr(s, metric) for s in scores]) for metric in METRICS}
-
-
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """No dropout while adapting and scoring; the model's training flag is restored afterwards."""
@@ -95,13 +57,13 @@ def predict(
     """Adapt on each episode's support set (a transductive algorithm also reads the query texts) and predict its query
     set, `query_batch` rows at a time: one tensor of predicted labels (on the CPU) per episode. Over several episodes,
     what adaptation leaves unchanged (the features, or the lower layers' hidden states) is computed once per text
-    (`Algorithm.cached`)."""
+    (`algorithms.caching.cached`)."""
     episodes = [e.to(device) for e in episodes]
     predictions = []
     with eval_mode(algorithm.model):
         if len(episodes) > 1:
             tokens = [x for e in episodes for x in (e.support_x, e.query_x)]
-            algorithm = algorithm.cached(params, tokens, algorithm.adapted_names())
+            algorithm = cached(algorithm, params, tokens, algorithm.adapted_names())
         for episode in episodes:
             adapted = algorithm.adapt(params, episode.support_x, episode.support_y, episode.query_x)
             with torch.no_grad():
@@ -127,7 +89,7 @@ def episode_scores(
 def evaluate_scores(
     algorithm: Algorithm, params: Params, episodes: Iterable[Episode], device: torch.device, query_batch: int = 512
 ) -> dict[str, EvalResult]:
-    """Each metric's mean over `episodes` with its 95% CI, by name (`config.METRICS`)."""
+    """Each metric's mean over `episodes` with its 95% CI, by name (`stats.METRICS`)."""
     return summarize(episode_scores(algorithm, params, episodes, device, query_batch))
 
 
@@ -136,3 +98,16 @@ def evaluate(
 ) -> EvalResult:
     """Mean query accuracy over `episodes` with its 95% CI."""
     return evaluate_scores(algorithm, params, episodes, device, query_batch)["accuracy"]
+
+
+def score_test(algorithm: Algorithm, params: Params, test: TestSet, device: torch.device, seed: int) -> TestScores:
+    """Adapt and score on a family's meta-test: accuracy over sampled episodes, or every metric of each fixed task
+    (intervals over tasks). Adaptation's own random draws (a fresh head) come from `seed`, so every command that
+    tests a run gets the same numbers."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        if test.task_names is None:
+            return TestScores(evaluate(algorithm, params, test.episodes, device))
+        per_task = [(name, episode_scores(algorithm, params, [episode], device)[0])
+                    for name, episode in zip(test.task_names, test.episodes)]  # fmt: skip
+        return TestScores.of_tasks(per_task, test.label_names)

@@ -2,7 +2,7 @@
 
 With a frozen encoder that is the pooled feature vector; with its lower layers frozen (`algo.outer_scope=top` and a
 head or top-layer inner loop) it is the hidden states below the lowest trained layer, and only the layers above run
-again. An `Algorithm` reads a table through `Algorithm.reading_cache`."""
+again. An `Algorithm` reads a table through `metarun.algorithms.caching`."""
 
 from __future__ import annotations
 

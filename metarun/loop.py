@@ -21,8 +21,10 @@ from metarun.checkpoint import Checkpoints, TrainState
 from metarun.distributed import Ranks
 from metarun.episodes import Episode, EpisodeSampler
 from metarun.errors import RunInterrupted, UserError, stop_signals
-from metarun.evaluation import evaluate_scores
-from metarun.reporting import RunReporter
+from metarun import progress
+from metarun.algorithms.caching import cached
+from metarun.evaluation import eval_mode, evaluate_scores
+from metarun.progress import RunReporter
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,25 @@ class StopRequests:
         if self.signum is not None:
             raise RunInterrupted(signum, f"Stopped at once by a second {signal.Signals(signum).name}.")
         self.signum = signum
+
+
+def meta_training_view(algorithm: Algorithm, sampler: EpisodeSampler, val_episodes: list[Episode],
+                       device: torch.device) -> Algorithm:  # fmt: skip
+    """The algorithm as meta-training runs it: reading what meta-training leaves unchanged (the frozen lower layers'
+    hidden states, or a frozen encoder's features) from a table of every meta-train and validation text."""
+    tokens = [sampler.tokens, *(x for e in val_episodes for x in (e.support_x, e.query_x))]
+    tokens = [t.to(device) for t in tokens]
+    started = time.perf_counter()
+    with eval_mode(algorithm.model):  # the frozen part is computed once, without dropout
+        view = cached(algorithm, dict(algorithm.model.named_parameters()), tokens, algorithm.trained_names())
+    if view is not algorithm:
+        layers = view.cache.layers
+        part = "features" if layers is None else "first layer" if layers == 1 else f"first {layers} layers"
+        progress.console.print(
+            f"Meta-training leaves the encoder's {part} unchanged: computed once for {len(view.cache.values)} texts "
+            f"in {time.perf_counter() - started:.0f} s, read from memory from now on."
+        )
+    return view
 
 
 def meta_train(

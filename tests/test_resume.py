@@ -12,7 +12,7 @@ import pytest
 import torch
 from metarun.config import compose
 
-from metarun import reporting
+from metarun import progress
 from metarun.errors import RunInterrupted, UserError
 from metarun.run import run
 
@@ -33,14 +33,14 @@ def config(*overrides):
 
 def stop_at(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
     """Deliver a real signal while outer step `step` is being logged, as Ctrl-C would arrive mid-run."""
-    log_train = reporting.RunReporter.log_train
+    log_train = progress.RunReporter.log_train
 
     def log_and_signal(self, at, *args):
         log_train(self, at, *args)
         if at == step:
             os.kill(os.getpid(), signum)
 
-    monkeypatch.setattr(reporting.RunReporter, "log_train", log_and_signal)
+    monkeypatch.setattr(progress.RunReporter, "log_train", log_and_signal)
 
 
 def artefacts(folder: Path) -> tuple[str, bytes, bytes]:

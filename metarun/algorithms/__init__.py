@@ -1,4 +1,5 @@
-"""Meta-learning algorithms behind one interface (`Algorithm.meta_gradient`, `Algorithm.adapt`)."""
+"""Meta-learning algorithms behind one interface (`Algorithm.meta_gradient`, `Algorithm.adapt`); each module
+holds one algorithm and its settings' schema."""
 
 from metarun.algorithms.base import Algorithm, Params, TaskStats
 from metarun.algorithms.maml import MAML

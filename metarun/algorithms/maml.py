@@ -7,34 +7,52 @@ Second order differentiates through the inner steps; first order takes dL_query/
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch.func import grad, grad_and_value
 
-from metarun.algorithms.base import Algorithm, Params, TaskStats
+from metarun.algorithms.adapting import GradientAlgorithm, InnerLoopAlgoConfig
+from metarun.algorithms.base import Params, TaskStats
 from metarun.algorithms.inner import Adam
 from metarun.algorithms.batched import over_tasks, sgd_steps, task_start, task_stats
 from metarun.episodes import Episode
 from metarun.errors import UserError
+from metarun.schema import schema, setting
 from metarun.torch_workarounds import twice_differentiable_attention
 
 
-class MAML(Algorithm):
-    def __init__(self, *args, first_order: bool = False, memory: str = "store", **kwargs) -> None:
-        kwargs.setdefault("can_batch_tasks", memory == "store")  # recompute keeps its own per-task backward
-        super().__init__(*args, **kwargs)
-        self.first_order, self.memory = first_order, memory
-        if not first_order and isinstance(self.inner_optimizer, Adam):
+@schema("algo", "maml")
+@dataclass
+class MAMLConfig(InnerLoopAlgoConfig):
+    _target_: str = "metarun.algorithms.MAML"
+    first_order: bool = False
+    # store (fastest) | recompute (inner-step graphs rebuilt in the backward pass: far less memory)
+    memory: str = setting("store", choices=("store", "recompute"))
+
+
+class MAML(GradientAlgorithm):
+    schema: ClassVar[type] = MAMLConfig
+
+    def __init__(self, model, **settings) -> None:
+        super().__init__(model, **settings)
+        self.first_order, self.memory = self.settings["first_order"], self.settings["memory"]
+        if not self.first_order and isinstance(self.inner_optimizer, Adam):
             raise UserError(
                 "algo.inner_optimizer=adam cannot be differentiated through by second-order MAML; use "
                 "algo.inner_optimizer=sgd, or algo=fomaml."
             )
-        if memory == "recompute" and self.inner_scope != "all":
+        if self.memory == "recompute" and self.inner_scope != "all":
             raise UserError(
                 f"algo.memory=recompute needs algo.inner_scope=all, not {self.inner_scope!r}; a partial inner loop "
                 "is already lighter, use algo.memory=store."
             )
+
+    @property
+    def can_batch_tasks(self) -> bool:
+        return self.settings["memory"] == "store"  # recompute keeps its own per-task backward
 
     def meta_gradient(
         self, params: Params, episode: Episode, outer_step: int | None = None

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +18,10 @@ from torch import nn
 
 from metarun.algorithms.base import Params, TaskStats
 from metarun.algorithms.inner import SGD, PerStepSGD
-from metarun.algorithms.maml import MAML
+from metarun.algorithms.maml import MAML, MAMLConfig
 from metarun.episodes import Episode
 from metarun.errors import UserError
+from metarun.schema import schema, setting
 from metarun.torch_workarounds import twice_differentiable_attention
 
 
@@ -36,20 +39,34 @@ def step_weights(steps: int, outer_step: int | None, msl_steps: int) -> torch.Te
     return weights
 
 
+@schema("algo", "mamlpp")
+@dataclass
+class MAMLppConfig(MAMLConfig):
+    _target_: str = "metarun.algorithms.MAMLpp"
+    msl_steps: int = setting(100, least=0)  # outer steps over which the multi-step loss moves to the last step
+    first_order_steps: int = setting(50, least=0)  # outer steps of first order before second order (DA)
+
+
 class MAMLpp(MAML):
-    def __init__(self, *args, msl_steps: int = 100, first_order_steps: int = 50, **kwargs) -> None:
-        super().__init__(*args, can_batch_tasks=False, **kwargs)  # its per-step losses and rates: its own loop
+    schema: ClassVar[type] = MAMLppConfig
+
+    def __init__(self, model, **settings) -> None:
+        super().__init__(model, **settings)
         if self.memory == "recompute" or not isinstance(self.inner_optimizer, SGD):
             raise UserError("algo=mamlpp learns its own per-step SGD rates: it needs algo.inner_optimizer=sgd and "
                             "algo.memory=store.")  # fmt: skip
         if self.inner_steps < 1:
             raise UserError(f"algo=mamlpp needs algo.inner_steps of at least 1, not {self.inner_steps}: its meta-loss "
                             "is the query loss after the inner steps.")  # fmt: skip
-        self.msl_steps, self.first_order_steps = msl_steps, first_order_steps
+        self.msl_steps, self.first_order_steps = self.settings["msl_steps"], self.settings["first_order_steps"]
         like = next(self.model.parameters())  # the rates take the model's dtype and device
         rates = torch.full((self.inner_steps,), self.inner_lr, dtype=like.dtype, device=like.device)
         self.lrs = {n: nn.Parameter(rates.clone()) for n in self.inner_names}
         self.inner_optimizer = PerStepSGD(self.lrs)  # its rates are this algorithm's extra_parameters()
+
+    @property
+    def can_batch_tasks(self) -> bool:
+        return False  # its per-step losses and rates: its own loop
 
     def second_order_at(self, outer_step: int | None) -> bool:
         """DA: first order while `outer_step` <= first_order_steps (and always with first_order=true)."""

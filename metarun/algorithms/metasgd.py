@@ -22,9 +22,12 @@ def lr_shape(name: str, param: torch.Tensor) -> tuple[int, ...]:
 
 
 class MetaSGD(MAML):
-    def __init__(self, *args, **kwargs) -> None:
-        # the rates are shared by all tasks, and the batched path leaves them out
-        super().__init__(*args, can_batch_tasks=False, **kwargs)
+    @property
+    def can_batch_tasks(self) -> bool:
+        return False  # the rates are shared by all tasks, and the batched path leaves them out
+
+    def __init__(self, model, **settings) -> None:
+        super().__init__(model, **settings)
         if self.first_order or self.memory == "recompute":
             raise UserError(
                 "algo=metasgd learns its inner learning rates through the second-order inner loop: it needs "

@@ -14,29 +14,55 @@ unlabelled ones weighted by the current head's probabilities. Meta-training stay
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
-from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy
+from metarun.algorithms.base import AlgoConfig, Algorithm, Params, TaskStats, accuracy
 from metarun.algorithms.heads import HEAD, class_means, cosine_prototype_head, head_logits
 from metarun.episodes import Episode
 from metarun.features import by_length
+from metarun.schema import schema, setting
+
+
+@schema("algo", "protonet")
+@dataclass
+class ProtoNetConfig(AlgoConfig):
+    _target_: str = "metarun.algorithms.ProtoNet"
+    meta_train: bool = True
+    distance: str = setting("euclidean", choices=("euclidean", "cosine"))
+    prototype_scale: float = setting(10.0, above=0.0)  # cosine only: the softmax temperature
+    # at validation and test: soft k-means steps that refine the prototypes with the query texts (transductive)
+    transductive_steps: int = setting(0, least=0)
 
 
 class ProtoNet(Algorithm):
-    learns_head = False  # the prototypes replace the model's head in every episode
-    any_n_way = True  # one prototype per class of the support set, however many (task.meta_train_way)
+    """Adapting only writes the head (the prototypes), so with algo.outer_scope=top the layers below are read from
+    a table."""
 
-    def __init__(
-        self, *args, distance: str = "euclidean", meta_train: bool = True, transductive_steps: int = 0, **kwargs
-    ) -> None:
-        # adapting only writes the head, so with algo.outer_scope=top the layers below are read from a table
-        super().__init__(*args, inner_steps=0, eval_inner_steps=0, inner_scope="head", meta_trains=meta_train, **kwargs)
-        self.distance, self.transductive_steps = distance, transductive_steps
+    schema: ClassVar[type] = ProtoNetConfig
+    test_time_settings: ClassVar[tuple[str, ...]] = ("transductive_steps",)  # prototypes refined on the queries
+
+    def __init__(self, model, **settings) -> None:
+        super().__init__(model, **settings)
+        s = self.settings
+        self.distance, self.prototype_scale, self.transductive_steps = (
+            s["distance"], s["prototype_scale"], s["transductive_steps"])  # fmt: skip
+        self.check_meta_learns()
+
+    @property
+    def meta_trains(self) -> bool:
+        return self.settings["meta_train"]
 
     @property
     def transductive(self) -> bool:
         return self.transductive_steps > 0
+
+    @property
+    def any_n_way(self) -> bool:
+        return True  # one prototype per class of the support set, however many (task.meta_train_way)
 
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
         if self.distance == "euclidean":

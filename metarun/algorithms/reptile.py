@@ -6,17 +6,36 @@ theta - theta'_i (averaged over the meta-batch); with SGD at learning rate eps t
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import torch
 
-from metarun.algorithms.base import Algorithm, Params, TaskStats
+from metarun.algorithms.adapting import GradientAlgorithm, InnerLoopAlgoConfig
+from metarun.algorithms.base import OptimizerConfig, Params, TaskStats
 from metarun.algorithms.batched import over_tasks, sgd_steps, task_start, task_stats
 from metarun.episodes import Episode
 from metarun.errors import UserError
+from metarun.schema import schema
 
 
-class Reptile(Algorithm):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, can_batch_tasks=True, **kwargs)
+@schema("algo", "reptile")
+@dataclass
+class ReptileConfig(InnerLoopAlgoConfig):
+    _target_: str = "metarun.algorithms.Reptile"
+    # epsilon, the interpolation theta + eps * (theta' - theta): plain SGD at lr eps on theta - theta'
+    outer_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("torch.optim.SGD", lr=0.1))
+
+
+class Reptile(GradientAlgorithm):
+    schema: ClassVar[type] = ReptileConfig
+
+    @property
+    def can_batch_tasks(self) -> bool:
+        return True
+
+    def __init__(self, model, **settings) -> None:
+        super().__init__(model, **settings)
         still = sorted(set(self.meta_learned_names(dict(self.model.named_parameters()))) - set(self.inner_names))
         if still:
             raise UserError(

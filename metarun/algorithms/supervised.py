@@ -7,25 +7,57 @@ query examples) classified over ALL meta-train classes with a separate wide head
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.algorithms.base import Algorithm, Params, TaskStats, accuracy
+from metarun.algorithms.adapting import HEAD_INITS, AdaptingAlgoConfig, GradientAlgorithm
+from metarun.algorithms.base import OptimizerConfig, Params, TaskStats, accuracy
+from metarun.algorithms.scopes import SCOPES
 from metarun.episodes import Episode
+from metarun.schema import schema, setting
 from metarun.tokens import trim_padding
 
 
-class SupervisedBaseline(Algorithm):
-    learns_head = False  # the N-way head is only used after pre-training
+@schema("algo", "supervised")
+@dataclass
+class SupervisedConfig(AdaptingAlgoConfig):
+    _target_: str = "metarun.algorithms.SupervisedBaseline"
+    pretrain: bool = True  # supervised training over all meta-train classes first (finetune) or not (scratch)
+    eval_inner_steps: int = setting(100, least=0)  # Adam steps on a fresh head (Chen et al., 2019, "Baseline")
+    inner_lr: float = setting(0.01, above=0.0)
+    inner_optimizer: str = setting("adam", choices=("sgd", "adam"))
+    inner_scope: str = setting("head", choices=SCOPES)
+    head_init: str = setting("random", choices=HEAD_INITS)
+    outer_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1.0e-3))
 
-    def __init__(self, *args, pretrain: bool = True, **kwargs) -> None:
-        kwargs.setdefault("head_init", "random")
-        super().__init__(*args, meta_trains=pretrain, **kwargs)
+
+class SupervisedBaseline(GradientAlgorithm):
+    schema: ClassVar[type] = SupervisedConfig
+
+    def __init__(self, model, **settings) -> None:
+        super().__init__(model, **settings)
         width = self.model.head.in_features
         like = next(self.model.parameters())
         head = nn.Linear(width, self.n_train_classes or 1).to(like.device, like.dtype)
         self.pretrain_head = {"pretrain_head.weight": head.weight, "pretrain_head.bias": head.bias}
+
+    @classmethod
+    def saved_sizes(cls, extra: Params) -> dict[str, int]:
+        """The pre-training head's width is the number of meta-training classes (1 when nothing was pre-trained)."""
+        head = extra.get("pretrain_head.weight")
+        return {"n_train_classes": 1 if head is None else len(head)}
+
+    @property
+    def meta_trains(self) -> bool:
+        return self.settings["pretrain"]
+
+    @property
+    def learns_head(self) -> bool:
+        return False  # the N-way head is only used after pre-training
 
     def extra_parameters(self) -> dict[str, nn.Parameter]:
         return self.pretrain_head if self.meta_trains else {}

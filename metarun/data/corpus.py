@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omegaconf import MISSING
+
 from metarun.errors import UserError, brief
+
+
+@dataclass
+class DataConfig:
+    """A data source: its `_target_` returns a `Corpus`."""
+
+    _target_: str = MISSING
 
 
 @dataclass(frozen=True)

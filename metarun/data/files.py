@@ -1,4 +1,4 @@
-"""Labelled text from files (JSONL and CSV read here line by line, Parquet through `datasets`), and CLINC150."""
+"""Labelled text from files: finding them and reading their rows (JSONL, CSV line by line; Parquet via `datasets`)."""
 
 from __future__ import annotations
 
@@ -6,24 +6,38 @@ import codecs
 import csv
 import glob
 import json
-import re
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Optional
 
-from metarun.data.corpus import Corpus
+from omegaconf import MISSING
+
+from metarun.data.corpus import Corpus, DataConfig
+from metarun.data.cutter import CSV_TOKENS, JSON_TOKENS, Cutter
 from metarun.errors import UserError, brief
+from metarun.schema import schema, setting
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 CHUNK = 1 << 16  # bytes read at a time, so a huge line is never held whole
 KEEP_AT_LEAST = 1 << 16  # source characters kept of any string while reading: no label or column name is as long
-# Tokens of a line: a JSON escape (kept or dropped whole; a partial one at a piece's end waits for the next piece),
-# a quote, and the text between them.
-JSON_TOKENS = re.compile(r'(?P<escape>\\(?:u[0-9a-fA-F]{0,4}|.)?)|(?P<quote>")|(?P<text>[^"\\]+)', re.S)
-# CSV: an escaped quote "" inside a quoted field, a quote, a field or record end, and the text between them.
-CSV_TOKENS = re.compile(r'(?P<escape>"")|(?P<quote>")|(?P<end>[,\r\n])|(?P<text>[^",\r\n]+)')
+
+
+@dataclass
+class FileDataConfig(DataConfig):
+    drop_empty: bool = False  # true: skip rows with empty text instead of stopping
+    max_chars: int = setting(5000, least=1)  # longer texts are cut when read
+
+
+@schema("data", "local")
+@dataclass
+class LocalDataConfig(FileDataConfig):
+    _target_: str = "metarun.data.load_local"
+    files: Any = MISSING  # a path, a folder or a glob pattern, or a list of them (their files are pooled)
+    text_column: str = "text"
+    label_column: str = "label"
+    domain_column: Optional[str] = None  # needed for task=domain_adapt
 
 
 def _check_one_format(paths: list[Path]) -> None:
@@ -134,7 +148,7 @@ def _rows(path: Path, columns: dict[str, str], max_chars: int) -> Iterator[Seque
 
 def _jsonl_rows(path: Path, columns: dict[str, str], max_chars: int) -> Iterator[list]:
     # 12 source characters per character: a character outside the BMP is written as two \uXXXX escapes
-    cutter = _Cutter(JSON_TOKENS, cut_unquoted=False, limit=max(12 * (max_chars + 1), KEEP_AT_LEAST))
+    cutter = Cutter(JSON_TOKENS, cut_unquoted=False, limit=max(12 * (max_chars + 1), KEEP_AT_LEAST))
     for number, line in enumerate(_lines(path, cutter), start=1):
         if not line.strip():
             continue  # blank lines, as at the end of many files, hold no row
@@ -159,7 +173,7 @@ def _jsonl_rows(path: Path, columns: dict[str, str], max_chars: int) -> Iterator
 def _csv_rows(path: Path, columns: dict[str, str], max_chars: int) -> Iterator[list]:
     limit = max(2 * (max_chars + 1), KEEP_AT_LEAST)  # 2 source characters per character: a quote is written ""
     csv.field_size_limit(max(csv.field_size_limit(), limit))  # the csv module refuses longer fields
-    reader = csv.reader(_lines(path, _Cutter(CSV_TOKENS, cut_unquoted=True, limit=limit)))
+    reader = csv.reader(_lines(path, Cutter(CSV_TOKENS, cut_unquoted=True, limit=limit)))
     try:
         header = next(reader, [])
         absent = [c for c in columns.values() if c not in header]
@@ -236,73 +250,3 @@ def _pieces(file: BinaryIO, decode: Callable[..., str]) -> Iterator[str]:
         yield decode(piece, final=not piece)
         if not piece or piece.endswith(b"\n"):
             return
-
-
-@dataclass
-class _Cutter:
-    """Joins a line's pieces, cutting each quoted string (and, for CSV, each field) to `limit` source characters
-    as it streams past, so a huge text is never held whole; escapes are kept or dropped whole, quotes and field
-    ends always kept, so the line parses as before. State spans lines: a CSV field may."""
-
-    tokens: re.Pattern[str]
-    cut_unquoted: bool  # CSV fields may be unquoted; in JSON only strings are quoted
-    limit: int
-    quoted: bool = False
-    used: int = 0  # source characters of the current string or field seen so far
-
-    def __call__(self, pieces: Iterable[str]) -> str:
-        kept, carry = [], ""
-        for piece in pieces:
-            tokens = list(self.tokens.finditer(carry + piece))
-            # a quote or escape at a piece's end may be the start of a longer token ("" or \u00e9)
-            carry = tokens.pop().group() if tokens and tokens[-1].lastgroup in ("escape", "quote") else ""
-            kept.extend(self._keep(t.lastgroup, t.group()) for t in tokens)
-        kept.extend(self._keep(t.lastgroup, t.group()) for t in self.tokens.finditer(carry))
-        return "".join(kept)
-
-    def _keep(self, kind: str, token: str) -> str:
-        if kind == "quote":
-            self.quoted, self.used = not self.quoted, 0
-            return token
-        if not (self.quoted or (kind == "text" and self.cut_unquoted)):
-            self.used = 0 if kind == "end" else self.used  # a field end starts a new field
-            return token
-        room = self.limit - self.used
-        self.used += len(token)
-        if kind == "text":
-            return token[: max(room, 0)]
-        return token if len(token) <= room else ""
-
-
-def load_clinc150(path: str | None = None, drop_empty: bool = False, max_chars: int = 5000) -> Corpus:
-    """CLINC150 in-scope intents: from a local folder of JSONL splits, or with no `path` from the Hub (`clinc_oos`)."""
-    if path is None:
-        return _clinc150_from_hub(max_chars)
-    if not Path(path).is_dir():
-        raise UserError(
-            f"data.path={path!r} is not a folder. Give the folder that holds CLINC150's *.jsonl files with "
-            "data.path=<folder>, or point METARUN_DATA at the folder that holds clinc150/ (data.path defaults to "
-            "${paths.data}/clinc150), or load the Hub's copy with data.path=null."
-        )
-    files = sorted(str(f) for f in Path(path).glob("*.jsonl"))
-    return load_local(files, domain_column="domain", drop_empty=drop_empty, max_chars=max_chars)
-
-
-def _clinc150_from_hub(max_chars: int) -> Corpus:
-    import datasets
-
-    try:
-        splits = datasets.load_dataset("clinc_oos", "plus")
-    except Exception as error:  # noqa: BLE001 - any hub failure means the same thing to the user
-        raise UserError(
-            f"data.path=null asks for the Hub dataset 'clinc_oos', which could not be loaded "
-            f"({type(error).__name__}). Give data.path=<folder with train/validation/test.jsonl>."
-        ) from error
-    names = splits["train"].features["intent"].names
-    texts, labels = [], []
-    for split in splits.values():
-        for text, intent in zip(split["text"], split["intent"]):
-            if names[intent] != "oos":
-                texts.append(text[:max_chars])
-                labels.append(names[intent])
-    return Corpus(texts, labels, None, source="hub:clinc_oos/plus")

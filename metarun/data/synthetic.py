@@ -9,9 +9,12 @@ to compare them before a few examples are enough: exactly what meta-training sho
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import List
 
-from metarun.data.corpus import Corpus
+from metarun.data.corpus import Corpus, DataConfig
 from metarun.errors import UserError
+from metarun.schema import schema, setting
 
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
@@ -23,6 +26,23 @@ FILLER = (
     "before during while thanks okay hello hey right well maybe sure yes no not"
 ).split()
 STYLES = ("formal", "casual", "terse", "chatty", "polite", "urgent", "curious", "tired", "excited", "plain")
+
+
+@schema("data", "synthetic")
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    _target_: str = "metarun.data.generate_synthetic"
+    seed: int = 0
+    n_domains: int = setting(10, least=1)
+    classes_per_domain: int = setting(12, least=1)
+    examples_per_class: int = setting(40, least=1)
+    # own: each domain has its own classes | shared: one label set, domain-specific cue words
+    label_sets: str = setting("own", choices=("own", "shared"))
+    cue_vocab: int = setting(200, least=1)  # made-up cue words shared by all classes
+    cues_per_class: int = setting(3, least=1)
+    cues_per_text: int = setting(3, least=1)
+    filler_range: List[int] = setting(factory=lambda: [10, 16])  # English filler words per text
+    filler_vocab: int = setting(60, least=1)
 
 
 def _pseudo_words(rng: random.Random, count: int) -> list[str]:

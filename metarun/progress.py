@@ -18,8 +18,9 @@ from rich.table import Table
 from rich.tree import Tree
 
 from metarun.algorithms import TaskStats
-from metarun.config import METRICS, group_options
-from metarun.evaluation import EvalResult
+from metarun.config import group_options
+from metarun.stats import METRICS
+from metarun.stats import EvalResult
 
 console = Console()
 METRIC_HEADERS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1"}  # as shown

@@ -1,0 +1,50 @@
+"""Which parameters a scope covers (what adapts per task, what meta-training updates), and the outer optimizer's
+parameter groups: the heads may get their own rate."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metarun.algorithms.heads import HEAD
+from metarun.errors import UserError
+
+SCOPES = ("all", "top", "head")  # every parameter | the top `top_layers` encoder layers and all above | the head
+
+
+def scope_names(model: nn.Module, scope: str, top_layers: int) -> list[str]:
+    """The parameter names a scope covers; "top" starts at the first of the top `top_layers` layers and keeps
+    everything registered after it (a final norm, the head)."""
+    names = [n for n, _ in model.named_parameters()]
+    if scope == "all":
+        return names
+    if scope == "head":
+        return list(HEAD)
+    layers = model.layer_prefixes()
+    if not 0 <= top_layers <= len(layers):
+        raise UserError(
+            f"algo.top_layers={top_layers} is not valid for a model with {len(layers)} layers; use 0 to {len(layers)}."
+        )
+    if top_layers == 0:
+        first = names.index(HEAD[0])
+    else:
+        first = next(i for i, n in enumerate(names) if n.startswith(layers[-top_layers]))
+    return names[first:]
+
+
+def untouched_layers(model: nn.Module, changing: set[str]) -> int:
+    """How many of the model's bottom layers (with the embeddings below them) no name in `changing` is in."""
+    names = [n for n, _ in model.named_parameters()]
+    lowest = min(names.index(n) for n in changing if n in names)
+    ends = [max(i for i, n in enumerate(names) if n.startswith(prefix)) for prefix in model.layer_prefixes()]
+    return sum(1 for end in ends if end < lowest)  # 0 when an embedding changes: it comes first
+
+
+def outer_parameter_groups(trained: dict[str, torch.Tensor], heads: set[str], head_lr: float | None) -> list[dict]:
+    """Everything at the optimizer's own rate, or with `head_lr` the `heads` apart, so that a fresh head can move
+    faster than pretrained layers."""
+    heads = heads if head_lr is not None else set()
+    groups = [{"params": [p for n, p in trained.items() if n not in heads]}]
+    if heads:
+        groups.append({"params": [p for n, p in trained.items() if n in heads], "lr": head_lr})
+    return groups

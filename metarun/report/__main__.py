@@ -1,0 +1,5 @@
+"""`python -m metarun.report`: the same as `metarun-report`."""
+
+from metarun.report import main
+
+main()

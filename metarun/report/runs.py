@@ -1,0 +1,148 @@
+"""Finding and reading runs: a run folder's overrides, metrics.json, timing.json, error.txt, `.hydra/` files and
+TensorBoard validation curve, as a `Run`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from metarun.config import METRICS
+
+IDENTITY = {"algo": "algo", "model": "model", "task": "task", "data": "data", "task.n_way": "n_way",
+            "task.k_shot": "k_shot", "seed": "seed"}  # fmt: skip  # an override key -> its metrics.json entry
+
+
+@dataclass
+class Run:
+    """One run folder as its files say: its overrides (`.hydra/overrides.yaml`, else its metrics.json identity),
+    its metrics.json and timing.json (None until it finished), and error.txt (a failed sweep job)."""
+
+    folder: Path
+    overrides: dict[str, str] = field(default_factory=dict)
+    metrics: dict | None = None
+    timing: dict | None = None
+    error: str | None = None
+    _hydra: dict = field(default_factory=dict, repr=False)  # the .hydra/ files read so far
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics is not None
+
+    @property
+    def meta_train_seconds(self) -> float | None:
+        return None if self.timing is None else self.timing.get("meta_train_seconds")
+
+    @property
+    def val_score(self) -> tuple[str, float] | None:
+        """(the validation score that picked best.pt, its best value), from metrics.json; None when absent."""
+        select_by = (self.metrics or {}).get("select_by", "accuracy")
+        value = (self.metrics or {}).get(f"val_{METRICS[select_by]}")
+        return None if value is None else (select_by, value)
+
+    def setting(self, key: str) -> str:
+        """The value of an override key for this run: as typed when it was given, else the run's own (its
+        metrics.json identity, the option Hydra chose for a config group, or `.hydra/config.yaml`), else `-`."""
+        if key in self.overrides:
+            return self.overrides[key]
+        if self.metrics is not None and IDENTITY.get(key) in self.metrics:
+            return str(self.metrics[IDENTITY[key]])
+        choices = self._hydra_file("hydra.yaml").get("hydra", {}).get("runtime", {}).get("choices") or {}
+        if key in choices:
+            return "-" if choices[key] is None else str(choices[key])
+        value = self._hydra_file("config.yaml")
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return "-" if value is None or isinstance(value, dict) else str(value)
+
+    def _hydra_file(self, name: str) -> dict:
+        """`.hydra/<name>` as read (once), {} when absent."""
+        if name not in self._hydra:
+            path = self.folder / ".hydra" / name
+            self._hydra[name] = (_yaml(path) if path.is_file() else None) or {}
+        return self._hydra[name]
+
+    def val_curve(self) -> list[tuple[int, float]]:
+        """(outer step, validation accuracy) from the run's TensorBoard events, read by TensorBoard's own reader
+        (which drops what a resumed run logged over); empty for runs that do not meta-train."""
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        folder = self.folder / "tensorboard"
+        if not folder.is_dir():
+            return []
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
+        if "val/acc" not in events.Tags()["scalars"]:
+            return []
+        return [(e.step, e.value) for e in events.Scalars("val/acc")]
+
+
+def _yaml(path: Path):
+    import yaml  # PyYAML: OmegaConf's own dependency
+
+    return yaml.safe_load(path.read_text())
+
+
+def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
+    """`key=value` overrides as {key: value}; `+key`/`++key` count as `key`, a deletion `~key` as `key: ~`."""
+    parsed = {}
+    for line in lines:
+        line = str(line)
+        if line.startswith("~"):
+            parsed[line[1:].split("=", 1)[0]] = "~"
+            continue
+        key, _, value = line.lstrip("+").partition("=")
+        parsed[key] = value
+    return parsed
+
+
+def load_run(folder: Path) -> Run:
+    run = Run(Path(folder))
+    overrides = run.folder / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        run.overrides = parse_overrides(_yaml(overrides) or [])
+    if (run.folder / "metrics.json").is_file():
+        run.metrics = json.loads((run.folder / "metrics.json").read_text())
+        if not overrides.is_file():  # started from Python (metarun.run.run): its main choices stand in
+            run.overrides = {key: str(run.metrics[entry]) for key, entry in IDENTITY.items() if entry in run.metrics}
+    if (run.folder / "timing.json").is_file():
+        run.timing = json.loads((run.folder / "timing.json").read_text())
+    if (run.folder / "error.txt").is_file():
+        run.error = (run.folder / "error.txt").read_text().strip()
+    return run
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A metarun run's folder: its metrics.json (not one of metarun-eval, which names the run it scored), a failed
+    sweep job's error.txt, or the `.hydra/overrides.yaml` a run writes first."""
+    metrics = folder / "metrics.json"
+    if metrics.is_file():
+        try:
+            return "run" not in json.loads(metrics.read_text())
+        except (OSError, ValueError):
+            return False
+    return (folder / "error.txt").is_file() or (folder / ".hydra" / "overrides.yaml").is_file()
+
+
+class NoRuns(Exception):
+    """A folder given to metarun-report that holds no runs."""
+
+
+def find_runs(folders: Sequence[Path]) -> list[Run]:
+    """Every run in `folders`: each is a run folder itself, or a folder (a sweep, `outputs/`) with run folders
+    anywhere below it. Raises NoRuns naming the first folder that holds none."""
+    runs: dict[Path, Run] = {}
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise NoRuns(f"{folder} is not a folder.")
+        if is_run_folder(folder):
+            found = [folder]
+        else:
+            marks = [*folder.rglob("metrics.json"), *folder.rglob("error.txt"), *folder.rglob(".hydra/overrides.yaml")]
+            candidates = {m.parent.parent if m.parent.name == ".hydra" else m.parent for m in marks}
+            found = sorted(c for c in candidates if is_run_folder(c))
+        if not found:
+            raise NoRuns(f"{folder} holds no metarun runs.")
+        for path in found:
+            runs.setdefault(path.resolve(), load_run(path))
+    return list(runs.values())

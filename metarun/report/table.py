@@ -1,0 +1,245 @@
+"""The table: runs grouped into rows by their swept settings, seeds aggregated into a mean with a 95% interval, and
+the Markdown tables (the rows, every run, the runs not in the table)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from metarun.report.runs import Run
+from metarun.stats import half_width_95
+
+NOT_SWEPT = ("seed", "train.resume")  # seeds are aggregated; a resume continues the same run
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with the half-width of its 95% interval (None: no interval) and what the interval is over."""
+
+    mean: float
+    half_width: float | None
+    over: str  # "episodes" (one seed: metrics.json's interval over test episodes) or "seeds"
+
+
+def across_seeds(means: Sequence[float], episode_half_width: float | None = None) -> Interval:
+    """The mean of the per-seed means with its 95% interval: with one seed that run's own interval over its test
+    episodes (`episode_half_width`), with several a Student-t interval of the per-seed means (n - 1 degrees of
+    freedom, the sample standard deviation)."""
+    mean = sum(means) / len(means)
+    if len(means) == 1:
+        return Interval(mean, episode_half_width, "episodes")
+    return Interval(mean, half_width_95(means), "seeds")
+
+
+def swept_keys(runs: Sequence[Run]) -> list[str]:
+    """The override keys whose values differ between `runs` (in the order they were first given), leaving out
+    `seed` (aggregated), `hydra.*` (where a run wrote) and `train.resume`."""
+    keys = list(dict.fromkeys(key for run in runs for key in run.overrides))
+    keys = [k for k in keys if k not in NOT_SWEPT and not k.startswith("hydra.")]
+    return [k for k in keys if len({run.setting(k) for run in runs}) > 1]
+
+
+def common_settings(runs: Sequence[Run]) -> list[str]:
+    """The overrides every run shares (`key=value`), beside the swept ones."""
+    keys = list(dict.fromkeys(key for run in runs for key in run.overrides))
+    keys = [k for k in keys if k not in NOT_SWEPT and not k.startswith("hydra.")]
+    shared = [k for k in keys if all(k in run.overrides for run in runs) and len({r.setting(k) for r in runs}) == 1]
+    return [f"{k}={runs[0].setting(k)}" for k in shared]
+
+
+def _natural(value: str):
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+@dataclass
+class Row:
+    """One table row: the runs (seeds) of one combination of settings, aggregated."""
+
+    settings: dict[str, str]
+    runs: list[Run]
+    repeats: list[Run] = field(default_factory=list)  # runs of a seed already in `runs`: not counted twice
+
+    @property
+    def test(self) -> Interval:
+        return across_seeds([r.metrics["test_acc"] for r in self.runs], self.runs[0].metrics.get("test_ci95"))
+
+    @property
+    def seeds(self) -> int:
+        return len(self.runs)
+
+    @property
+    def test_episodes(self) -> str:
+        return "/".join(dict.fromkeys(str(r.metrics.get("test_episodes")) for r in self.runs))
+
+    @property
+    def val_score(self) -> tuple[str, float] | None:
+        """The runs' mean best validation score, if they all recorded one and were selected by the same score."""
+        scores = [r.val_score for r in self.runs]
+        if None in scores or len({name for name, _ in scores}) > 1:
+            return None
+        return scores[0][0], sum(value for _, value in scores) / len(scores)
+
+    @property
+    def meta_train_seconds(self) -> float | None:
+        values = [r.meta_train_seconds for r in self.runs]
+        return None if None in values else sum(values) / len(values)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.settings.items()) or self.runs[0].setting("algo")
+
+    def numbers(self) -> dict:
+        """The row's aggregates as plain values (what benchmark.json stores)."""
+        test, (select_by, val) = self.test, self.val_score or (None, None)
+        return {"seeds": self.seeds, "test_acc": test.mean, "test_ci95": test.half_width, "test_ci95_over": test.over,
+                "test_episodes": self.runs[0].metrics.get("test_episodes"), "select_by": select_by, "val_score": val,
+                "meta_train_seconds": self.meta_train_seconds}  # fmt: skip
+
+
+def group_runs(runs: Sequence[Run], settings: Callable[[Run], dict], sort: bool = True) -> list[Row]:
+    """The finished runs grouped by `settings(run)`, one row each: in natural order of the values (numbers as
+    numbers), or with `sort=False` in the order of their first run."""
+    groups: dict[tuple, Row] = {}
+    for run in runs:
+        if run.finished:
+            shown = {k: str(v) for k, v in settings(run).items()}
+            groups.setdefault(tuple(shown.items()), Row(shown, [])).runs.append(run)
+    for row in groups.values():
+        _one_run_per_seed(row)
+    if not sort:
+        return list(groups.values())
+    return [groups[key] for key in sorted(groups, key=lambda key: [_natural(v) for _, v in key])]
+
+
+def _one_run_per_seed(row: Row) -> None:
+    """Keep the newest run (by its metrics.json's time) of each known seed in `row.runs` and move the others to
+    `row.repeats`: the same settings and seed run twice are one sample, and counting both would narrow the interval
+    across seeds. Runs of an unknown seed all stay."""
+    newest = {run.setting("seed"): run for run in sorted(row.runs, key=_finished_at)}
+    repeats = [run for run in row.runs if run.setting("seed") != "-" and newest[run.setting("seed")] is not run]
+    row.runs, row.repeats = [run for run in row.runs if all(run is not r for r in repeats)], repeats
+
+
+def _finished_at(run: Run) -> float:
+    """When its metrics.json was written; 0 for a run made in memory (those keep their order)."""
+    path = run.folder / "metrics.json"
+    return path.stat().st_mtime if path.is_file() else 0.0
+
+
+def sweep_rows(runs: Sequence[Run]) -> list[Row]:
+    """One row per combination of the swept settings of the finished `runs`."""
+    keys = swept_keys([r for r in runs if r.finished])
+    return group_runs(runs, lambda run: {k: run.setting(k) for k in keys})
+
+
+def percent(interval: Interval) -> str:
+    """`mean ± half-width` in percent; the mean alone without an interval."""
+    text = f"{100 * interval.mean:.1f}"
+    return text if interval.half_width is None else f"{text} ± {100 * interval.half_width:.1f}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    return f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
+
+
+def interval_header(rows: Sequence[Row], short: bool = False) -> str:
+    """What the accuracy's ± is, in words: over test episodes (one seed), across seeds, or each by row."""
+    over = {row.test.over for row in rows}
+    if over == {"episodes"}:
+        return "test accuracy % (95% CI over test episodes)" if short else "test accuracy % ± 95% CI over test episodes"
+    if over == {"seeds"}:
+        if short:
+            return "test accuracy % (95% CI across seeds)"
+        return "test accuracy %, mean over seeds ± 95% CI across seeds (Student-t, per-seed means)"
+    if short:
+        return "test accuracy % (95% CI: one seed over episodes, else across seeds)"
+    return "test accuracy % ± 95% CI (one seed: over its test episodes; several: Student-t of the per-seed means)"
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The rows as a Markdown table: the settings, then the aggregated numbers."""
+    columns = list(rows[0].settings) if rows else []
+    header = [*columns, interval_header(rows), "seeds", "test episodes", "best validation %",
+              "meta-training time per run"]  # fmt: skip
+    numeric = [all(_natural(row.settings[c])[0] == 0 for row in rows) for c in columns]
+    lines = ["| " + " | ".join(header) + " |",
+             "| " + " | ".join(["---:" if n else "---" for n in numeric] + ["---:"] * 5) + " |"]  # fmt: skip
+    for row in rows:
+        cells = [*row.settings.values(), percent(row.test), str(row.seeds), row.test_episodes, val_cell(row.val_score),
+                 duration(row.meta_train_seconds)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def val_cell(score: tuple[str, float] | None) -> str:
+    """A best validation score as a table cell, named when it is not accuracy (`eval.select_by`)."""
+    if score is None:
+        return "-"
+    name, value = score
+    return f"{100 * value:.1f}" + ("" if name == "accuracy" else f" ({name.replace('_', ' ')})")
+
+
+def not_in_table(runs: Sequence[Run], rows: Sequence[Row], folders: Sequence[Path]) -> str:
+    """The failed, the unfinished and the repeated runs as Markdown lists ('' when there are none)."""
+    failed = [r for r in runs if not r.finished and r.error is not None]
+    unfinished = [r for r in runs if not r.finished and r.error is None]
+    resumable, without_checkpoint = [], []
+    for run in unfinished:  # each run's last.pt looked for once
+        (resumable if (run.folder / "checkpoints" / "last.pt").is_file() else without_checkpoint).append(run)
+    repeats = [(run, row) for row in rows for run in row.repeats]
+    text = ""
+    if failed:
+        text += f"Failed runs ({len(failed)}, not in the table):\n\n"
+        text += "".join(f"- `{_relative(r.folder, folders)}`: {_first_line(r.error)}\n" for r in failed) + "\n"
+    if resumable:
+        text += (f"Unfinished runs ({len(resumable)}, not in the table: still running, or stopped; "
+                 "`metarun <its overrides> train.resume=<folder>` continues one):\n\n")  # fmt: skip
+        text += "".join(f"- `{_relative(r.folder, folders)}`\n" for r in resumable) + "\n"
+    if without_checkpoint:
+        text += (f"Runs without a checkpoint ({len(without_checkpoint)}, not in the table: still starting, or stopped "
+                 "before their first validation; each one's cli.log says why):\n\n")  # fmt: skip
+        text += "".join(f"- `{_relative(r.folder, folders)}`\n" for r in without_checkpoint) + "\n"
+    if repeats:
+        text += (f"Repeated runs ({len(repeats)}, not in the table: the settings and seed of a newer run in the "
+                 "table, which counts that seed once):\n\n")  # fmt: skip
+        text += "".join(f"- `{_relative(r.folder, folders)}` (seed {r.metrics.get('seed')}, {row.label})\n"
+                        for r, row in repeats) + "\n"  # fmt: skip
+    return text
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "(error.txt is empty)"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def runs_table(runs: Sequence[Run], folders: Sequence[Path]) -> str:
+    """Every finished run on its own: the folder (relative to the folder given), seed, accuracies, time."""
+    lines = [
+        "| run | seed | test accuracy % | best validation % | meta-training time |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for run in runs:
+        if run.finished:
+            m = run.metrics
+            name = _relative(run.folder, folders)
+            test = percent(Interval(m["test_acc"], m.get("test_ci95"), "episodes"))
+            val = val_cell(run.val_score)
+            lines.append(f"| `{name}` | {m.get('seed', '-')} | {test} | {val} | {duration(run.meta_train_seconds)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _relative(path: Path, folders: Sequence[Path]) -> str:
+    for folder in folders:
+        try:
+            return str(path.resolve().relative_to(Path(folder).resolve())) or "."
+        except ValueError:
+            continue
+    return str(path)

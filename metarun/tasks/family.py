@@ -1,0 +1,78 @@
+"""What a task family is: how a run's data becomes meta-training episodes, the validation that picks `best.pt`, and
+the meta-test. A family is a class with a schema; `conf/task/<name>.yaml` names it as its `_target_`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from omegaconf import DictConfig, OmegaConf
+from tokenizers import Tokenizer
+
+from metarun.data import Corpus
+from metarun.episodes import Episode, EpisodeSampler
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """What a meta-test scores: sampled episodes (intervals over episodes), or fixed tasks, one episode each, scored
+    as a whole with every metric (intervals over tasks)."""
+
+    episodes: list[Episode]
+    task_names: list[str] | None = None  # fixed tasks: one name per episode; None for sampled episodes
+    label_names: dict[str, list[str]] = field(default_factory=dict)  # each fixed task's labels, by id
+
+
+class TaskFamily:
+    """A family built from its settings (`cfg.task`: `schema`'s fields; what is not given takes the schema's
+    default). A run calls, in order: `load` (the data, the tokenizer fitted on what it says is meta-train text),
+    `train_sampler`, `validation_episodes`, `test_set`, and writes `run_files` into its folder. `metarun-eval` calls
+    `load_test` instead of `load` when `tests_on_corpus`, then `test_set`."""
+
+    schema: ClassVar[type]
+    tests_on_corpus: ClassVar[bool] = True  # whether the meta-test is drawn from the run's data (`load_test`)
+    split_settings: ClassVar[tuple[str, ...]] = ()  # the settings that decide which of the data is unseen
+
+    def __init__(self, **settings: Any) -> None:
+        self.task: DictConfig = OmegaConf.structured(self.schema(**settings))
+
+    @classmethod
+    def settings_problems(cls, task: DictConfig) -> list[str]:
+        """What is wrong with a combination of settings, told before any data is read (ranges are the schema's)."""
+        return []
+
+    def load(self, corpus: Corpus, tokenizer_for: Callable[[list[str]], Tokenizer]) -> Tokenizer:
+        """Split `corpus` for meta-training; returns `tokenizer_for(meta-train texts)`, which encodes everything."""
+        raise NotImplementedError
+
+    def load_test(self, corpus: Corpus, tokenizer: Tokenizer, every_row: bool) -> None:
+        """Only what the meta-test needs of `corpus`: its test split, or with `every_row` all of it (other data
+        than the run's, all of it unseen)."""
+        raise NotImplementedError
+
+    @property
+    def n_train_classes(self) -> int:
+        """The number of meta-training classes (a supervised baseline's pre-training head is that wide)."""
+        return self.train_sampler().n_classes
+
+    def train_sampler(self) -> EpisodeSampler:
+        raise NotImplementedError
+
+    def validation_episodes(self, tokenizer: Tokenizer, count: int, seed: int) -> list[Episode]:
+        """The same episodes at every validation."""
+        raise NotImplementedError
+
+    def test_set(self, tokenizer: Tokenizer, count: int, seed: int, scored: str = "test") -> TestSet:
+        """What the meta-test scores; `scored` names the files of fixed tasks (`check_scored` says which exist)."""
+        raise NotImplementedError
+
+    def check_scored(self, scored: str) -> None:
+        """Refuse a `scored` (metarun-eval's `scored=`) this family has no files for."""
+
+    def check_algorithm(self, algorithm) -> None:
+        """Refuse an algorithm this family's settings do not work with."""
+
+    def run_files(self) -> dict[str, str]:
+        """Files for the run folder (name -> text), for whoever uses the run later."""
+        return {}

@@ -1,0 +1,159 @@
+"""The benchmark's measurements: a worker's step times and peak memory, a run's loop overhead, ranks vs threads."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bench_workloads import IMPLEMENTATIONS, Setting, make_episodes, make_model  # beside this script
+from metarun.loop import accumulate_meta_gradient
+from metarun.torch_workarounds import twice_differentiable_attention
+
+
+def memory_status(key: str) -> int:
+    """VmRSS (resident now) or VmHWM (peak resident since the last reset) of this process, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def cuda_peak_tracker(device: torch.device):
+    """On CUDA: a function that returns the allocator's peak bytes beyond the memory allocated when it was made;
+    None elsewhere (resident memory is read instead)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    baseline = torch.cuda.memory_allocated(device)
+    return lambda: torch.cuda.max_memory_allocated(device) - baseline
+
+
+def worker(s: Setting, warmup: int, steps: int) -> dict:
+    """Time `steps` outer steps (meta-gradient + Adam); the forward-backward impl times the unit of work."""
+    torch.manual_seed(0)
+    model, episodes = make_model(s), make_episodes(s)
+    optimizer = torch.optim.Adam(model.parameters(), lr=s.outer_lr)
+    if s.impl == "forward-backward":  # one plain forward+backward over support+query sequences (100 by default)
+        tokens = torch.cat([episodes[0].support_x, episodes[0].query_x])
+        labels = torch.cat([episodes[0].support_y, episodes[0].query_y])
+
+        def outer_step():
+            F.cross_entropy(model(tokens), labels).backward()
+            optimizer.zero_grad(set_to_none=True)
+    else:
+        meta_step = IMPLEMENTATIONS[s.impl](s)
+
+        def outer_step():
+            with twice_differentiable_attention() if s.algo == "maml" else contextlib.nullcontext():
+                meta_step(model, episodes)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    # not "extra": thread pools (one plain forward+backward) and Adam's state (a step with zero gradients)
+    F.cross_entropy(model(episodes[0].query_x), episodes[0].query_y).backward()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    device = torch.device(s.device)
+    gpu_peak = cuda_peak_tracker(device)
+    Path("/proc/self/clear_refs").write_text("5")  # restart the peak-RSS count from here (Linux)
+    baseline, times = memory_status("VmRSS"), []
+    for i in range(warmup + steps):
+        started = time.perf_counter()
+        outer_step()
+        if gpu_peak:
+            torch.cuda.synchronize(device)  # kernels run asynchronously: the step ends when the GPU is done
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    peak = gpu_peak() if gpu_peak else memory_status("VmHWM") - baseline
+    return {"times": times, "peak_extra_bytes": peak}
+
+
+def loop_overhead(args: argparse.Namespace) -> str:
+    """A real metarun run's median outer step (sampling, logging, progress) against the pure meta-step."""
+    import random
+    import tempfile
+
+    from metarun.config import compose
+    from metarun.parts import build_algorithm, load_task, resolve_device
+    from metarun.run import run
+
+    steps = args.steps + args.warmup  # both sides: the median over the same steps, warm-up included
+    overrides = [*args.loop_overrides, f"device={args.device}", f"train.outer_steps={steps}"]
+    cfg = compose("config", overrides)
+    out = Path(tempfile.mkdtemp())
+
+    def pure_meta_step() -> float:
+        """The same model, algorithm and episodes as the run (same seeds), without the loop around them."""
+        device = resolve_device(cfg.device.name)
+        torch.manual_seed(cfg.seed)
+        family, tokenizer = load_task(cfg)
+        algorithm = build_algorithm(cfg, tokenizer, device, n_train_classes=family.n_train_classes)
+        params = dict(algorithm.model.named_parameters())
+        trained = list(algorithm.trained_tensors().values())
+        optimizer = algorithm.outer_optimizer(algorithm.outer_parameter_groups())
+        rng, times = random.Random(cfg.seed), []
+        algorithm.model.train()
+        for _ in range(steps):
+            episodes = [family.train_sampler().sample(rng).to(device) for _ in range(cfg.train.meta_batch_size)]
+            started = time.perf_counter()
+            accumulate_meta_gradient(algorithm, params, episodes)
+            torch.nn.utils.clip_grad_norm_(trained, cfg.train.grad_clip or float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    before = pure_meta_step()
+    run(cfg, out / "run")
+    loop_step = json.loads((out / "run" / "timing.json").read_text())["outer_step_median_seconds"]
+    pure = min(before, pure_meta_step())  # measured before and after the run; the faster one is the yardstick
+    return (
+        f"Loop overhead (`{shlex.join(['metarun', *overrides])}`): median outer step {1000 * loop_step:.0f} ms "
+        f"in the full loop vs {1000 * pure:.0f} ms for the pure meta-step: {loop_step / pure:.3f}x.\n"
+    )
+
+
+def rank_scaling(args: argparse.Namespace) -> str:
+    """One real metarun run as `--ranks` processes of one thread (torchrun, gloo) against one process of that many
+    threads, at the same global meta-batch; rounds alternate the two, and each side's median outer step counts."""
+    steps = args.steps + args.warmup
+    overrides = [*args.loop_overrides, f"train.meta_batch_size={args.meta_batch}", f"train.outer_steps={steps}"]
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    sides = {
+        f"1 process x {args.ranks} threads": ([str(Path(sys.executable).with_name("metarun"))], args.ranks),
+        f"{args.ranks} processes x 1 thread": ([torchrun, "--standalone", f"--nproc_per_node={args.ranks}", "-m",
+                                                  "metarun"], 1),
+    }  # fmt: skip
+    steps_s: dict[str, list[float]] = {side: [] for side in sides}
+    for round_ in range(args.rounds):
+        for side, (command, threads) in sides.items():
+            print(f"round {round_ + 1}/{args.rounds}: {side}", flush=True)
+            folder = args.out / "ranks" / f"{len(steps_s[side])}-{threads}"
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            done = subprocess.run([*command, *overrides, f"hydra.run.dir={folder}"], capture_output=True, text=True,
+                                  env=env)  # fmt: skip
+            if done.returncode != 0:
+                raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
+            steps_s[side].append(json.loads((folder / "timing.json").read_text())["outer_step_median_seconds"])
+    (one, one_s), (many, many_s) = ((side, statistics.median(v)) for side, v in steps_s.items())
+    return (
+        f"Data-parallel meta-training (`{shlex.join(['metarun', *overrides])}`), median outer step: {one} "
+        f"{1000 * one_s:.0f} ms, {many} {1000 * many_s:.0f} ms; the processes take {many_s / one_s:.2f}x the time "
+        f"of the threads.\n"
+    )
