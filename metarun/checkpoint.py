@@ -24,7 +24,7 @@ from metarun.errors import UserError, brief
 from metarun.run_folder import write_atomically
 from metarun.stats import EvalResult
 
-FORMAT = 3  # the layout below; a checkpoint of another format is refused
+FORMAT = 4  # the layout below (4: the task family named in the config); a checkpoint of another format is refused
 # settings a resumed run may change: they do not touch the maths of meta-training
 RESUMABLE_CHANGES = ("train.resume", "debug", "device.name", "choices.device")
 @dataclass

@@ -11,7 +11,7 @@ import torch
 
 from metarun.baselines import fit_features_lr, fit_tfidf_lr, majority, score_baselines
 from metarun.config import compose
-from metarun.run import fixed_tasks
+from metarun.parts import build_task
 
 pytest.importorskip("sklearn")
 
@@ -97,7 +97,7 @@ def test_baselines_score_the_fixed_tasks_of_a_config_from_its_files(tmp_path):
     rows = list(zip(TEXTS, LABELS))
     target = {"train": write("target.train.jsonl", rows), "test": write("target.test.jsonl", rows[:7])}
     task = f"{{name: target, train: '{target['train']}', test: '{target['test']}'}}"
-    cfg = compose("config", ["task=domain_adapt", "data=local", f"data.files=[{','.join(source)}]",
+    cfg = compose("config", ["task=fixed_tasks", "data=local", f"data.files=[{','.join(source)}]",
                              "data.domain_column=domain", "task.n_way=2", "task.k_shot=2", "task.n_query=2",
                              "task.split.val=1", "task.split.test=1", f"task.eval_tasks=[{task}]",
                              "task.eval_shots=2"])  # fmt: skip
@@ -105,7 +105,7 @@ def test_baselines_score_the_fixed_tasks_of_a_config_from_its_files(tmp_path):
     ((name, found),) = results["majority"].per_task
     assert name == "target" and found.accuracy == pytest.approx(4 / 7) and found.balanced_accuracy == 0.5
     ((_, tfidf),) = results["tfidf_lr"].per_task
-    support = fixed_tasks(cfg.task, cfg.data)[0].support  # 2 reviews per label, drawn once (tested in test_evaluation)
+    support = build_task(cfg).tasks()[0].support  # 2 reviews per label, drawn once (tested in test_evaluation)
     assert len(support) == 4
     model = fit_tfidf_lr(TEXTS * 2 + support.texts, LABELS * 2 + support.labels)  # one meta-training domain + support
     test_texts, test_labels = TEXTS[:7], LABELS[:7]

@@ -9,7 +9,7 @@ import torch
 
 from conftest import CLINC150, command
 from metarun.config import compose
-from metarun.run import prepare_episodes
+from metarun.parts import load_task
 
 FAST = [
     "train.outer_steps=3", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=4",
@@ -166,7 +166,8 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_protonet_meta_trains_on_wider_episodes_than_it_tests_and_maml_refuses(tmp_path):
-    _, samplers, _ = prepare_episodes(compose("config", ["algo=protonet", "task.meta_train_way=8"]))
+    family, _ = load_task(compose("config", ["algo=protonet", "task.meta_train_way=8"]))
+    samplers = family.samplers
     widths = {name: len(s.sample(random.Random(0)).support_y.unique()) for name, s in samplers.items()}
     assert widths == {"train": 8, "val": 5, "test": 5}
     no_inner_loop = [o for o in FAST if not o.startswith("algo.")]

@@ -65,7 +65,7 @@ def test_fixed_evaluation_tasks_adapt_on_their_train_file_and_score_the_whole_te
             files[part] = tmp_path / f"{domain}.{part}.jsonl"
             files[part].write_text("\n".join(lines) + "\n")
         specs.append(f"{{name:{domain},train:'{files['train']}',test:'{files['test']}'}}")
-    cfg = compose_config("task=domain_adapt", f"task.eval_tasks=[{','.join(specs)}]", "data.examples_per_class=12")
+    cfg = compose_config("task=fixed_tasks", f"task.eval_tasks=[{','.join(specs)}]", "data.examples_per_class=12")
     run(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert sorted(metrics["per_task_acc"]) == ["domain_08", "domain_09"] and metrics["test_episodes"] == 2

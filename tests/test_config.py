@@ -12,7 +12,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from metarun.cli import CONF_DIR
-from metarun.config import SCHEMAS, check_config
+from metarun.config import check_config
+from metarun.schema import SCHEMAS
 from metarun.errors import UserError
 from metarun.run import run
 
@@ -26,7 +27,8 @@ def config(*overrides):
 
 @pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])
 def test_every_option_extends_its_groups_schema(group, option):
-    needed = {"hf": ["model.name_or_path=x"], "local": ["data.files=x.jsonl"]}.get(option, [])  # the ??? settings
+    needed = {"hf": ["model.name_or_path=x"], "local": ["data.files=x.jsonl"],  # the ??? settings
+              "fixed_tasks": ["task.eval_tasks=[{name:x,train:x.jsonl,test:y.jsonl}]"]}.get(option, [])
     cfg = config(f"{group}={option}", *needed)
     assert OmegaConf.get_type(cfg[group]) in SCHEMAS[group].values()
     check_config(cfg)  # the shipped options are valid as they are

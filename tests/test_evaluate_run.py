@@ -10,7 +10,8 @@ from metarun.config import compose
 from conftest import CLINC150, command
 from metarun.data import generate_synthetic
 from metarun.errors import UserError
-from metarun.run import evaluate_run, run
+from metarun.evaluate_run import evaluate_run
+from metarun.run import run
 
 BUDGET = [
     "train.outer_steps=2", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=2",
@@ -67,7 +68,7 @@ def test_fixed_tasks_on_other_data_report_three_metrics(tmp_path):
     folder = trained(tmp_path / "run", "algo=protonet")
     train, test = other_data(tmp_path / "train.jsonl", seed=5), other_data(tmp_path / "test.jsonl", seed=5)
     spec = f"[{{name:mine,train:'{train}',test:'{test}'}}]"
-    metrics = evaluated(folder, tmp_path / "eval", f"task.eval_tasks={spec}", "task.n_way=12")
+    metrics = evaluated(folder, tmp_path / "eval", "task=fixed_tasks", f"task.eval_tasks={spec}", "task.n_way=12")
     assert list(metrics["per_task_acc"]) == ["mine"] and metrics["test_balanced_acc"] is not None
     assert metrics["test_ci95"] is None  # one task: no interval, and no NaN
 
@@ -78,16 +79,16 @@ def test_scored_dev_scores_each_fixed_tasks_dev_file(tmp_path):
     dev = tmp_path / "dev.jsonl"
     dev.write_text("".join(test.read_text().splitlines(keepends=True)[::3]))  # a third of the test file
     spec = f"task.eval_tasks=[{{name:mine,train:'{train}',dev:'{dev}',test:'{test}'}}]"
-    on_dev = evaluated(folder, tmp_path / "dev", spec, "task.n_way=12", "scored=dev")
+    on_dev = evaluated(folder, tmp_path / "dev", "task=fixed_tasks", spec, "task.n_way=12", "scored=dev")
     as_test = f"task.eval_tasks=[{{name:mine,train:'{train}',test:'{dev}'}}]"  # the same file named as the test
-    expected = evaluated(folder, tmp_path / "as-test", as_test, "task.n_way=12")
+    expected = evaluated(folder, tmp_path / "as-test", "task=fixed_tasks", as_test, "task.n_way=12")
     assert on_dev["scored"] == "dev" and expected["scored"] == "test"
     assert on_dev["per_task_acc"] == expected["per_task_acc"]
     assert on_dev["per_task_recall"] == expected["per_task_recall"]
-    on_test = evaluated(folder, tmp_path / "test", spec, "task.n_way=12")
+    on_test = evaluated(folder, tmp_path / "test", "task=fixed_tasks", spec, "task.n_way=12")
     assert sum(on_test["per_task_recall"]["mine"].values()) != sum(on_dev["per_task_recall"]["mine"].values())
     with pytest.raises(UserError, match=r"scored=dev .* these fixed tasks name no dev file: mine"):
-        evaluated(folder, tmp_path / "no-dev", as_test, "task.n_way=12", "scored=dev")
+        evaluated(folder, tmp_path / "no-dev", "task=fixed_tasks", as_test, "task.n_way=12", "scored=dev")
     with pytest.raises(UserError, match=r"scored=dev .* the run has no fixed tasks"):
         evaluated(folder, tmp_path / "no-tasks", "scored=dev")
 

@@ -18,7 +18,8 @@ from metarun.algorithms import MAML, ProtoNet, SupervisedBaseline
 from metarun.errors import UserError
 from metarun.evaluation import classification_scores, episode_scores, evaluate, predict
 from metarun.stats import EvalResult, mean_with_ci, summarize
-from metarun.run import provenance, run
+from metarun.results import provenance
+from metarun.run import run
 
 ALGORITHMS = {
     "protonet": lambda m: ProtoNet(m),
@@ -194,7 +195,7 @@ NEW_KEYS = ("test_balanced_acc", "test_balanced_acc_ci95", "test_macro_f1", "tes
 
 @pytest.mark.parametrize("domains", [("domain_08", "domain_09"), ("domain_09",)])
 def test_fixed_tasks_report_balanced_accuracy_and_macro_f1(tmp_path, capsys, domains):
-    cfg = compose_config("task=domain_adapt", imbalanced_tasks(tmp_path, domains), "data.examples_per_class=12")
+    cfg = compose_config("task=fixed_tasks", imbalanced_tasks(tmp_path, domains), "data.examples_per_class=12")
     run(cfg, tmp_path / "run")
     text = (tmp_path / "run" / "metrics.json").read_text()
     metrics = json.loads(text)
@@ -282,7 +283,7 @@ def test_the_interval_over_a_few_tasks_is_students_t():
 def test_a_best_validation_at_the_last_step_says_the_budget_may_be_the_limit(tmp_path, capsys):
     from omegaconf import OmegaConf
 
-    from metarun.run import best_at_last_step, run
+    from metarun.results import best_at_last_step
 
     cfg = OmegaConf.create({"train": {"outer_steps": 10}, "eval": {"val_interval": 5}})
     assert best_at_last_step(10, cfg) and not best_at_last_step(5, cfg) and not best_at_last_step(None, cfg)
@@ -294,7 +295,7 @@ def test_a_best_validation_at_the_last_step_says_the_budget_may_be_the_limit(tmp
 
 
 DEV_DOMAINS = ("domain_08", "domain_09")
-DEV_SETTINGS = ("task=domain_adapt", "data.examples_per_class=12", "task.split.val=0", "task.split.test=0")
+DEV_SETTINGS = ("task=fixed_tasks", "data.examples_per_class=12", "task.split.val=0", "task.split.test=0")
 
 
 def tasks_with_dev_files(folder: Path, tasks: str) -> str:
@@ -347,7 +348,7 @@ def test_select_by_keeps_the_step_with_the_best_validation_balanced_accuracy(tmp
 
 def test_eval_shots_draw_one_fixed_support_per_task_for_every_run(tmp_path):
     from metarun.data import Corpus
-    from metarun.run import support_draw
+    from metarun.tasks.fixed import support_draw
 
     corpus = Corpus([f"review {i}" for i in range(12)], ["neg"] * 4 + ["pos"] * 8)
     drawn = support_draw(corpus, 3, "0:books.t2", "books.t2.train.jsonl")
@@ -357,5 +358,5 @@ def test_eval_shots_draw_one_fixed_support_per_task_for_every_run(tmp_path):
     with pytest.raises(UserError, match=r"task.eval_shots=5 needs 5 examples .* 'neg' has 4"):
         support_draw(corpus, 5, "0:books.t2", "books.t2.train.jsonl")
     tasks = imbalanced_tasks(tmp_path, ("domain_09",))  # 2 train rows per label: one drawn of each
-    run(compose_config("task=domain_adapt", tasks, "data.examples_per_class=12", "task.eval_shots=1"), tmp_path / "r")
+    run(compose_config("task=fixed_tasks", tasks, "data.examples_per_class=12", "task.eval_shots=1"), tmp_path / "r")
     assert json.loads((tmp_path / "r/metrics.json").read_text())["test_episodes"] == 1

@@ -15,7 +15,7 @@ import pytest
 import torch
 from metarun.config import compose
 
-from metarun import checkpoint
+from metarun import checkpoint, run_folder
 from metarun.checkpoint import FORMAT, load_checkpoint
 from metarun.errors import UserError
 from metarun.run import run
@@ -50,7 +50,7 @@ def test_a_full_disk_mid_run_names_the_path_and_keeps_the_previous_checkpoint(tm
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return file
 
-    monkeypatch.setattr(checkpoint, "open", filling_open, raising=False)
+    monkeypatch.setattr(run_folder, "open", filling_open, raising=False)
     with pytest.raises(UserError) as error:
         run(config(), tmp_path)
     message = str(error.value)

@@ -11,7 +11,8 @@ from torch.func import functional_call
 
 from conftest import INNER_LR, INNER_STEPS, naive_maml_loss, random_episode, tiny_model
 from metarun.algorithms import MAML, MetaSGD, Reptile, SupervisedBaseline
-from metarun.algorithms.base import batches_tasks
+from metarun.algorithms.adapting import batches_tasks
+from metarun.algorithms.caching import cached
 from metarun.loop import accumulate_meta_gradient, build_outer_optimizer
 from metarun.torch_workarounds import LayerNorm, twice_differentiable_attention, vmap_safe_layer_norm
 
@@ -23,7 +24,9 @@ def meta_gradient(algorithm, model, episode):
 
 
 def test_maml_meta_gradient_matches_finite_differences(model64, episode):
-    grads = meta_gradient(MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR), model64, episode)
+    grads = meta_gradient(
+        MAML(model64, head_init="learned", inner_steps=INNER_STEPS, inner_lr=INNER_LR), model64, episode
+    )
     params = {n: p.detach() for n, p in model64.named_parameters()}
     g = torch.Generator().manual_seed(1)
     for _ in range(4):  # random directions through all parameters at once
@@ -53,7 +56,7 @@ def cosine_prototype_start(model, params, episode, scale=10.0):
 def test_maml_variants_match_finite_differences_of_a_naive_meta_loss(model64, episode, settings):
     """Proto-MAML (its head built from the support features, so differentiated too; the inner steps' gradients
     partial in the head) and partial inner scopes, against central differences of a hand-written meta-loss."""
-    algorithm = MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR, **settings)
+    algorithm = MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR, **{"head_init": "learned", **settings})
     grads, _ = algorithm.meta_gradient(dict(model64.named_parameters()), episode)
     params = {n: p.detach() for n, p in model64.named_parameters()}
     adapted = {"head": ["head.weight", "head.bias"], "top": [n for n in params if n.startswith(("layers.1.",
@@ -74,7 +77,9 @@ def test_maml_variants_match_finite_differences_of_a_naive_meta_loss(model64, ep
 
 
 def test_maml_meta_gradient_matches_naive_unrolled_reference(model64, episode):
-    grads = meta_gradient(MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR), model64, episode)
+    grads = meta_gradient(
+        MAML(model64, head_init="learned", inner_steps=INNER_STEPS, inner_lr=INNER_LR), model64, episode
+    )
     params = dict(model64.named_parameters())
     with twice_differentiable_attention():
         loss, _ = naive_maml_loss(model64, params, episode)
@@ -85,14 +90,20 @@ def test_maml_meta_gradient_matches_naive_unrolled_reference(model64, episode):
 
 def test_first_order_maml_is_the_query_gradient_at_the_adapted_weights(model64, episode):
     params = dict(model64.named_parameters())
-    grads = meta_gradient(MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR, first_order=True), model64, episode)
+    grads = meta_gradient(
+        MAML(model64, head_init="learned", inner_steps=INNER_STEPS, inner_lr=INNER_LR, first_order=True),
+        model64,
+        episode,
+    )
     _, fast = naive_maml_loss(model64, params, episode, create_graph=False)
     fast = {n: p.detach().requires_grad_() for n, p in fast.items()}
     query_loss = F.cross_entropy(functional_call(model64, fast, (episode.query_x,)), episode.query_y)
     reference = torch.autograd.grad(query_loss, list(fast.values()))
     for name, ref in zip(fast, reference):
         torch.testing.assert_close(grads[name], ref, rtol=1e-9, atol=1e-12)
-    second_order = meta_gradient(MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR), model64, episode)
+    second_order = meta_gradient(
+        MAML(model64, head_init="learned", inner_steps=INNER_STEPS, inner_lr=INNER_LR), model64, episode
+    )
     differs = any(not torch.allclose(grads[n], second_order[n]) for n in grads)
     assert differs, "first- and second-order gradients coincide: the test would not tell them apart"
 
@@ -112,7 +123,7 @@ def test_reptile_outer_step_interpolates_towards_the_mean_adapted_weights(inner_
             inner.step()
         adapted.append({n: p.detach() for n, p in clone.named_parameters()})
 
-    algorithm = Reptile(model, inner_steps=steps, inner_lr=lr, inner_optimizer=inner_optimizer)
+    algorithm = Reptile(model, head_init="learned", inner_steps=steps, inner_lr=lr, inner_optimizer=inner_optimizer)
     params = dict(model.named_parameters())
     outer = torch.optim.SGD(params.values(), lr=eps)
     accumulate_meta_gradient(algorithm, params, episodes)
@@ -126,7 +137,7 @@ def test_reptile_outer_step_interpolates_towards_the_mean_adapted_weights(inner_
 
 def test_loop_averages_task_gradients_over_the_meta_batch(model64):
     episodes = [random_episode(seed=s) for s in range(2)]
-    algorithm = MAML(model64, inner_steps=INNER_STEPS, inner_lr=INNER_LR)
+    algorithm = MAML(model64, head_init="learned", inner_steps=INNER_STEPS, inner_lr=INNER_LR)
     per_task = [meta_gradient(algorithm, model64, e) for e in episodes]
     params = dict(model64.named_parameters())
     accumulate_meta_gradient(algorithm, params, episodes)
@@ -161,7 +172,7 @@ def test_second_order_through_attention_runs_on_cpu_float32():
     params = dict(model.named_parameters())
     with pytest.raises(RuntimeError, match="not implemented"):
         naive_maml_loss(model, params, episode)[0].backward()  # default kernels: the trap is real here
-    grads = meta_gradient(MAML(model, inner_steps=INNER_STEPS, inner_lr=INNER_LR), model, episode)
+    grads = meta_gradient(MAML(model, head_init="learned", inner_steps=INNER_STEPS, inner_lr=INNER_LR), model, episode)
     attention = "layers.0.attn.qkv.weight"
     assert torch.isfinite(grads[attention]).all() and grads[attention].abs().sum() > 0
     with twice_differentiable_attention():
@@ -173,7 +184,7 @@ def test_maml_refuses_a_non_differentiable_inner_optimizer(model64):
     from metarun.errors import UserError
 
     with pytest.raises(UserError, match="algo.inner_optimizer=adam cannot be differentiated through"):
-        MAML(model64, inner_optimizer="adam")
+        MAML(model64, head_init="learned", inner_optimizer="adam")
 
 
 @pytest.mark.parametrize("n_way", [3, 5])  # the model's head has 3 rows; task.meta_train_way trains wider episodes
@@ -260,11 +271,13 @@ def test_memory_light_maml_replays_dropout_masks():
     grads = {}
     for memory in ("store", "recompute"):
         torch.manual_seed(7)
-        grads[memory] = meta_gradient(MAML(model, inner_steps=2, inner_lr=INNER_LR, memory=memory), model, episode)
+        grads[memory] = meta_gradient(
+            MAML(model, head_init="learned", inner_steps=2, inner_lr=INNER_LR, memory=memory), model, episode
+        )
     for name, grad in grads["store"].items():
         torch.testing.assert_close(grads["recompute"][name], grad, rtol=1e-9, atol=1e-12)
     torch.manual_seed(8)
-    other_masks = meta_gradient(MAML(model, inner_steps=2, inner_lr=INNER_LR), model, episode)
+    other_masks = meta_gradient(MAML(model, head_init="learned", inner_steps=2, inner_lr=INNER_LR), model, episode)
     assert any(not torch.allclose(other_masks[n], grads["store"][n]) for n in other_masks), "dropout was inactive"
 
 
@@ -274,9 +287,11 @@ def test_memory_light_maml_replays_dropout_masks():
 )
 def test_batch_tasks_auto_batches_on_cuda_only_and_false_never(model64, asked, device, batched):
     assert batches_tasks(asked, device) is batched
-    algorithm = MAML(model64, inner_steps=1, inner_lr=INNER_LR)  # one that can batch its tasks
+    algorithm = MAML(model64, head_init="learned", inner_steps=1, inner_lr=INNER_LR)  # one that can batch its tasks
     assert algorithm._batching(asked, device) is batched
-    assert not MAML(model64, inner_steps=1, inner_lr=INNER_LR, inner_scope="head")._batching("auto", device)
+    assert not MAML(model64, head_init="learned", inner_steps=1, inner_lr=INNER_LR, inner_scope="head")._batching(
+        "auto", device
+    )
 
 
 @pytest.mark.parametrize("head_init", ["learned", "zero", "prototypes"])
@@ -340,24 +355,26 @@ def test_settings_that_cannot_work_are_refused(model64):
     from metarun.errors import UserError
 
     with pytest.raises(UserError, match="inner_scope='head' with algo.outer_scope='all' does not work with Reptile"):
-        Reptile(model64, inner_scope="head")
+        Reptile(model64, head_init="learned", inner_scope="head")
     with pytest.raises(UserError, match="algo.outer_scope='head' leaves nothing to meta-learn"):
         MAML(model64, outer_scope="head", head_init="zero")
     with pytest.raises(UserError, match="memory=recompute needs algo.inner_scope=all"):
-        MAML(model64, inner_scope="head", memory="recompute")
+        MAML(model64, head_init="learned", inner_scope="head", memory="recompute")
     with pytest.raises(UserError, match="batch_tasks=true is not available"):
-        MAML(model64, memory="recompute", batch_tasks=True)
+        MAML(model64, head_init="learned", memory="recompute", batch_tasks=True)
 
 
 @pytest.mark.parametrize("batch_tasks", [False, True])
 def test_reptile_scores_the_query_only_for_the_logs_when_asked(model64, batch_tasks):
     episodes = [random_episode(seed=s) for s in range(2)]
-    algorithm = Reptile(model64, inner_steps=2, inner_lr=INNER_LR, batch_tasks=batch_tasks)
+    algorithm = Reptile(model64, head_init="learned", inner_steps=2, inner_lr=INNER_LR, batch_tasks=batch_tasks)
     params = dict(model64.named_parameters())
     plain = accumulate_meta_gradient(algorithm, params, episodes)
     grads = {n: p.grad for n, p in params.items()}
     assert plain[0].loss_after is None and plain[0].watched_loss == plain[0].inner_losses[-1]
-    scoring = Reptile(model64, inner_steps=2, inner_lr=INNER_LR, batch_tasks=batch_tasks, diagnostic_scores=True)
+    scoring = Reptile(
+        model64, head_init="learned", inner_steps=2, inner_lr=INNER_LR, batch_tasks=batch_tasks, diagnostic_scores=True
+    )
     scored = accumulate_meta_gradient(scoring, params, episodes)
     assert 0.0 <= scored[0].acc_after <= 1.0 and scored[0].loss_after > 0
     for name, param in params.items():  # scoring changes nothing in the update
@@ -410,7 +427,7 @@ def test_metasgd_refuses_a_first_order_inner_loop(model64):
     from metarun.errors import UserError
 
     with pytest.raises(UserError, match="needs algo.first_order=false"):
-        MetaSGD(model64, first_order=True)
+        MetaSGD(model64, head_init="learned", first_order=True)
 
 
 def test_mamlpp_step_weights_move_from_equal_to_the_last_step():
@@ -504,14 +521,22 @@ def test_meta_gradients_read_from_cached_lower_layers_equal_the_full_model(inner
     """With the outer loop on the top layer, meta-training reads the layers below from a table computed once
     (metarun.features): same logits, same second-order meta-gradient as running the whole model."""
     model = tiny_model()
-    algorithm = MAML(model, inner_scope=inner_scope, outer_scope="top", top_layers=1, inner_steps=2, inner_lr=0.3)
+    algorithm = MAML(
+        model,
+        head_init="learned",
+        inner_scope=inner_scope,
+        outer_scope="top",
+        top_layers=1,
+        inner_steps=2,
+        inner_lr=0.3,
+    )
     params = dict(model.named_parameters())
     episode = random_episode(seed=5)
-    cached = algorithm.cached(params, [episode.support_x, episode.query_x], algorithm.trained_names())
-    assert cached.cache.layers == 1 and algorithm.cache is None  # tiny_model has 2 layers; the original is unchanged
-    torch.testing.assert_close(cached.logits(params, episode.query_x), algorithm.logits(params, episode.query_x))
+    view = cached(algorithm, params, [episode.support_x, episode.query_x], algorithm.trained_names())
+    assert view.cache.layers == 1 and algorithm.cache is None  # tiny_model has 2 layers; the original is unchanged
+    torch.testing.assert_close(view.logits(params, episode.query_x), algorithm.logits(params, episode.query_x))
     expected, _ = algorithm.meta_gradient(params, episode)
-    found, _ = cached.meta_gradient(params, episode)
+    found, _ = view.meta_gradient(params, episode)
     top = sorted(n for n in params if n.startswith(("layers.1.", "final_norm.", "head.")))
     assert sorted(found) == sorted(expected) == top
     for name in expected:
@@ -525,10 +550,10 @@ def test_protonet_reads_cached_lower_layers_with_the_full_models_gradient(distan
     model, episode = tiny_model(), random_episode(seed=5)
     algorithm = ProtoNet(model, distance=distance, outer_scope="top", top_layers=1)
     params = dict(model.named_parameters())
-    cached = algorithm.cached(params, [episode.support_x, episode.query_x], algorithm.trained_names())
-    assert cached.cache.layers == 1  # only the head is written per episode, and the outer loop trains layer 1 up
+    view = cached(algorithm, params, [episode.support_x, episode.query_x], algorithm.trained_names())
+    assert view.cache.layers == 1  # only the head is written per episode, and the outer loop trains layer 1 up
     expected, _ = algorithm.meta_gradient(params, episode)
-    found, _ = cached.meta_gradient(params, episode)
+    found, _ = view.meta_gradient(params, episode)
     assert sorted(found) == sorted(expected) == sorted(n for n in params if n.startswith(("layers.1.", "final_norm.")))
     for name in expected:
         torch.testing.assert_close(found[name], expected[name], rtol=1e-9, atol=1e-12)
@@ -538,7 +563,7 @@ def test_a_frozen_encoder_caches_features_and_a_trained_embedding_caches_nothing
     model = tiny_model()
     params = dict(model.named_parameters())
     tokens = [random_episode(seed=1).support_x]
-    head_only = MAML(model, inner_scope="head", outer_scope="top", top_layers=0)
-    assert head_only.cached(params, tokens, head_only.trained_names()).cache.layers is None  # pooled features
-    everything = MAML(model, inner_scope="head")
-    assert everything.cached(params, tokens, everything.trained_names()) is everything
+    head_only = MAML(model, head_init="learned", inner_scope="head", outer_scope="top", top_layers=0)
+    assert cached(head_only, params, tokens, head_only.trained_names()).cache.layers is None  # pooled features
+    everything = MAML(model, head_init="learned", inner_scope="head")
+    assert cached(everything, params, tokens, everything.trained_names()) is everything

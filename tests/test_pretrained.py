@@ -130,7 +130,8 @@ def test_top_scope_covers_the_top_layers_and_everything_above(tiny_bert):
 def test_second_order_maml_through_hf_attention_matches_finite_differences(tiny_bert, inner_scope):
     model = classifier(tiny_bert)[0].double()
     episode = random_episode(seed=3)
-    algorithm = MAML(model, inner_steps=INNER_STEPS, inner_lr=INNER_LR, inner_scope=inner_scope, top_layers=1)
+    algorithm = MAML(model, head_init="learned", inner_steps=INNER_STEPS, inner_lr=INNER_LR, inner_scope=inner_scope,
+                     top_layers=1)
     params = dict(model.named_parameters())
     grads, _ = algorithm.meta_gradient(params, episode)
     detached = {n: p.detach() for n, p in params.items()}
@@ -239,7 +240,7 @@ def test_minilm_runs_offline_with_its_tuned_settings(tmp_path):
 
 
 def test_precision_is_bf16_autocast_for_pretrained_encoders_on_cuda_unless_asked():
-    from metarun.run import resolve_precision
+    from metarun.parts import resolve_precision
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_precision("auto", cpu, prefers_bf16=True) is None

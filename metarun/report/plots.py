@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metarun.report.table import Row, interval_header
+from metarun.results import IDENTITY
+
+K_SHOT = IDENTITY["task.k_shot"]  # the metrics.json entry the shots plot reads
 
 PLOTS = {
     "accuracy_vs_shots.png": "Test accuracy against shots",
@@ -57,12 +60,12 @@ def plot_shots(rows: Sequence[Row], path: Path) -> None:
         label = ", ".join(f"{k}={v}" for k, v in others.items()) or row.runs[0].setting("algo")
         series.setdefault(label, []).append(row)
     for i, (label, members) in enumerate(series.items()):
-        members = sorted(members, key=lambda r: r.runs[0].metrics["k_shot"])
+        members = sorted(members, key=lambda r: r.runs[0].metrics[K_SHOT])
         dodge = 0.04 * (i - (len(series) - 1) / 2)  # side by side, so that the error bars stay apart
-        shots = [r.runs[0].metrics["k_shot"] * (1 + dodge) for r in members]
+        shots = [r.runs[0].metrics[K_SHOT] * (1 + dodge) for r in members]
         ax.errorbar(shots, [100 * r.test.mean for r in members], yerr=_errors(members), marker="o", capsize=4,
                     label=label)  # fmt: skip
-    ax.set_xticks(sorted({r.runs[0].metrics["k_shot"] for r in rows}))
+    ax.set_xticks(sorted({r.runs[0].metrics[K_SHOT] for r in rows}))
     _save(fig, ax, path)
 
 

@@ -8,10 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from metarun.config import METRICS
-
-IDENTITY = {"algo": "algo", "model": "model", "task": "task", "data": "data", "task.n_way": "n_way",
-            "task.k_shot": "k_shot", "seed": "seed"}  # fmt: skip  # an override key -> its metrics.json entry
+from metarun.results import IDENTITY, SELECT_BY, val_key
 
 
 @dataclass
@@ -37,8 +34,8 @@ class Run:
     @property
     def val_score(self) -> tuple[str, float] | None:
         """(the validation score that picked best.pt, its best value), from metrics.json; None when absent."""
-        select_by = (self.metrics or {}).get("select_by", "accuracy")
-        value = (self.metrics or {}).get(f"val_{METRICS[select_by]}")
+        select_by = (self.metrics or {}).get(SELECT_BY, "accuracy")
+        value = (self.metrics or {}).get(val_key(select_by))
         return None if value is None else (select_by, value)
 
     def setting(self, key: str) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metarun.report.runs import Run
+from metarun.results import TEST_ACC, TEST_CI95, TEST_EPISODES
 from metarun.stats import half_width_95
 
 NOT_SWEPT = ("seed", "train.resume")  # seeds are aggregated; a resume continues the same run
@@ -65,7 +66,7 @@ class Row:
 
     @property
     def test(self) -> Interval:
-        return across_seeds([r.metrics["test_acc"] for r in self.runs], self.runs[0].metrics.get("test_ci95"))
+        return across_seeds([r.metrics[TEST_ACC] for r in self.runs], self.runs[0].metrics.get(TEST_CI95))
 
     @property
     def seeds(self) -> int:
@@ -73,7 +74,7 @@ class Row:
 
     @property
     def test_episodes(self) -> str:
-        return "/".join(dict.fromkeys(str(r.metrics.get("test_episodes")) for r in self.runs))
+        return "/".join(dict.fromkeys(str(r.metrics.get(TEST_EPISODES)) for r in self.runs))
 
     @property
     def val_score(self) -> tuple[str, float] | None:
@@ -96,7 +97,7 @@ class Row:
         """The row's aggregates as plain values (what benchmark.json stores)."""
         test, (select_by, val) = self.test, self.val_score or (None, None)
         return {"seeds": self.seeds, "test_acc": test.mean, "test_ci95": test.half_width, "test_ci95_over": test.over,
-                "test_episodes": self.runs[0].metrics.get("test_episodes"), "select_by": select_by, "val_score": val,
+                "test_episodes": self.runs[0].metrics.get(TEST_EPISODES), "select_by": select_by, "val_score": val,
                 "meta_train_seconds": self.meta_train_seconds}  # fmt: skip
 
 
@@ -230,7 +231,7 @@ def runs_table(runs: Sequence[Run], folders: Sequence[Path]) -> str:
         if run.finished:
             m = run.metrics
             name = _relative(run.folder, folders)
-            test = percent(Interval(m["test_acc"], m.get("test_ci95"), "episodes"))
+            test = percent(Interval(m[TEST_ACC], m.get(TEST_CI95), "episodes"))
             val = val_cell(run.val_score)
             lines.append(f"| `{name}` | {m.get('seed', '-')} | {test} | {val} | {duration(run.meta_train_seconds)} |")
     return "\n".join(lines) + "\n"

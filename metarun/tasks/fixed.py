@@ -35,7 +35,7 @@ class EvalTaskConfig:
 @dataclass
 class FixedTasksConfig(SampledTaskConfig):
     _target_: str = "metarun.tasks.FixedTasks"
-    eval_tasks: List[EvalTaskConfig] = setting(factory=list)  # the meta-test: every task, with its files
+    eval_tasks: List[EvalTaskConfig] = MISSING  # the meta-test: every task, with its files
     # each task adapts on this many examples per label, drawn once from its train file (seeded by split.seed and the
     # task's name: every run and algorithm gets the same support); null: the whole train file
     eval_shots: Optional[int] = setting(None, least=1)
