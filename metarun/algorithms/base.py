@@ -167,8 +167,7 @@ class Algorithm:
             features = features if self.autocast_dtype is None else features.float()
         return features if features_only else head_logits(params, features)
 
-    def extra_parameters(self) -> dict[str, nn.Parameter]:
-        """Parameters the outer optimizer trains besides the model's (none by default), checkpointed with it."""
+    def extra_parameters(self) -> dict[str, nn.Parameter]:  # trained besides the model's, checkpointed with it
         return {}
 
     def trained_tensors(self) -> dict[str, torch.Tensor]:
@@ -180,8 +179,7 @@ class Algorithm:
         it (Adam moves a rate started at `inner_lr`, e.g. 5, by about the outer rate per step)."""
         return {*HEAD, *(LR_PREFIX + n for n in HEAD)}
 
-    def outer_parameter_groups(self) -> list[dict]:
-        """The outer optimizer's parameter groups: with `head_lr` the heads apart (see `scopes`)."""
+    def outer_parameter_groups(self) -> list[dict]:  # with `head_lr` the heads apart (see `scopes`)
         return outer_parameter_groups(self.trained_tensors(), self.head_names(), self.head_lr)
 
     def meta_gradient(self, params: Params, episode: Episode, outer_step: int | None = None
