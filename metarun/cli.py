@@ -19,6 +19,9 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from metarun.config import CONF_DIR, config_groups, group_options, register_configs, register_resolvers  # noqa: E402
 from metarun.callbacks import FailedJobs  # noqa: E402
+from metarun.evaluate_run import evaluate_run, test_time_settings  # noqa: E402
+from metarun.predict import predict  # noqa: E402
+from metarun.run import run  # noqa: E402
 from metarun.errors import (  # noqa: E402
     EXIT_USER_ERROR,
     RunInterrupted,
@@ -43,14 +46,10 @@ def app(cfg: DictConfig) -> float:
                "torchrun one run's overrides.")  # fmt: skip
         sys.exit(EXIT_USER_ERROR)
     if hydra_cfg.mode == RunMode.MULTIRUN:  # raise: Hydra records the job as failed and the sweep goes on
-        from metarun.run import run
-
         with stop_signals():
             check_named_tuning(hydra_cfg)
             return run(cfg, Path(hydra_cfg.runtime.output_dir))
     with reported_stops(cfg.debug, resume_command(hydra_cfg.overrides.task)):
-        from metarun.run import run
-
         check_named_tuning(hydra_cfg)
         return run(cfg, Path(hydra_cfg.runtime.output_dir))
 
@@ -76,8 +75,6 @@ def resume_command(overrides) -> str:
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
 def eval_app(cfg: DictConfig) -> float:
     with reported_stops(cfg.debug, ""):
-        from metarun.evaluate_run import evaluate_run
-
         hydra_cfg = HydraConfig.get()
         return evaluate_run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
 
@@ -85,8 +82,6 @@ def eval_app(cfg: DictConfig) -> float:
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
 def predict_app(cfg: DictConfig) -> None:
     with reported_stops(False, ""):
-        from metarun.predict import predict
-
         predict(cfg)
 
 
@@ -142,8 +137,6 @@ def main() -> None:
 
 def eval_main() -> None:
     """`metarun-eval run=<folder>`: score a run's checkpoint on its test split, or on other data and tasks."""
-    from metarun.evaluate_run import test_time_settings
-
     sys.argv[1:] = quote_paths(sys.argv[1:], ("run",))
     _launch(eval_app, added=tuple(test_time_settings()))  # some are absent from the base config's algo (maml)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+import metarun
 from metarun.stats import METRICS, EvalResult, Scores, summarize
 
 TEST_ACC, TEST_CI95, TEST_EPISODES = "test_acc", "test_ci95", "test_episodes"
@@ -98,8 +99,6 @@ def provenance(device) -> dict:
     changed; None unless metarun runs from a git checkout and git answers), torch's version, and the device (a
     `torch.device`). The same on every run of one checkout on one machine, so metrics.json stays reproducible."""
     import torch  # here only: metarun-report reads the names above without torch
-
-    import metarun
 
     package = Path(metarun.__file__).resolve().parent
 
