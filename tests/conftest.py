@@ -23,21 +23,64 @@ CLINC150 = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
 os.environ.setdefault("METARUN_DATA", str(CLINC150.parent))  # conf/paths: runs started in any folder find it
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 BIN = Path(sys.executable).parent  # the installed commands: metarun, metarun-eval, metarun-report, torchrun, ...
-# conf/budget/smoke.yaml: a run in seconds; 12 examples per synthetic class keep the data small too
-SMOKE = ["budget=smoke", "data=synthetic", "data.examples_per_class=12", "device=cpu"]
+# The one fast-run setting of the suite. conf/budget/smoke.yaml: a run in seconds (2 outer steps of 1 task,
+# validation at step 2 on 1 episode, 3 test episodes, 3 queries per class); 12 examples per synthetic class keep
+# the data small too. A test adds only what its assertions need beyond it.
+SMOKE_DATA = ["data=synthetic", "data.examples_per_class=12"]
+SMOKE = ["budget=smoke", *SMOKE_DATA, "device=cpu"]
+
+
+def smoke(*overrides: str) -> list[str]:
+    """SMOKE with `overrides` on top; overrides that pick their own data (`data=...`) replace SMOKE's data."""
+    own_data = any(o.startswith("data=") for o in overrides)
+    return [*(o for o in SMOKE if not (own_data and o in SMOKE_DATA)), *overrides]
 
 
 def compose_config(*overrides):
     """metarun's config as the command line composes it, on the smoke budget, with `overrides` on top."""
     from metarun.config import compose
 
-    return compose("config", [*SMOKE, *overrides])
+    return compose("config", smoke(*overrides))
 
 
 def command(name: str, *args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     """An installed command (`BIN / name`, e.g. metarun or torchrun) run as a user types it, output captured; it
     inherits this environment, which the top of this file makes offline and one thread per process."""
     return subprocess.run([str(BIN / name), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """`run_cli(main, *args) -> (exit code, stdout, stderr)`: a command's entry point (`metarun.cli.main`,
+    `eval_main`, `predict_main`, `metarun.report.main`) run in this process as `metarun *args` would run it, for
+    checks of what a command tells and its exit code; `command` runs the installed one where a real process matters
+    (signals, sweeps, torchrun, the working directory, Hydra's one run id per process). Hydra clears its global state
+    itself after each run; the logging handlers it sets up and torch's thread count are put back here."""
+    import logging
+
+    def run(main, *args) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["metarun", *args])
+        loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        saved = [(lg, lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers
+                 if isinstance(lg, logging.Logger)]  # fmt: skip
+        threads = torch.get_num_threads()
+        capsys.readouterr()  # what the test printed before is not the command's
+        try:
+            main()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        finally:
+            for logger, handlers, level, propagate, disabled in saved:  # Hydra's handlers hold capsys's streams
+                for handler in set(logger.handlers) - set(handlers):
+                    handler.close()
+                logger.handlers, logger.propagate, logger.disabled = handlers, propagate, disabled
+                logger.setLevel(level)
+            torch.set_num_threads(threads)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
 
 
 def load_script(name: str):

@@ -5,19 +5,16 @@ import json
 
 import pytest
 import torch
-from metarun.config import compose
 
+from conftest import compose_config
 from metarun.run import run
 
-BUDGET = [
-    "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=4", "eval.test_episodes=6", "device=cpu",
-    "data.examples_per_class=20", "lr_schedule=constant",  # a shorter run is then the start of a longer one
-]  # fmt: skip
+CONSTANT_LR = "lr_schedule=constant"  # a shorter run is then the start of a longer one
 
 
 def trained(folder, steps: int, *overrides) -> tuple[dict, dict, dict]:
-    """A run's last.pt, best.pt and metrics.json."""
-    run(compose("config", [*BUDGET, f"train.outer_steps={steps}", *overrides]), folder)
+    """A run's last.pt, best.pt and metrics.json: the smoke budget (validating every 2 steps) for `steps` steps."""
+    run(compose_config(CONSTANT_LR, f"train.outer_steps={steps}", *overrides), folder)
     load = lambda name: torch.load(folder / "checkpoints" / name, weights_only=True)  # noqa: E731
     return load("last.pt"), load("best.pt"), json.loads((folder / "metrics.json").read_text())
 

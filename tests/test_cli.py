@@ -7,14 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CLINC150, command
+from conftest import CLINC150, SMOKE, command, smoke
+from metarun import cli
 from metarun.config import compose
 from metarun.parts import load_task
-
-FAST = [
-    "train.outer_steps=3", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=4",
-    "eval.test_episodes=6", "algo.inner_steps=1", "algo.eval_inner_steps=2", "device=cpu",
-]  # fmt: skip
 
 
 def metarun(*args, cwd=None):
@@ -22,7 +18,8 @@ def metarun(*args, cwd=None):
 
 
 def run_ok(run_dir, *args):
-    result = metarun(*FAST, f"hydra.run.dir={run_dir}", *args)
+    """The installed `metarun` on the smoke budget (conftest.SMOKE) with `args` on top, in `run_dir`."""
+    result = metarun(*smoke(f"hydra.run.dir={run_dir}", *args))
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -34,8 +31,25 @@ def test_finds_its_configs_from_any_working_directory(tmp_path):
     assert f"file://{conf}" in result.stdout
 
 
+def smoke_budget_values() -> list[str]:
+    """conf/budget/smoke.yaml's values as key=value overrides: the smoke budget without picking its option."""
+    from omegaconf import OmegaConf
+
+    from metarun.config import CONF_DIR
+
+    def flat(node: dict, prefix: str = ""):
+        for key, value in node.items():
+            yield from flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}={value}"]
+
+    return list(flat(OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "budget" / "smoke.yaml"))))
+
+
 def test_synthetic_run_writes_everything_a_user_looks_for(tmp_path):
-    result = run_ok(tmp_path / "run")
+    # SMOKE with the budget's values instead of budget=smoke, which would head the options in the tree's title;
+    # 6 test episodes: a count of its own, told apart from SMOKE's
+    smoke_unpicked = [*(o for o in SMOKE if o != "budget=smoke"), *smoke_budget_values()]
+    result = metarun(*smoke_unpicked, "eval.test_episodes=6", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
     for path in (".hydra/config.yaml", "tokenizer.json", "checkpoints/best.pt", "checkpoints/last.pt",
                  "metrics.json", "splits.json"):  # fmt: skip
@@ -54,7 +68,8 @@ def test_synthetic_run_writes_everything_a_user_looks_for(tmp_path):
 def test_tensorboard_gets_the_promised_scalars_and_hparams(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_ok(tmp_path / "run", "algo.inner_steps=2", "algo.head_init=learned", "train.diagnostic_scores=true")
+    run_ok(tmp_path / "run", "train.outer_steps=3", "algo.inner_steps=2", "algo.head_init=learned",
+           "train.diagnostic_scores=true")  # fmt: skip
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
     for tag in ("train/loss_before", "train/acc_before", "train/loss_after", "train/acc_after", "train/outer_lr",
@@ -73,7 +88,7 @@ def test_clinc150_run(tmp_path):
 
 
 def test_multirun_gives_each_run_its_own_folder(tmp_path):
-    result = metarun("-m", *FAST, "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    result = metarun("-m", *smoke("seed=0,1", f"hydra.sweep.dir={tmp_path}"))
     assert result.returncode == 0, result.stderr[-3000:]
     folders = sorted(p.parent.name for p in tmp_path.glob("*/metrics.json"))
     assert len(folders) == 2 and folders[0].startswith("0_") and folders[1].startswith("1_")
@@ -89,43 +104,50 @@ def test_same_seed_same_config_gives_identical_metrics(tmp_path):
     assert (tmp_path / "a/metrics.json").read_text() == (tmp_path / "b/metrics.json").read_text()
 
 
-def bad_input(tmp_path, *args, code=2):
-    result = metarun(*FAST, f"hydra.run.dir={tmp_path / 'run'}", *args)
-    assert result.returncode == code, (result.stdout[-2000:], result.stderr[-2000:])
-    assert "Traceback" not in result.stderr
-    return " ".join(result.stderr.split())
+@pytest.fixture
+def bad_input(run_cli, tmp_path):
+    """`bad_input(*args, code=2)`: metarun's entry point run in this test's process on the smoke budget with `args`,
+    in tmp_path/run; it must exit with `code` and no traceback. Returns its stderr as one line."""
+
+    def told(*args, code=2):
+        exit_code, stdout, stderr = run_cli(cli.main, *smoke(f"hydra.run.dir={tmp_path / 'run'}", *args))
+        assert exit_code == code, (stdout[-2000:], stderr[-2000:])
+        assert "Traceback" not in stderr
+        return " ".join(stderr.split())
+
+    return told
 
 
-def test_unknown_option_names_the_valid_ones(tmp_path):
-    message = bad_input(tmp_path, "algo=nope")
+def test_unknown_option_names_the_valid_ones(bad_input):
+    message = bad_input("algo=nope")
     assert "algo=nope is not an option of algo. The options are: anil, finetune," in message and "reptile" in message
-    assert "did you mean algo=maml?" in bad_input(tmp_path, "algo=mamll")
+    assert "did you mean algo=maml?" in bad_input("algo=mamll")
 
 
-def test_a_group_set_to_null_is_told_how_to_leave_it_out(tmp_path):
-    message = bad_input(tmp_path, "experiment=null", "train.grad_clip=null")  # Hydra: a ValueError with a traceback
+def test_a_group_set_to_null_is_told_how_to_leave_it_out(bad_input):
+    message = bad_input("experiment=null", "train.grad_clip=null")  # Hydra: a ValueError with a traceback
     assert "experiment=null: a config group takes the name of one of its options" in message
     assert "~experiment" in message
     assert "grad_clip" not in message  # a setting, which null suits
 
 
-def test_a_tuning_asked_for_by_name_must_exist(tmp_path):
-    message = bad_input(tmp_path, "tuning=maml_minilm_arc")  # `optional` in the defaults list: Hydra would skip it
+def test_a_tuning_asked_for_by_name_must_exist(bad_input):
+    message = bad_input("tuning=maml_minilm_arc")  # `optional` in the defaults list: Hydra would skip it
     assert "tuning=maml_minilm_arc is not an option of tuning; did you mean tuning=maml_minilm_arsc?" in message
 
 
-def test_n_way_larger_than_the_split(tmp_path):
-    message = bad_input(tmp_path, "task.n_way=40")
+def test_n_way_larger_than_the_split(bad_input):
+    message = bad_input("task.n_way=40")
     assert "task.n_way=40 is larger than the" in message
 
 
-def test_k_shot_plus_queries_larger_than_a_class(tmp_path):
-    message = bad_input(tmp_path, "task.k_shot=30", "task.n_query=15")
+def test_k_shot_plus_queries_larger_than_a_class(bad_input):
+    message = bad_input("task.k_shot=30", "task.n_query=15")
     assert "task.k_shot + task.n_query = 30 + 15 = 45" in message and "task.drop_small_classes=true" in message
 
 
 @pytest.mark.parametrize("problem", ["missing", "empty", "columns", "blank text"])
-def test_bad_data_files(tmp_path, problem):
+def test_bad_data_files(tmp_path, bad_input, problem):
     path = tmp_path / "data.jsonl"
     rows = [{"text": f"example {i}", "label": f"c{i % 10}"} for i in range(200)]
     if problem == "columns":
@@ -134,28 +156,29 @@ def test_bad_data_files(tmp_path, problem):
         rows[7]["text"] = ""
     if problem != "missing":
         path.write_text("" if problem == "empty" else "".join(json.dumps(r) + "\n" for r in rows))
-    message = bad_input(tmp_path, "data=local", f"data.files={path}")
+    message = bad_input("data=local", f"data.files={path}")
     expected = {"missing": "not found", "empty": "are empty", "columns": "lacks the column(s) 'text'",
                 "blank text": "have empty text (rows 7)"}[problem]  # fmt: skip
     assert expected in message and str(path) in message or "rows 7" in message
 
 
-def test_local_data_without_files_says_which_setting(tmp_path):
-    assert "data.files" in bad_input(tmp_path, "data=local")
+def test_local_data_without_files_says_which_setting(bad_input):
+    assert "data.files" in bad_input("data=local")
 
 
-def test_a_data_error_is_not_buried_under_the_config(tmp_path):
-    result = metarun(*FAST, f"hydra.run.dir={tmp_path / 'run'}", "data=local", f"data.files={tmp_path / 'no.jsonl'}")
-    assert result.returncode == 2 and "not found" in result.stderr and "outer_steps" not in result.stdout
+def test_a_data_error_is_not_buried_under_the_config(tmp_path, run_cli):
+    code, stdout, stderr = run_cli(cli.main, *smoke(f"hydra.run.dir={tmp_path / 'run'}", "data=local",
+                                                    f"data.files={tmp_path / 'no.jsonl'}"))  # fmt: skip
+    assert code == 2 and "not found" in stderr and "outer_steps" not in stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_without_cuda(tmp_path):
-    assert "device=cuda was asked for, but this machine has no CUDA device" in bad_input(tmp_path, "device=cuda")
+def test_cuda_without_cuda(bad_input):
+    assert "device=cuda was asked for, but this machine has no CUDA device" in bad_input("device=cuda")
 
 
-def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    message = bad_input(tmp_path, "algo.outer_optimizer.lr=1e8", "train.grad_clip=null", "eval.val_interval=1",
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, bad_input):
+    message = bad_input("algo.outer_optimizer.lr=1e8", "train.grad_clip=null", "eval.val_interval=1",
                         "train.outer_steps=20", "lr_schedule=constant")  # fmt: skip
     assert "diverged at outer step" in message
     step = int(message.split("diverged at outer step ")[1].split()[0])
@@ -165,17 +188,15 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_protonet_meta_trains_on_wider_episodes_than_it_tests_and_maml_refuses(tmp_path):
+def test_protonet_meta_trains_on_wider_episodes_than_it_tests_and_maml_refuses(tmp_path, bad_input):
     family, _ = load_task(compose("config", ["algo=protonet", "task.meta_train_way=8"]))
     samplers = family.samplers
     widths = {name: len(s.sample(random.Random(0)).support_y.unique()) for name, s in samplers.items()}
     assert widths == {"train": 8, "val": 5, "test": 5}
-    no_inner_loop = [o for o in FAST if not o.startswith("algo.")]
-    result = metarun(*no_inner_loop, f"hydra.run.dir={tmp_path / 'proto'}", "algo=protonet", "task.meta_train_way=8")
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ok(tmp_path / "proto", "algo=protonet", "task.meta_train_way=8")
     metrics = json.loads((tmp_path / "proto" / "metrics.json").read_text())
     assert metrics["n_way"] == 5 and 0.0 <= metrics["test_acc"] <= 1.0
-    message = bad_input(tmp_path, "algo=maml", "task.meta_train_way=8")
+    message = bad_input("algo=maml", "task.meta_train_way=8")
     assert "task.meta_train_way=8" in message and "task.n_way=5" in message and "MAML" in message
 
 
@@ -205,10 +226,10 @@ def test_a_sweep_over_runs_is_left_to_the_grammar():
     assert quote_paths(["task.n_way=3", "algo.x=[1,2]"], ("run",)) == ["task.n_way=3", "algo.x=[1,2]"]
 
 
-def test_help_lists_the_config_groups_a_user_picks():
-    shown = metarun("--help")
+def test_help_lists_the_config_groups_a_user_picks(run_cli):
+    shown = metarun("--help")  # through the installed entry point
     assert shown.returncode == 0 and shown.stdout.startswith("metarun: meta-train")
     assert "  tuning: anil_minilm," in shown.stdout and "maml_minilm_arsc" in shown.stdout
     assert "schema/" not in shown.stdout  # the structured configs are not options to pick
-    evaluate = command("metarun-eval", "--help").stdout
+    _, evaluate, _ = run_cli(cli.eval_main, "--help")
     assert "  data: clinc150, local, synthetic" in evaluate and "  algo:" not in evaluate  # what eval may change

@@ -11,6 +11,7 @@ from metarun.config import compose
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from metarun import cli
 from metarun.cli import CONF_DIR
 from metarun.config import check_config
 from metarun.schema import SCHEMAS
@@ -28,7 +29,8 @@ def config(*overrides):
 @pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])
 def test_every_option_extends_its_groups_schema(group, option):
     needed = {"hf": ["model.name_or_path=x"], "local": ["data.files=x.jsonl"],  # the ??? settings
-              "fixed_tasks": ["task.eval_tasks=[{name:x,train:x.jsonl,test:y.jsonl}]"]}.get(option, [])
+              "fixed_tasks": ["task.eval_tasks=[{name:x,train:x.jsonl,test:y.jsonl}]"],
+              "class_splits": ["task.class_splits=x"]}.get(option, [])  # fmt: skip
     cfg = config(f"{group}={option}", *needed)
     assert OmegaConf.get_type(cfg[group]) in SCHEMAS[group].values()
     check_config(cfg)  # the shipped options are valid as they are
@@ -88,13 +90,21 @@ def test_a_key_added_with_plus_that_no_setting_reads_is_refused(tmp_path, overri
      ("train.outer_stepz=3", "train.outer_stepz is not a setting, so nothing would read it; did you mean "
                              "train.outer_steps?")],
 )  # fmt: skip
-def test_wrong_types_and_unknown_names_exit_2_with_one_paragraph(tmp_path, override, words):
+def test_wrong_types_and_unknown_names_exit_2_with_one_paragraph(tmp_path, run_cli, override, words):
     with pytest.raises(ConfigCompositionException):
         config(override)  # refused while composing, before run() starts
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    result = subprocess.run([METARUN, override, f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, env=env)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    message = " ".join(result.stderr.split())
+    code, _, stderr = run_cli(cli.main, override, f"hydra.run.dir={tmp_path}")
+    assert code == 2 and "Traceback" not in stderr
+    message = " ".join(stderr.split())
     assert words in message and override.split("=")[0] in message
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_the_installed_command_tells_a_composition_error_in_one_paragraph_without_hydra_full_error(tmp_path):
+    """metarun sets HYDRA_FULL_ERROR itself when it starts (an in-process run finds it set already)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run([METARUN, "train.outer_steps=abc", f"hydra.run.dir={tmp_path}"], capture_output=True,
+                            text=True, env=env)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "could not be converted to Integer" in " ".join(result.stderr.split())

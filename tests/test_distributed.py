@@ -13,16 +13,14 @@ from metarun.config import compose
 from metarun.errors import UserError
 from metarun.run import run
 
-from conftest import BIN, command
+from conftest import BIN, command, smoke
 
 TORCHRUN = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "metarun"]  # two CPU processes, gloo
-# a dropout-free model and a zero head: the tasks draw no random numbers, so the shares add up to the same sums (up to
-# their order); SGD outside, since Adam turns a rounding difference in a near-zero gradient into a full step
-RUN = [
-    "device=cpu", "algo=maml", "algo/outer_optimizer=sgd", "algo.outer_optimizer.lr=0.3",
-    "data.examples_per_class=20", "task.n_query=5", "train.outer_steps=4", "train.meta_batch_size=4",
-    "eval.val_interval=2", "eval.val_episodes=6", "eval.test_episodes=10",
-]  # fmt: skip
+# beyond SMOKE: a dropout-free model and MAML's zero head: the tasks draw no random numbers, so the shares add up to
+# the same sums (up to their order); SGD outside, since Adam turns a rounding difference in a near-zero gradient into
+# a full step; 4 tasks a meta-batch, so that each process has a share; 4 outer steps, past a validation
+RUN = smoke("algo=maml", "algo/outer_optimizer=sgd", "algo.outer_optimizer.lr=0.3", "train.meta_batch_size=4",
+            "train.outer_steps=4")  # fmt: skip
 
 
 def test_two_gloo_processes_end_where_one_process_ends(tmp_path):

@@ -7,21 +7,16 @@ from pathlib import Path
 import pytest
 from metarun.config import compose
 
-from conftest import CLINC150, command
+from conftest import CLINC150, SMOKE_DATA, command, compose_config
+from metarun import cli
 from metarun.data import generate_synthetic
 from metarun.errors import UserError
 from metarun.evaluate_run import evaluate_run
 from metarun.run import run
 
-BUDGET = [
-    "train.outer_steps=2", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=2",
-    "eval.test_episodes=8", "device=cpu",
-]  # fmt: skip
-
 
 def trained(folder: Path, *overrides) -> Path:
-    data = [] if any(o.startswith("data=") for o in overrides) else ["data.examples_per_class=20"]
-    run(compose("config", [*BUDGET, *data, *overrides]), folder)
+    run(compose_config(*overrides), folder)
     return folder
 
 
@@ -121,7 +116,7 @@ def test_the_adaptation_settings_it_may_change_are_used(tmp_path):
 def test_the_runs_own_data_keeps_the_runs_own_split(tmp_path):
     folder = trained(tmp_path / "run")
     original = json.loads((folder / "metrics.json").read_text())
-    named = evaluated(folder, tmp_path / "named", "data=synthetic", "data.examples_per_class=20")
+    named = evaluated(folder, tmp_path / "named", *SMOKE_DATA)
     assert named["test_acc"] == original["test_acc"]  # the same data named again is not other data
     for override in ("task.split.seed=1", "task=domain_adapt"):
         with pytest.raises(UserError, match="would score classes the run meta-trained on"):
@@ -139,11 +134,12 @@ def test_test_time_algorithm_settings_apply_to_the_runs_that_have_them(tmp_path)
         evaluated(folder, tmp_path / "eval-steps", "algo.eval_inner_steps=3")
 
 
-def test_a_test_time_setting_without_its_plus_is_told_to_take_one(tmp_path):
+def test_a_test_time_setting_without_its_plus_is_told_to_take_one(tmp_path, run_cli):
     folder = trained(tmp_path / "run", "algo=protonet")
-    result = command("metarun-eval", f"run={folder}", "algo.transductive_steps=3", f"hydra.run.dir={tmp_path / 'eval'}")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "+algo.transductive_steps=<value>" in " ".join(result.stderr.split())  # Hydra's advice, not "no setting"
+    code, _, stderr = run_cli(cli.eval_main, f"run={folder}", "algo.transductive_steps=3",
+                              f"hydra.run.dir={tmp_path / 'eval'}")  # fmt: skip
+    assert code == 2 and "Traceback" not in stderr
+    assert "+algo.transductive_steps=<value>" in " ".join(stderr.split())  # Hydra's advice, not "no setting"
 
 
 def test_the_device_groups_threads_are_applied(tmp_path, monkeypatch):

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from metarun.config import compose
 
 import metarun
-from conftest import random_episode, tiny_model
+from conftest import compose_config, random_episode, tiny_model
 from metarun.algorithms import MAML, ProtoNet, SupervisedBaseline
 from metarun.errors import UserError
 from metarun.evaluation import classification_scores, episode_scores, evaluate, predict
@@ -152,15 +151,6 @@ def test_a_single_task_has_no_interval_and_prints_none():
         assert "nan" not in str(result) and "±" not in str(result)
     assert str(summary["accuracy"]) == "66.67"
     assert EvalResult(0.5, 0.1, 2).interval == 0.1
-
-
-def compose_config(*overrides):
-    budget = [
-        "data=synthetic", "data.examples_per_class=12", "task.n_query=3", "train.outer_steps=2",
-        "train.meta_batch_size=1", "eval.val_interval=2", "eval.val_episodes=1", "eval.test_episodes=3",
-        "device=cpu",
-    ]  # fmt: skip
-    return compose("config", [*budget, *overrides])
 
 
 LABELS = ("_00", "_01", "_02", "_03", "_04")

@@ -13,24 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from metarun.config import compose
 
-from metarun import checkpoint, run_folder
+from metarun import checkpoint, cli, run_folder
 from metarun.checkpoint import FORMAT, load_checkpoint
 from metarun.errors import UserError
 from metarun.run import run
 
-from conftest import command
+from conftest import SMOKE, command, compose_config
 
 METARUN = str(Path(sys.executable).with_name("metarun"))
-FAST = [
-    "train.outer_steps=6", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=4",
-    "eval.test_episodes=6", "device=cpu", "data.examples_per_class=20",
-]  # fmt: skip
-
-
-def config(*overrides):
-    return compose("config", [*FAST, *overrides])
 
 
 def metarun(*args, cwd=None):
@@ -52,7 +43,7 @@ def test_a_full_disk_mid_run_names_the_path_and_keeps_the_previous_checkpoint(tm
 
     monkeypatch.setattr(run_folder, "open", filling_open, raising=False)
     with pytest.raises(UserError) as error:
-        run(config(), tmp_path)
+        run(compose_config("train.outer_steps=4"), tmp_path)  # checkpoints at the validations of steps 2 and 4
     message = str(error.value)
     assert f"Could not write {tmp_path / 'checkpoints'}" in message and "no space left on the device" in message
     assert error.value.run_folder == tmp_path  # the command line adds the resume command
@@ -72,13 +63,13 @@ def tmpfs(folder: Path, options: str):
 
 
 @pytest.mark.parametrize("options, words", [("size=2m", "no space left for them"), ("ro,size=1m", "read-only")])
-def test_a_small_or_read_only_disk_is_refused_before_training(tmp_path, options, words):
+def test_a_small_or_read_only_disk_is_refused_before_training(tmp_path, run_cli, options, words):
     with tmpfs(tmp_path / "run" / "checkpoints", options):
-        result = metarun(*FAST, f"hydra.run.dir={tmp_path / 'run'}")
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        message = " ".join(result.stderr.split())
+        code, stdout, stderr = run_cli(cli.main, *SMOKE, f"hydra.run.dir={tmp_path / 'run'}")
+        assert code == 2 and "Traceback" not in stderr
+        message = " ".join(stderr.split())
         assert words in message and str(tmp_path / "run" / "checkpoints") in message
-        assert "meta-train" not in result.stdout  # refused before the first outer step
+        assert "meta-train" not in stdout  # refused before the first outer step
         assert not list((tmp_path / "run" / "checkpoints").iterdir())
 
 
@@ -108,15 +99,15 @@ def test_a_checkpoint_of_another_format_is_named(tmp_path):
 
 @pytest.mark.parametrize("algo", ["scratch", "prototypes"])
 def test_a_run_never_reads_a_checkpoint_it_did_not_write(tmp_path, algo):
-    run(config(), tmp_path / "maml")
+    run(compose_config(), tmp_path / "maml")
     with pytest.raises(UserError, match="already holds another run's results"):
-        run(config(f"algo={algo}"), tmp_path / "maml")
-    run(config(f"algo={algo}"), tmp_path / "fresh")
+        run(compose_config(f"algo={algo}"), tmp_path / "maml")
+    run(compose_config(f"algo={algo}"), tmp_path / "fresh")
     assert json.loads((tmp_path / "fresh/metrics.json").read_text())["best_step"] == 0  # its own start, not MAML's
 
 
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
-    jobs = [subprocess.Popen([METARUN, *FAST, f"seed={s}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+    jobs = [subprocess.Popen([METARUN, *SMOKE, f"seed={s}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True) for s in (0, 1)]  # fmt: skip
     assert [job.wait(timeout=300) for job in jobs] == [0, 0], [job.stderr.read()[-2000:] for job in jobs]
     folders = sorted(p.parent for p in tmp_path.glob("outputs/*/*/metrics.json"))
@@ -127,7 +118,7 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
 
 
 def test_a_failing_job_does_not_end_the_sweep(tmp_path):
-    result = metarun("-m", *FAST, "algo=fomaml", "algo.outer_optimizer.lr=1e30,3e-3", "train.grad_clip=null",
+    result = metarun("-m", *SMOKE, "algo=fomaml", "algo.outer_optimizer.lr=1e30,3e-3", "train.grad_clip=null",
                      "lr_schedule=constant", f"hydra.sweep.dir={tmp_path}")  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     failed, done = sorted(tmp_path.glob("[01]_*"))
@@ -138,30 +129,30 @@ def test_a_failing_job_does_not_end_the_sweep(tmp_path):
 
 
 def test_a_sweep_never_writes_into_another_sweeps_folder(tmp_path):
-    assert metarun("-m", *FAST, "seed=0", f"hydra.sweep.dir={tmp_path}").returncode == 0
+    assert metarun("-m", *SMOKE, "seed=0", f"hydra.sweep.dir={tmp_path}").returncode == 0
     kept, entries = (tmp_path / "multirun.yaml").read_text(), sorted(tmp_path.iterdir())
-    again = metarun("-m", *FAST, "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    again = metarun("-m", *SMOKE, "seed=0,1", f"hydra.sweep.dir={tmp_path}")
     assert again.returncode == 2 and "already holds another sweep" in " ".join(again.stderr.split())
     assert (tmp_path / "multirun.yaml").read_text() == kept and sorted(tmp_path.iterdir()) == entries
 
 
 def test_a_sweep_never_writes_into_a_folder_with_another_sweeps_jobs(tmp_path):
     (tmp_path / "0_seed=3" / ".hydra").mkdir(parents=True)  # a job of a sweep that writes no multirun.yaml (Optuna)
-    again = metarun("-m", *FAST, "seed=0", f"hydra.sweep.dir={tmp_path}")
+    again = metarun("-m", *SMOKE, "seed=0", f"hydra.sweep.dir={tmp_path}")
     assert again.returncode == 2 and "already holds another sweep's jobs" in " ".join(again.stderr.split())
     assert [p.name for p in tmp_path.iterdir()] == ["0_seed=3"]
 
 
-def test_a_refused_folder_keeps_the_other_runs_config_files(tmp_path):
-    assert metarun(*FAST, f"hydra.run.dir={tmp_path}").returncode == 0
+def test_a_refused_folder_keeps_the_other_runs_config_files(tmp_path, run_cli):
+    assert run_cli(cli.main, *SMOKE, f"hydra.run.dir={tmp_path}")[0] == 0
     kept = (tmp_path / ".hydra/overrides.yaml").read_text()
-    result = metarun(*FAST, "algo=fomaml", "seed=9", f"hydra.run.dir={tmp_path}")
-    assert result.returncode == 2 and "already holds another run's results" in " ".join(result.stderr.split())
+    code, _, stderr = run_cli(cli.main, *SMOKE, "algo=fomaml", "seed=9", f"hydra.run.dir={tmp_path}")
+    assert code == 2 and "already holds another run's results" in " ".join(stderr.split())
     assert (tmp_path / ".hydra/overrides.yaml").read_text() == kept
 
 
 def test_debug_shows_the_traceback_of_a_single_run(tmp_path):
-    result = metarun(*FAST, "task.n_way=200", "debug=true", f"hydra.run.dir={tmp_path}")
+    result = metarun(*SMOKE, "task.n_way=200", "debug=true", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 1 and "Traceback" in result.stderr and "UserError" in result.stderr
     assert "sweep" not in result.stderr and not (tmp_path / "error.txt").exists()
 
@@ -170,7 +161,7 @@ def test_ctrl_c_in_a_sweep_stops_it_cleanly(tmp_path):
     import signal
     import time
 
-    args = [METARUN, "-m", *FAST, "train.outer_steps=100000", "seed=0,1", f"hydra.sweep.dir={tmp_path}"]
+    args = [METARUN, "-m", *SMOKE, "train.outer_steps=100000", "seed=0,1", f"hydra.sweep.dir={tmp_path}"]
     sweep = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list(tmp_path.glob("0_*/checkpoints/last.pt")) and time.time() < deadline:

@@ -131,7 +131,7 @@ def test_second_order_maml_through_hf_attention_matches_finite_differences(tiny_
     model = classifier(tiny_bert)[0].double()
     episode = random_episode(seed=3)
     algorithm = MAML(model, head_init="learned", inner_steps=INNER_STEPS, inner_lr=INNER_LR, inner_scope=inner_scope,
-                     top_layers=1)
+                     top_layers=1)  # fmt: skip
     params = dict(model.named_parameters())
     grads, _ = algorithm.meta_gradient(params, episode)
     detached = {n: p.detach() for n, p in params.items()}
@@ -172,7 +172,7 @@ def test_minilm_package_embeds_as_sentence_transformers_does():
     assert folder == get_model_path()
     tokenizer = pretrained_tokenizer(str(folder), max_len=64)
     model = PretrainedClassifier(str(folder), 5, tokenizer.get_vocab_size(), pad_id=0, max_len=64,
-                                  sha256=MINILM_SHA256).eval()
+                                  sha256=MINILM_SHA256).eval()  # fmt: skip
     assert json.loads((folder / "config.json").read_text())["num_hidden_layers"] == len(model.layer_prefixes()) == 6
     with torch.no_grad():
         ours = model(encode(tokenizer, TEXTS), features_only=True)

@@ -53,19 +53,20 @@ def test_report_tables_the_seed_means_and_lists_the_failed_jobs(sweep, tmp_path,
         assert f"]({name})" in text
 
 
-def test_report_default_folder_and_bad_input(sweep, tmp_path):
+def test_report_default_folder_and_bad_input(sweep, tmp_path, run_cli):
     folder, _ = sweep
-    done = command("metarun-report", str(folder / "0_budget=smoke,data=synthetic,device=cpu,seed=0,task.k_shot=1"))
-    assert done.returncode == 0, done.stderr
-    assert (folder / "0_budget=smoke,data=synthetic,device=cpu,seed=0,task.k_shot=1" / "report" / "report.md").is_file()
+    job = folder / "0_budget=smoke,data=synthetic,device=cpu,seed=0,task.k_shot=1"
+    code, _, stderr = run_cli(report.main, str(job))
+    assert code == 0, stderr
+    assert (job / "report" / "report.md").is_file()
 
     empty = tmp_path / "empty"
     (empty / "something").mkdir(parents=True)
-    done = command("metarun-report", str(empty))
-    assert done.returncode == 2 and not done.stdout
-    message = " ".join(done.stderr.split())
+    code, stdout, stderr = run_cli(report.main, str(empty))
+    assert code == 2 and not stdout
+    message = " ".join(stderr.split())
     assert f"{empty} holds no metarun runs" in message and "expects a sweep folder" in message
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in stderr
 
 
 def test_progress_in_a_log_is_whole_lines(sweep):

@@ -10,25 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from metarun.config import compose
 
 from metarun import progress
 from metarun.errors import RunInterrupted, UserError
 from metarun.run import run
 
-from conftest import command
+from conftest import command, compose_config, smoke
 
-BUDGET = [
-    "train.outer_steps=6", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=4",
-    "eval.test_episodes=6", "device=cpu",
-    "model.dropout=0.2",  # dropout: the torch generator's state must come back too
-]  # fmt: skip
+# beyond SMOKE (which validates every 2 steps): 6 outer steps, to stop on and off a validation and before the
+# first; dropout, as the torch generator's state must come back too
+RESUMED = ("train.outer_steps=6", "model.dropout=0.2")
 METARUN = str(Path(sys.executable).with_name("metarun"))
 
 
 def config(*overrides):
-    data = [] if any(o.startswith("data=") for o in overrides) else ["data.examples_per_class=20"]
-    return compose("config", [*BUDGET, *data, *overrides])
+    return compose_config(*RESUMED, *overrides)
 
 
 def stop_at(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
@@ -142,7 +138,7 @@ def test_corrupt_or_missing_checkpoints_are_named(tmp_path, monkeypatch):
 
 def _start(tmp_path, *args):
     return subprocess.Popen(
-        [METARUN, *BUDGET, "train.outer_steps=100000", f"hydra.run.dir={tmp_path}", *args],
+        [METARUN, *smoke(*RESUMED, "train.outer_steps=100000", f"hydra.run.dir={tmp_path}", *args)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -177,7 +173,7 @@ def test_a_resumed_run_clears_what_a_killed_write_left(tmp_path, monkeypatch):
 
 
 def test_a_refused_resume_from_the_command_line_keeps_the_runs_own_config(tmp_path):
-    base = [*BUDGET, "data.examples_per_class=20"]
+    base = smoke(*RESUMED)
     assert command("metarun", *base, f"hydra.run.dir={tmp_path}").returncode == 0
     overrides = (tmp_path / ".hydra/overrides.yaml").read_text()
     refused = command("metarun", *base, "algo.inner_lr=0.1", f"train.resume={tmp_path}")

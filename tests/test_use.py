@@ -6,27 +6,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from metarun.config import compose
 
-from metarun import load
+from metarun import cli, load
+from metarun.config import group_options
 from metarun.data import generate_synthetic
 from metarun.episodes import Episode
 from metarun.errors import UserError
 from metarun.evaluation import evaluate
 from metarun.run import run
 
-from conftest import command
+from conftest import command, compose_config
 
-ALGOS = ("maml", "fomaml", "reptile", "protonet", "finetune", "scratch", "prototypes")
-BUDGET = [
-    "train.outer_steps=2", "train.meta_batch_size=2", "eval.val_interval=2", "eval.val_episodes=2",
-    "eval.test_episodes=2", "device=cpu", "data.examples_per_class=20",
-]  # fmt: skip
-CORPUS = generate_synthetic(examples_per_class=20)
+CORPUS = generate_synthetic(examples_per_class=12)  # the texts of SMOKE's data, which the runs here train on
 
 
 def trained(folder: Path, *overrides) -> Path:
-    run(compose("config", [*BUDGET, *overrides]), folder)
+    run(compose_config(*overrides), folder)
     return folder
 
 
@@ -41,7 +36,7 @@ def examples(folder: Path, labels: int, shots: list[int], queries: int = 4):
     return support, query
 
 
-@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("algo", group_options("algo"))
 def test_predictions_on_an_episode_score_what_evaluation_scores(tmp_path, algo):
     model = load(trained(tmp_path, f"algo={algo}"))
     (support_x, support_y), (query_x, query_y) = examples(tmp_path, 5, [2, 1, 3, 1, 2])
@@ -134,9 +129,10 @@ def test_metarun_predict_writes_a_label_and_every_probability_for_each_input(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["run", "support.csv", "inputs.jsonl", out])
 
 
-def test_metarun_predict_refuses_an_unknown_output_format(tmp_path):
-    result = command("metarun-predict", "run=x", "support=s.csv", "inputs=i.csv", "out=p.xlsx", cwd=tmp_path)
-    assert result.returncode == 2 and "out='p.xlsx' is not valid" in " ".join(result.stderr.split())
+def test_metarun_predict_refuses_an_unknown_output_format(tmp_path, monkeypatch, run_cli):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli(cli.predict_main, "run=x", "support=s.csv", "inputs=i.csv", "out=p.xlsx")
+    assert code == 2 and "out='p.xlsx' is not valid" in " ".join(stderr.split())
 
 
 def test_load_refuses_an_unknown_precision(tmp_path):
@@ -145,10 +141,11 @@ def test_load_refuses_an_unknown_precision(tmp_path):
         load(folder, precision="fp16")
 
 
-def test_metarun_predict_names_the_setting_of_a_missing_file(tmp_path):
-    result = command("metarun-predict", "run=x", "support=nope.csv", "inputs=i.csv", "out=p.csv", cwd=tmp_path)
-    message = " ".join(result.stderr.split())
-    assert result.returncode == 2 and "not found: 'nope.csv'. Check support " in message, message
+def test_metarun_predict_names_the_setting_of_a_missing_file(tmp_path, monkeypatch, run_cli):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli(cli.predict_main, "run=x", "support=nope.csv", "inputs=i.csv", "out=p.csv")
+    message = " ".join(stderr.split())
+    assert code == 2 and "not found: 'nope.csv'. Check support " in message, message
 
 
 def test_labels_named_like_the_output_columns_stay_apart(tmp_path):
