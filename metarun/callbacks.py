@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from metarun.errors import EXIT_USER_ERROR, UserError, report
+from metarun.progress import print_where
 from metarun.run_folder import refuse_taken_folder
 
 
@@ -61,6 +63,9 @@ class FailedJobs(Callback):
         (folder / "error.txt").write_text(why + "\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir).resolve()
+        print_where("sweep folder", sweep, [(f"metarun-report {shlex.quote(str(sweep))}", "its table and plots"),
+                                            (f"tensorboard --logdir {shlex.quote(str(sweep))}", "every job's curves")])
         if FailedJobs.summary():
             sys.exit(1)
 

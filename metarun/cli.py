@@ -11,6 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # tensorboard's optional Ten
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # composition errors reach `main` whole, to be told in one paragraph
 
 import hydra  # noqa: E402
+
+import metarun  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.errors import HydraException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
@@ -87,6 +89,9 @@ def predict_app(cfg: DictConfig) -> None:
 
 def _launch(hydra_app, added: tuple[str, ...] = ()) -> None:
     """Run a Hydra app, its bad input told in one paragraph; `added`: settings this command takes with a leading +."""
+    if sys.argv[1:] == ["--version"]:  # Hydra's own --version would name Hydra's
+        print(f"metarun {metarun.__version__}")
+        return
     try:
         hydra_app()
     except BrokenPipeError:  # the output went to a reader that stopped early (`metarun --help | head`)

@@ -15,7 +15,7 @@ from metarun.config import check_config
 from metarun.errors import UserError
 from metarun.evaluation import score_test
 from metarun.parts import build, build_task, use_threads
-from metarun.progress import print_config, print_results
+from metarun.progress import print_config, print_results, print_where
 from metarun.results import identity, title
 from metarun.run_folder import write_text_atomically
 from metarun.schema import SCHEMAS
@@ -71,6 +71,7 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
     write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=1))
     files = "" if family.tests_on_corpus else f" · its {cfg.scored} files"
     print_results(f"{title(run_cfg)} · {cfg.checkpoint}.pt of {cfg.run}{files}", test.rows())
+    print_where("scores written to", (output_dir / "metrics.json").resolve())
     return test.accuracy.mean
 
 

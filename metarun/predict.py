@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from metarun.config import check_config
 from metarun.data import load_local, load_texts
-from metarun.errors import UserError
+from metarun.errors import UserError, brief
 from metarun.progress import console
 from metarun.parts import use_threads
 from metarun.run_folder import write_text_atomically
@@ -32,6 +32,10 @@ def predict(cfg: DictConfig) -> Path:
     columns = {"text_column": cfg.text_column, "label_column": cfg.label_column, "max_chars": cfg.max_chars}
     support = load_local(cfg.support, **columns, setting="support")
     texts = load_texts(cfg.inputs, cfg.text_column, cfg.max_chars)
+    empty = [row for row, text in enumerate(texts, start=1) if not text.strip()]
+    if empty:
+        raise UserError(f"inputs={cfg.inputs!r} has {len(empty)} empty text(s) (rows {brief(empty)}, counting from "
+                        "1); every input needs a text to label. Remove those rows.")  # fmt: skip
     use_threads(cfg.device)
     # auto keeps the run's own precision; fp32 or bf16 replaces it
     model = load(

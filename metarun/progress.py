@@ -56,6 +56,19 @@ def print_config(cfg: DictConfig, saved_in_sweeps: bool = False) -> None:
     console.print(_tree(OmegaConf.to_container(cfg, resolve=True), Tree(title)))
 
 
+def in_sweep() -> bool:
+    """Whether this process runs a sweep's jobs (each then says less, and the sweep says where it all went)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def print_where(label: str, folder: Path, uses: Sequence[tuple[str, str]] = ()) -> None:
+    """Where a command wrote (`label`: run folder, sweep folder, ...), and the commands that use it, each with what
+    it is for."""
+    console.print(f"[bold]{label}:[/bold] {folder}", highlight=False, soft_wrap=True)  # a path to copy
+    for command, what in uses:
+        console.print(f"  {command}   [dim]# {what}", highlight=False, soft_wrap=True)
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from metarun.errors import RunInterrupted
 from metarun.evaluation import evaluate_scores, score_test
 from metarun.loop import TrainSettings, build_outer_optimizer, meta_train, meta_training_view
 from metarun.parts import build_algorithm, load_task, resolve_device, use_threads
-from metarun.progress import RunReporter, print_config, print_results
+from metarun.progress import RunReporter, in_sweep, print_config, print_results, print_where
 from metarun.results import TEST_ACC, hparams, identity, title, val_key, validation_metrics
 from metarun.run_folder import claim_run_folder, write_text_atomically
 
@@ -56,6 +57,8 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
     torch.manual_seed(cfg.seed)
     family, tokenizer = load_task(cfg)
     print_config(cfg, saved_in_sweeps=True)  # after the data: a data error is the whole output, not after the config
+    if not in_sweep():  # a sweep's job has named its folder with its config
+        print_where("writing to", output_dir.resolve())
     algorithm = build_algorithm(cfg, tokenizer, device, n_train_classes=family.n_train_classes)
     family.check_algorithm(algorithm)
     if ranks.world > 1:  # one starting point for all, and each process its own draws (dropout, fresh heads)
@@ -114,4 +117,14 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
             f"[yellow]The best validation came at the last outer step ({best_step} of {cfg.train.outer_steps}): the "
             "budget may be what limits this run; more outer steps (train.outer_steps) may still help."
         )
+    folder = output_dir.resolve()
+    print_where("run folder", folder, [] if in_sweep() else uses_of_run(folder))  # a sweep ends with its own
     return best_val.mean
+
+
+def uses_of_run(folder: Path) -> list[tuple[str, str]]:
+    """The commands that use a finished run's folder."""
+    run = shlex.quote(f"run={folder}")
+    return [(f"metarun-eval {run}", "score it again; on other data: data=... task.n_way=..."),
+            (f"metarun-predict {run} support=<labelled file> inputs=<texts> out=<predictions.csv>", "label texts"),
+            (f"tensorboard --logdir {shlex.quote(str(folder / 'tensorboard'))}", "its curves")]  # fmt: skip

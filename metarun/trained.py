@@ -48,7 +48,9 @@ class TrainedModel:
         """Adapt to labelled examples (labels as strings, in any number and balance); deterministic in `seed`
         (default: the run's seed) without touching the caller's random state. `unlabelled`: the texts to classify,
         which a transductive run (algo.transductive_steps) also adapts on, as it did at test time."""
-        if len(texts) != len(labels) or not texts:
+        texts = checked_texts(texts, "adapt")
+        unlabelled = None if unlabelled is None else checked_texts(unlabelled, "adapt's unlabelled")
+        if isinstance(labels, str) or len(texts) != len(labels) or not texts:
             raise UserError(f"adapt needs as many labels as texts, and at least one of each (got {len(texts)} texts "
                             f"and {len(labels)} labels).")  # fmt: skip
         names = sorted(set(map(str, labels)))
@@ -91,7 +93,7 @@ class AdaptedModel:
 
     def logits(self, texts: list[str], batch_size: int = 256, progress=None) -> torch.Tensor:
         """[len(texts), len(labels)] logits, computed `batch_size` texts at a time."""
-        rows = []
+        texts, rows = checked_texts(texts, "predict"), []
         with eval_mode(self.model.algorithm.model), torch.no_grad():
             for start in range(0, len(texts), batch_size):
                 batch = self.model.encode(texts[start : start + batch_size])
@@ -105,6 +107,19 @@ class AdaptedModel:
 
     def predict(self, texts: list[str], batch_size: int = 256) -> list[str]:
         return [self.labels[i] for i in self.logits(texts, batch_size).argmax(-1).tolist()]
+
+
+def checked_texts(texts, call: str) -> list[str]:
+    """`texts` as a list of non-empty strings, else a refusal that names the first bad one (a lone string would
+    otherwise be read as its characters)."""
+    if isinstance(texts, str):
+        raise UserError(f"{call} takes a list of texts, not one string ({texts[:40]!r}); give [text] for one text.")
+    texts = list(texts)
+    bad = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+    if bad:
+        raise UserError(f"{call}: text {bad[0]} is {texts[bad[0]]!r}, but every text must be a non-empty string "
+                        f"({len(bad)} of {len(texts)} are not).")  # fmt: skip
+    return texts
 
 
 def checkpoint_path(run_folder: str | Path, checkpoint: str = "best") -> Path:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import CLINC150, SMOKE, command, smoke
-from metarun import cli
+from metarun import __version__, cli
 from metarun.config import compose
 from metarun.parts import load_task
 
@@ -63,6 +63,11 @@ def test_synthetic_run_writes_everything_a_user_looks_for(tmp_path):
     assert chosen in " ".join(result.stdout.split())
     best = torch.load(run / "checkpoints/best.pt")
     assert best["step"] == metrics["best_step"] and best["step"] in (2, 3)
+    ending = result.stdout.split("meta-test", 1)[1]  # after the results: where the run is and what uses it
+    folder = run.resolve()
+    for line in (f"writing to: {folder}", f"run folder: {folder}", f"metarun-eval run={folder}",
+                 f"metarun-predict run={folder}", f"tensorboard --logdir {folder / 'tensorboard'}"):  # fmt: skip
+        assert line in (result.stdout if line.startswith("writing") else ending), line
 
 
 def test_tensorboard_gets_the_promised_scalars_and_hparams(tmp_path):
@@ -96,6 +101,9 @@ def test_multirun_gives_each_run_its_own_folder(tmp_path):
     output = " ".join(result.stdout.split())  # each job names its saved config instead of printing the whole tree
     assert output.count("in full: ") == 2 and f"{tmp_path / folders[1] / '.hydra' / 'config.yaml'}" in output
     assert "grad_clip" not in output
+    ending = result.stdout.rsplit("meta-test", 1)[1]  # after the last job: where the sweep is and what reads it
+    assert f"sweep folder: {tmp_path.resolve()}" in ending and f"metarun-report {tmp_path.resolve()}" in ending
+    assert "metarun-eval" not in result.stdout  # a sweep's job names its folder in one line
 
 
 def test_same_seed_same_config_gives_identical_metrics(tmp_path):
@@ -224,6 +232,11 @@ def test_a_sweep_over_runs_is_left_to_the_grammar():
 
     assert quote_paths(["-m", "run=a,b", "x=1"], ("run",)) == ["-m", "run=a,b", "x=1"]
     assert quote_paths(["task.n_way=3", "algo.x=[1,2]"], ("run",)) == ["task.n_way=3", "algo.x=[1,2]"]
+
+
+@pytest.mark.parametrize("main", [cli.main, cli.eval_main, cli.predict_main])
+def test_version_is_metarun_s_own(run_cli, main):
+    assert run_cli(main, "--version")[:2] == (0, f"metarun {__version__}\n")
 
 
 def test_help_lists_the_config_groups_a_user_picks(run_cli):

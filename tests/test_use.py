@@ -83,6 +83,32 @@ def test_a_meta_learned_head_adapts_to_its_own_number_of_labels_only(tmp_path):
         model.adapt(support_x, support_y)
 
 
+def test_texts_that_are_not_a_list_of_non_empty_strings_are_refused(tmp_path):
+    model = load(trained(tmp_path, "algo=protonet"))
+    (support_x, support_y), _ = examples(tmp_path, 3, [2, 2, 2])
+    adapted = model.adapt(support_x, support_y)
+    with pytest.raises(UserError, match=r"predict takes a list of texts, not one string \('refund my order'\)"):
+        adapted.predict("refund my order")  # would be read as 15 one-character texts
+    for texts, shown in (([support_x[0], None], "None"), ([support_x[0], " "], "' '")):
+        with pytest.raises(UserError, match=rf"predict: text 1 is {shown}, but every text must be a non-empty string"):
+            adapted.predict_proba(texts)
+    with pytest.raises(UserError, match=r"adapt: text 0 is ''"):
+        model.adapt(["", *support_x[1:]], support_y)
+    with pytest.raises(UserError, match=r"adapt's unlabelled takes a list of texts, not one string"):
+        model.adapt(support_x, support_y, unlabelled="one text")
+
+
+def test_metarun_predict_refuses_empty_input_texts(tmp_path, monkeypatch, run_cli):
+    folder = trained(tmp_path / "run", "algo=protonet")
+    (support_x, support_y), _ = examples(folder, 3, [2, 2, 2])
+    support = write_rows(tmp_path / "support.csv", [{"text": t, "label": y} for t, y in zip(support_x, support_y)])
+    inputs = write_rows(tmp_path / "inputs.jsonl", [{"text": "hello"}, {"text": ""}, {"text": "bye"}])
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli(cli.predict_main, f"run={folder}", f"support={support}", f"inputs={inputs}", "out=p.csv")
+    assert code == 2 and "has 1 empty text(s) (rows 2, counting from 1)" in " ".join(stderr.split())
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_load_names_what_is_missing(tmp_path):
     with pytest.raises(UserError, match="holds no checkpoint"):
         load(tmp_path)
