@@ -12,6 +12,7 @@ import pickle
 import random
 import shutil
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,11 +223,30 @@ class Checkpoints:
         return self.best_step
 
 
+def check_archive(path: Path) -> None:
+    """A checkpoint is torch.save's zip archive, and every member matches the CRC-32 stored with it: bytes changed
+    on disk (bit flips in the weights) are refused instead of loading as other weights."""
+    damaged = "the file is not a zip archive, as torch.save writes"
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            damaged = None if bad is None else f"{bad} does not match its CRC-32"
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:  # truncated, or a damaged header
+        damaged = " ".join(str(error).split()[:16])
+    if damaged:
+        raise UserError(
+            f"{path} was refused: it is corrupt or not a metarun checkpoint ({damaged}). Delete it; to resume, a run "
+            "needs a complete checkpoints/last.pt (best.pt is a copy of an earlier validation step), else start again."
+        )
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     """A metarun checkpoint, read with `weights_only=True` (tensors and plain values only: a crafted pickle never
     runs), or one paragraph saying why it cannot be used."""
     if not path.is_file():
         raise UserError(f"No checkpoint at {path}; a run writes checkpoints/last.pt at its first validation.")
+    check_archive(path)
     try:
         saved = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:

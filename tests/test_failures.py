@@ -7,8 +7,10 @@ import errno
 import json
 import os
 import pickle
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -89,6 +91,25 @@ def test_a_crafted_pickle_checkpoint_never_runs(tmp_path, monkeypatch):
     crafted.write_bytes(pickle.dumps({"format": 2}))  # a plain pickle, not a torch zip archive
     with pytest.raises(UserError, match="corrupt or truncated|refused"):
         load_checkpoint(crafted)
+
+
+def test_a_checkpoint_damaged_on_disk_is_refused_not_loaded(tmp_path):
+    run(compose_config(), tmp_path / "run")
+    best = tmp_path / "run/checkpoints/best.pt"
+    with zipfile.ZipFile(best) as archive:  # the largest member: tensor data
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+    data = bytearray(best.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[member.header_offset + 26 : member.header_offset + 30])
+    start = member.header_offset + 30 + name_length + extra_length  # where the member's bytes begin
+    data[start + member.file_size // 2] ^= 0x10  # one bit of one weight
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=rf"damaged.pt was refused: it is corrupt .*{member.filename} does not match"):
+        load_checkpoint(damaged)
+    (tmp_path / "hello.pt").write_text("hello\n")  # not a checkpoint at all
+    with pytest.raises(UserError, match=r"hello.pt was refused: .*not a zip archive"):
+        load_checkpoint(tmp_path / "hello.pt")
+    assert load_checkpoint(best)["step"] >= 1  # the intact file still loads
 
 
 def test_a_checkpoint_of_another_format_is_named(tmp_path):
