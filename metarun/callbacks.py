@@ -1,7 +1,8 @@
 """Hydra callbacks: what must happen around a run or a sweep rather than inside it.
 
-- `RunFolderGuard`: a new run refuses a folder that holds another run's results before Hydra writes its config
-  files there, so the other run's `.hydra/` stays as it was; a new sweep likewise refuses another sweep's folder.
+- `RunFolderGuard`: a new run refuses a folder that holds another run's results, or that another process is
+  writing into (it locks the folder until it ends), before Hydra writes its config files there, so the other run's
+  `.hydra/` stays as it was; a new sweep likewise refuses another sweep's folder.
 - `FailedJobs` (sweeps, `metarun -m`): Hydra marks a job whose task function raised as failed and goes on with the
   next; this tells the user at once, keeps the reason in the job's folder (`error.txt`) and, at the end, lists
   every failed job and exits non-zero.
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -19,9 +21,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from metarun.config import process_rank
 from metarun.errors import EXIT_USER_ERROR, UserError, report
 from metarun.progress import print_where
-from metarun.run_folder import refuse_taken_folder
+from metarun.run_folder import folder_lock, refuse_taken_folder
 
 
 class RunFolderGuard(Callback):
@@ -35,14 +38,28 @@ class RunFolderGuard(Callback):
             )
             sys.exit(EXIT_USER_ERROR)
 
+    held: contextlib.ExitStack | None = None  # the run folder's lock, from before Hydra writes into it to the end
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.train.resume:  # a resume writes its config files into .hydra/resume-ID, beside the run's own
+        folder = Path(config.hydra.run.dir)
+        if process_rank() > 0:  # under torchrun rank 0 alone claims and writes the run's folder
             return
         try:
-            refuse_taken_folder(Path(config.hydra.run.dir))
+            if not config.train.resume:  # a resume writes its config files into .hydra/resume-ID, beside the run's own
+                refuse_taken_folder(folder)
+            if folder.is_dir() or not config.train.resume:  # a resume of no folder is refused by the run itself
+                folder.mkdir(parents=True, exist_ok=True)
+                self.held = contextlib.ExitStack()
+                self.held.enter_context(folder_lock(folder))
         except UserError as error:
             report(str(error))
             sys.exit(EXIT_USER_ERROR)
+        except OSError:  # an unwritable place: the run tells it in its own words (storage_error)
+            pass
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.held is not None:
+            self.held.close()
 
 
 class FailedJobs(Callback):

@@ -236,8 +236,9 @@ def check_archive(path: Path) -> None:
         damaged = " ".join(str(error).split()[:16])
     if damaged:
         raise UserError(
-            f"{path} was refused: it is corrupt or not a metarun checkpoint ({damaged}). Delete it; to resume, a run "
-            "needs a complete checkpoints/last.pt (best.pt is a copy of an earlier validation step), else start again."
+            f"{path} is corrupt or truncated, or not a checkpoint metarun wrote ({damaged}). Delete it; to resume, a "
+            "run needs a complete checkpoints/last.pt (best.pt is a copy of an earlier validation step), else start "
+            "again."
         )
 
 

@@ -83,19 +83,19 @@ def _config_groups(*only: str) -> str:
                      if not only or group in only)  # fmt: skip
 
 
-def _rank() -> int:
+def process_rank() -> int:
     """This process's rank under torchrun (0 otherwise)."""
     return int(os.environ.get("RANK", "0"))
 
 
 def _run_dir(resume: str | None, default: str) -> str:
-    if _rank() > 0:  # under torchrun rank 0 alone writes the run's folder; Hydra's logs of the others go aside
-        return str(Path(tempfile.gettempdir()) / f"metarun-rank{_rank()}-{_RUN_ID}")
+    if process_rank() > 0:  # under torchrun rank 0 alone writes the run's folder; Hydra's logs of the others go aside
+        return str(Path(tempfile.gettempdir()) / f"metarun-rank{process_rank()}-{_RUN_ID}")
     return resume or default
 
 
 def _hydra_subdir(resume: str | None) -> str | None:
-    if _rank() > 0:
+    if process_rank() > 0:
         return None
     return f".hydra/resume-{_RUN_ID}" if resume else ".hydra"
 

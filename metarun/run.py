@@ -3,6 +3,7 @@ its algorithm), meta-train, test the best checkpoint, write `metrics.json`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shlex
@@ -24,7 +25,7 @@ from metarun.loop import TrainSettings, build_outer_optimizer, meta_train, meta_
 from metarun.parts import build_algorithm, load_task, resolve_device, use_threads
 from metarun.progress import RunReporter, in_sweep, print_config, print_results, print_where
 from metarun.results import TEST_ACC, hparams, identity, title, val_key, validation_metrics
-from metarun.run_folder import claim_run_folder, write_text_atomically
+from metarun.run_folder import claim_run_folder, folder_lock, write_text_atomically
 
 
 def run(cfg: DictConfig, output_dir: Path) -> float:
@@ -36,19 +37,23 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
     try:
         distributed.check_meta_batch(cfg.train.meta_batch_size, ranks)
         progress.console.quiet = not ranks.is_main
-        output_dir, stopped = ranks.from_main(claim(cfg, output_dir) if ranks.is_main else None)
-        try:
-            return _run(cfg, output_dir, stopped, ranks, resolve_device(device_name))
-        except RunInterrupted as stop:
-            stop.run_folder = output_dir
-            raise
+        with contextlib.ExitStack() as claimed:
+            found = claim(cfg, output_dir, claimed) if ranks.is_main else None
+            output_dir, stopped = ranks.from_main(found)
+            try:
+                return _run(cfg, output_dir, stopped, ranks, resolve_device(device_name))
+            except RunInterrupted as stop:
+                stop.run_folder = output_dir
+                raise
     finally:
         distributed.stop()
 
 
-def claim(cfg: DictConfig, output_dir: Path) -> tuple[Path, dict | None]:
-    """The run's folder, and with `train.resume` the stopped run's `last.pt` as read (checked before any data is)."""
+def claim(cfg: DictConfig, output_dir: Path, held: contextlib.ExitStack) -> tuple[Path, dict | None]:
+    """The run's folder, locked while `held` is, and with `train.resume` the stopped run's `last.pt` as read
+    (checked before any data is)."""
     folder = claim_run_folder(output_dir, cfg.train.resume)
+    held.enter_context(folder_lock(folder))
     return folder, stopped_run(folder, OmegaConf.to_container(cfg, resolve=True)) if cfg.train.resume else None
 
 

@@ -3,13 +3,17 @@ or a kill mid-write never touches the last good file)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from metarun.errors import UserError
 
 RESULTS = ("metrics.json", "checkpoints/last.pt", "checkpoints/best.pt")  # what marks a folder as a run's own
+LOCK = ".lock"  # held by the process that writes into a run folder, while it does
 STORAGE_FAULTS = {
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "the disk quota is exceeded",
@@ -86,3 +90,35 @@ def claim_run_folder(output_dir: Path, resume: str | None) -> Path:
     for folder in (output_dir, output_dir / "checkpoints"):
         check_writable(folder)
     return output_dir
+
+
+_HELD: set[Path] = set()  # the folders this process has locked: the command's claim and the run's are one
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """This process alone writes into `folder` while the block runs: a second run given the same folder, or a
+    resume of a run that is still running, is refused. The lock goes with the process, however it ends."""
+    key = folder.resolve()
+    if key in _HELD:
+        yield
+        return
+    with open(folder / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise UserError(
+                f"{folder} is in use by another metarun process ({handle.read().strip() or 'its pid unknown'}), which "
+                "writes into it now; two runs in one folder would overwrite each other's results. Give this run "
+                "another hydra.run.dir, or wait for that one to end (to continue it, train.resume= once it stopped)."
+            ) from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -93,6 +93,43 @@ def test_a_crafted_pickle_checkpoint_never_runs(tmp_path, monkeypatch):
         load_checkpoint(crafted)
 
 
+@contextlib.contextmanager
+def held_by_another_process(folder: Path):
+    """`folder` locked by another process, as a run writing there holds it; yields that process's pid."""
+    code = "import sys, time; from pathlib import Path; from metarun.run_folder import folder_lock\n" \
+           "with folder_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)"  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_run_folder_in_use_is_refused_to_a_second_run_and_to_a_resume(tmp_path):
+    run(compose_config(), tmp_path / "stopped")  # a run with a last.pt to continue from
+    (tmp_path / "busy").mkdir()
+    resume = f"train.resume={tmp_path / 'stopped'}"
+    for folder, overrides in ((tmp_path / "busy", ()), (tmp_path / "stopped", (resume,))):
+        with held_by_another_process(folder) as pid:
+            files = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+            with pytest.raises(UserError, match=rf"{folder} is in use by another metarun process \(pid {pid}\)"):
+                run(compose_config(*overrides), folder)
+            assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == files  # nothing written
+    run(compose_config(resume), tmp_path / "stopped")  # free again once the holder ended
+
+
+def test_the_command_refuses_a_folder_in_use_before_hydra_writes_its_config_there(tmp_path, run_cli):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with held_by_another_process(folder) as pid:
+        code, _, stderr = run_cli(cli.main, *SMOKE, f"hydra.run.dir={folder}")
+    assert code == 2 and f"in use by another metarun process (pid {pid})" in " ".join(stderr.split())
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # no .hydra/, no cli.log: the other run's own
+    assert run_cli(cli.main, *SMOKE, f"hydra.run.dir={folder}")[0] == 0  # the folder is free once it ended
+
+
 def test_a_checkpoint_damaged_on_disk_is_refused_not_loaded(tmp_path):
     run(compose_config(), tmp_path / "run")
     best = tmp_path / "run/checkpoints/best.pt"
@@ -104,10 +141,11 @@ def test_a_checkpoint_damaged_on_disk_is_refused_not_loaded(tmp_path):
     data[start + member.file_size // 2] ^= 0x10  # one bit of one weight
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(bytes(data))
-    with pytest.raises(UserError, match=rf"damaged.pt was refused: it is corrupt .*{member.filename} does not match"):
+    crc = rf"damaged.pt is corrupt or truncated, .*\({member.filename} does not match its CRC-32\)"
+    with pytest.raises(UserError, match=crc):
         load_checkpoint(damaged)
     (tmp_path / "hello.pt").write_text("hello\n")  # not a checkpoint at all
-    with pytest.raises(UserError, match=r"hello.pt was refused: .*not a zip archive"):
+    with pytest.raises(UserError, match=r"hello.pt is corrupt or truncated, .*\(the file is not a zip archive"):
         load_checkpoint(tmp_path / "hello.pt")
     assert load_checkpoint(best)["step"] >= 1  # the intact file still loads
 
