@@ -60,6 +60,8 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
         if own_data:
             refuse_other_split(run_cfg, saved["config"]["task"], family.split_settings)
         family.load_test(build(run_cfg.data), model.tokenizer, every_row=not own_data)
+        if own_data:
+            family.check_run_files(Path(cfg.run))
     seed = run_cfg.eval.seed + 1
     test_set = family.test_set(model.tokenizer, run_cfg.eval.test_episodes, seed, cfg.scored)
     test = score_test(model.algorithm, model.head_of_size(run_cfg.task.n_way), test_set, model.device, seed)

@@ -79,6 +79,7 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
     state = TrainState()
     if stopped is not None:  # refused before anything is written when the data changed since
         state = checkpoints.resume(stopped, algorithm, optimizer, schedule, rng)
+        family.check_run_files(output_dir)  # its rows and splits too, not only the tokenizer they give
     if ranks.is_main:  # the tokenizer and the family's files, beside the checkpoints, for whoever uses the run later
         files = {"tokenizer.json": tokenizer.to_str(pretty=True), **family.run_files()}
         for name, text in files.items():

@@ -123,6 +123,25 @@ def test_the_runs_own_data_keeps_the_runs_own_split(tmp_path):
             evaluated(folder, tmp_path / "eval", override)
 
 
+def test_data_changed_since_the_run_is_refused_not_scored(tmp_path):
+    data = other_data(tmp_path / "data.jsonl")  # 12 classes: split 2 test, 2 val, 8 train
+    folder = trained(tmp_path / "run", "data=local", f"data.files={data}", "task.n_way=2", "task.split.test=2",
+                     "task.split.val=2")  # fmt: skip
+    splits, original = json.loads((folder / "splits.json").read_text()), data.read_text()
+    rows = [json.loads(r) for r in original.splitlines()]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows if r["label"] != splits["train"][0]))  # a class fewer
+    with pytest.raises(UserError, match=rf"The data is not the data of the run in {folder}: .*another splits.json"):
+        evaluated(folder, tmp_path / "eval")
+    test_row = next(i for i, r in enumerate(rows) if r["label"] in splits["test"])
+    rows[test_row]["text"] += " rewritten"  # the same classes, a meta-test row changed
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match=rf"The data is not the data of the run in {folder}: .*another data.json"):
+        evaluated(folder, tmp_path / "eval")
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+    data.write_text(original)
+    assert 0 <= evaluated(folder, tmp_path / "eval")["test_acc"] <= 1  # its own data again
+
+
 def test_test_time_algorithm_settings_apply_to_the_runs_that_have_them(tmp_path):
     folder = trained(tmp_path / "run", "algo=protonet")
     metrics = evaluated(folder, tmp_path / "eval", "+algo.transductive_steps=3")

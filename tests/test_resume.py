@@ -109,8 +109,16 @@ def test_resume_refuses_data_that_changed_under_the_same_settings(tmp_path, monk
     with pytest.raises(RunInterrupted):
         run(config("data=local", f"data.files={data}"), tmp_path / "run")
     monkeypatch.undo()
+    original = data.read_text()
     write(1)
     with pytest.raises(UserError, match="tokenizer built from the data now differs"):
+        run(config("data=local", f"data.files={data}", f"train.resume={tmp_path / 'run'}"), tmp_path / "run")
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())
+    rows = [json.loads(r) for r in original.splitlines()]
+    test_row = next(i for i, r in enumerate(rows) if r["label"] in splits["test"])
+    rows[test_row]["text"] += " rewritten"  # a meta-test row: the tokenizer (fitted on meta-train text) is the same
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match=r"another data.json than the run wrote \(rows, classes or domains"):
         run(config("data=local", f"data.files={data}", f"train.resume={tmp_path / 'run'}"), tmp_path / "run")
 
 

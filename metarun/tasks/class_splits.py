@@ -45,7 +45,7 @@ class ClassSplits(SampledEpisodes):
                     f"data must be in exactly one of {', '.join(FILES.values())}."
                 )
         self.meta_split = MetaSplit(**{name: sorted(labels) for name, labels in listed.items()})
-        return split_rows(corpus.labels, self.meta_split)
+        return self.digested(corpus, split_rows(corpus.labels, self.meta_split))
 
 
 def read_labels(path: Path) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -12,6 +13,7 @@ from tokenizers import Tokenizer
 
 from metarun.data import Corpus
 from metarun.episodes import Episode, EpisodeSampler
+from metarun.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -76,3 +78,15 @@ class TaskFamily:
     def run_files(self) -> dict[str, str]:
         """Files for the run folder (name -> text), for whoever uses the run later."""
         return {}
+
+    def check_run_files(self, folder: Path) -> None:
+        """Refuse data that gives other `run_files` than the run in `folder` wrote: the data changed since, and its
+        meta-test could hold classes the run meta-trained on."""
+        for name, text in self.run_files().items():
+            if (folder / name).is_file() and (folder / name).read_text() != text:
+                raise UserError(
+                    f"The data is not the data of the run in {folder}: it now gives another {name} than the run wrote "
+                    "(rows, classes or domains were changed, added or removed since), so its scores would not be the "
+                    f"run's and its meta-test could hold classes the run meta-trained on. Give the data the run was "
+                    f"trained on, or compare {folder / name} with it."
+                )

@@ -4,6 +4,7 @@ every episode draws N classes and K + Q examples of each from one split (one dom
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,7 +85,12 @@ class SampledEpisodes(TaskFamily):
         keys = corpus.labels if self.task.split_by == "class" else corpus.require_domains()
         s = self.task.split
         self.meta_split: MetaSplit = split_keys(keys, s.val, s.test, s.seed, self.task.split_by)
-        return split_rows(keys, self.meta_split)
+        return self.digested(corpus, split_rows(keys, self.meta_split))
+
+    def digested(self, corpus: Corpus, rows: dict[str, list[int]]) -> dict[str, list[int]]:
+        """`rows`, with a digest of each split's rows kept for `run_files` (rows rewritten since are told apart)."""
+        self.digests = {name: rows_digest(corpus, index) for name, index in rows.items()}
+        return rows
 
     def load(self, corpus: Corpus, tokenizer_for: Callable[[list[str]], Tokenizer]) -> Tokenizer:
         rows = self.split(corpus)
@@ -145,4 +151,14 @@ class SampledEpisodes(TaskFamily):
             )
 
     def run_files(self) -> dict[str, str]:
-        return {"splits.json": json.dumps({n: getattr(self.meta_split, n) for n in SPLITS}, indent=1)}
+        return {"splits.json": json.dumps({n: getattr(self.meta_split, n) for n in SPLITS}, indent=1),
+                "data.json": json.dumps({"rows_sha256": self.digests}, indent=1)}  # fmt: skip
+
+
+def rows_digest(corpus: Corpus, index: list[int]) -> str:
+    """The SHA-256 of some rows of `corpus` (text, label and domain of each, in order)."""
+    digest = hashlib.sha256()
+    for i in index:
+        row = (corpus.texts[i], corpus.labels[i], corpus.domains[i] if corpus.domains else "")
+        digest.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()
