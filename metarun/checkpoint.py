@@ -25,7 +25,8 @@ from metarun.errors import UserError, brief
 from metarun.run_folder import write_atomically
 from metarun.stats import EvalResult
 
-FORMAT = 4  # the layout below (4: the task family named in the config); a checkpoint of another format is refused
+FORMAT = 4  # the layout below (4: the task family named in the config); 3 is read as 4, any other is refused
+USE = ("format", "metarun_version", "step", "model", "extra", "config", "tokenizer", "best", "best_step")  # best.pt
 # settings a resumed run may change: they do not touch the maths of meta-training
 RESUMABLE_CHANGES = ("train.resume", "debug", "device.name", "choices.device")
 @dataclass
@@ -158,9 +159,9 @@ class Checkpoints:
             }
             payload["average"], payload["averaged"] = state.average, state.averaged
             if is_best:  # best first: a stop between the two leaves last.pt older
-                # with averaging on, the average is what was validated
+                # what using the model needs, not resuming (no optimizer state); with averaging the validated mean
                 weights = payload["model"] if state.average is None else {**payload["model"], **state.average}
-                self._write({**payload, "model": weights}, self.best_path)
+                self._write({**{k: payload[k] for k in USE}, "model": weights}, self.best_path)
             self._write(payload, self.last_path)
         # what was saved, known to every rank: load_best runs on all of them
         self.best_step = state.step if is_best else self.best_step
@@ -242,6 +243,16 @@ def check_archive(path: Path) -> None:
         )
 
 
+def _format_3_as_4(saved: dict) -> dict:
+    """A checkpoint of format 3, whose config named no task family: fixed evaluation tasks made it FixedTasks."""
+    task = dict(saved["config"]["task"])
+    fixed = bool(task.get("eval_tasks"))
+    if not fixed:
+        task = {k: v for k, v in task.items() if k not in ("eval_tasks", "eval_shots")}
+    task = {"_target_": f"metarun.tasks.{'FixedTasks' if fixed else 'SampledEpisodes'}", **task}
+    return {**saved, "format": FORMAT, "config": {**saved["config"], "task": task}}
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     """A metarun checkpoint, read with `weights_only=True` (tensors and plain values only: a crafted pickle never
     runs), or one paragraph saying why it cannot be used."""
@@ -260,6 +271,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
             f"{path} is corrupt or truncated ({' '.join(str(error).split()[:16])}). Delete it; to resume, a run needs "
             "a complete checkpoints/last.pt (best.pt is a copy of an earlier validation step), else start again."
         ) from error
+    if isinstance(saved, dict) and saved.get("format") == 3:
+        saved = _format_3_as_4(saved)
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
         raise UserError(

@@ -151,8 +151,8 @@ def test_a_checkpoint_damaged_on_disk_is_refused_not_loaded(tmp_path):
 
 
 def test_a_checkpoint_of_another_format_is_named(tmp_path):
-    torch.save({"format": FORMAT - 1, "model": {}}, tmp_path / "old.pt")
-    with pytest.raises(UserError, match=rf"not a metarun checkpoint of format {FORMAT} \(found {FORMAT - 1}"):
+    torch.save({"format": FORMAT - 2, "model": {}}, tmp_path / "old.pt")  # format 3 is read as 4
+    with pytest.raises(UserError, match=rf"not a metarun checkpoint of format {FORMAT} \(found {FORMAT - 2}"):
         load_checkpoint(tmp_path / "old.pt")
 
 

@@ -109,6 +109,20 @@ def test_metarun_predict_refuses_empty_input_texts(tmp_path, monkeypatch, run_cl
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_best_pt_holds_what_using_the_model_needs_and_format_3_still_loads(tmp_path):
+    folder = trained(tmp_path / "run", "algo=maml")
+    best_pt, last_pt = folder / "checkpoints/best.pt", folder / "checkpoints/last.pt"
+    best, last = torch.load(best_pt, weights_only=True), torch.load(last_pt, weights_only=True)
+    assert "optimizer" not in best and "rng" not in best and "optimizer" in last and "rng" in last
+    assert best_pt.stat().st_size < last_pt.stat().st_size / 2  # last.pt also holds Adam's two moments
+    (support_x, support_y), (query_x, _) = examples(folder, 3, [2, 2, 2])
+    expected = load(folder).adapt(support_x, support_y).predict_proba(query_x)
+    task = {k: v for k, v in best["config"]["task"].items() if k != "_target_"}  # as format 3 wrote it
+    old = {**best, "format": 3, "config": {**best["config"], "task": {**task, "eval_tasks": [], "eval_shots": None}}}
+    torch.save(old, best_pt)
+    torch.testing.assert_close(load(folder).adapt(support_x, support_y).predict_proba(query_x), expected)
+
+
 def test_load_names_what_is_missing(tmp_path):
     with pytest.raises(UserError, match="holds no checkpoint"):
         load(tmp_path)
