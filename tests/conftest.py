@@ -19,8 +19,10 @@ from torch.func import functional_call  # noqa: E402
 from metarun.episodes import Episode  # noqa: E402
 from metarun.model import TransformerClassifier  # noqa: E402
 
-CLINC150 = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
-os.environ.setdefault("METARUN_DATA", str(CLINC150.parent))  # conf/paths: runs started in any folder find it
+# the real data sets: $METARUN_DATA as the presets read it, else ../shared/data beside the checkout
+DATA = Path(os.environ.get("METARUN_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+CLINC150 = DATA / "clinc150"
+os.environ.setdefault("METARUN_DATA", str(DATA))  # conf/paths: runs started in any folder find it
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 BIN = Path(sys.executable).parent  # the installed commands: metarun, metarun-eval, metarun-report, torchrun, ...
 # The one fast-run setting of the suite. conf/budget/smoke.yaml: a run in seconds (2 outer steps of 1 task,

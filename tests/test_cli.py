@@ -85,7 +85,7 @@ def test_tensorboard_gets_the_promised_scalars_and_hparams(tmp_path):
     assert any("_hparams_" in tag for tag in hparams)
 
 
-@pytest.mark.skipif(not CLINC150.is_dir(), reason="../shared/data/clinc150 is not beside this checkout")
+@pytest.mark.skipif(not CLINC150.is_dir(), reason="no clinc150/ in $METARUN_DATA or ../shared/data")
 def test_clinc150_run(tmp_path):
     run_ok(tmp_path / "run", "data=clinc150", "task.split.test=50", "task.split.val=15")
     splits = json.loads((tmp_path / "run" / "splits.json").read_text())

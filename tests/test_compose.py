@@ -92,7 +92,7 @@ def test_clinc150_benchmark_cells_have_one_preset_each(experiment, task, shots, 
 ARSC = CLINC150.parent / "arsc_source"
 
 
-@pytest.mark.skipif(not ARSC.is_dir(), reason="../shared/data/arsc_source is not beside this checkout")
+@pytest.mark.skipif(not ARSC.is_dir(), reason="no arsc_source/ in $METARUN_DATA or ../shared/data")
 def test_the_arsc_dev_protocol_runs_on_a_slice_of_its_source_domains(tmp_path, caplog):
     slice_ = (
         f"data.files=[{ARSC}/baby.t2.train.jsonl,{ARSC}/beauty.t2.train.jsonl,{ARSC}/tools_hardware.t2.train.jsonl]"

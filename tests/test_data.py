@@ -70,7 +70,7 @@ def test_empty_texts_are_refused_or_dropped(tmp_path):
     assert len(load_local(str(path), text_column="utterance", label_column="intent", drop_empty=True)) == 11
 
 
-@pytest.mark.skipif(not CLINC150.is_dir(), reason="../shared/data/clinc150 is not beside this checkout")
+@pytest.mark.skipif(not CLINC150.is_dir(), reason="no clinc150/ in $METARUN_DATA or ../shared/data")
 def test_clinc150_reads_the_shared_folder():
     corpus = load_clinc150(str(CLINC150))
     assert len(corpus) == 22500 and len(set(corpus.labels)) == 150 and len(set(corpus.domains)) == 10

@@ -95,7 +95,7 @@ def test_settings_the_checkpoint_was_trained_with_cannot_change(tmp_path):
             evaluated(folder, tmp_path / "eval", override)
 
 
-@pytest.mark.skipif(not CLINC150.is_dir(), reason="../shared/data/clinc150 is not beside this checkout")
+@pytest.mark.skipif(not CLINC150.is_dir(), reason="no clinc150/ in $METARUN_DATA or ../shared/data")
 def test_metarun_eval_scores_a_clinc150_run_on_a_local_file_with_other_labels(tmp_path):
     folder = trained(tmp_path / "run", "data=clinc150", "task.split.test=50", "task.split.val=15")
     data = other_data(tmp_path / "mine.jsonl")

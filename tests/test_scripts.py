@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_config, load_script
+from conftest import DATA, compose_config, load_script
 
 from metarun.run import run
 
@@ -100,10 +100,10 @@ def test_benchmark_picks_the_per_shot_preset_and_budget():
     assert overrides[0] == "experiment=clinc150_intents_5shot" and "train.outer_steps=7" in overrides
 
 
-ARSC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "arsc_source"
+ARSC = DATA / "arsc_source"
 
 
-@pytest.mark.skipif(not ARSC.is_dir(), reason="../shared/data/arsc_source is not beside this checkout")
+@pytest.mark.skipif(not ARSC.is_dir(), reason="no arsc_source/ in $METARUN_DATA or ../shared/data")
 def test_benchmark_of_an_experiment_tables_its_runs_and_the_baselines_over_fixed_tasks(tmp_path):
     benchmark = load_script("benchmark")
     doc = tmp_path / "results.md"
