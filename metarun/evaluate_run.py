@@ -52,7 +52,7 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
             f"{', '.join(foreign)}: not a setting of {run_cfg.choices.algo}, the algorithm {cfg.run} was trained with. "
             f"Its test-time settings: {', '.join(f'algo.{s}' for s in own) or 'none'}. Remove it."
         )
-    print_config(run_cfg)
+    print_config(run_cfg, chosen=dict(run_cfg.choices))  # the run's own options, as changed here
     use_threads(run_cfg.device)
     model = model_from_checkpoint(saved, run_cfg.device.name, run_cfg)
     if family.tests_on_corpus:

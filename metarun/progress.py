@@ -36,23 +36,22 @@ def _tree(node, tree: Tree) -> Tree:
     return tree
 
 
-def print_config(cfg: DictConfig, saved_in_sweeps: bool = False) -> None:
-    """The config as a tree, headed by the options Hydra chose (the `tuning` file among them) when it composed. With
-    `saved_in_sweeps` (`cfg` is what Hydra saved in the job's folder), a sweep's job shows the heading and that file
-    instead, so that the jobs' progress stays readable."""
-    title = "[bold]config"
-    if HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
+def print_config(cfg: DictConfig, saved_in_sweeps: bool = False, chosen: dict | None = None) -> None:
+    """The config as a tree, headed by the options Hydra chose (the `tuning` file among them) when it composed, or
+    by `chosen` (a saved run's own, for metarun-eval). With `saved_in_sweeps` (`cfg` is what Hydra saved in the
+    job's folder), a sweep's job shows the heading and that file instead, so that the jobs' progress stays readable."""
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if chosen is None and hydra_cfg is not None:
         chosen = {k: v for k, v in hydra_cfg.runtime.choices.items() if v and not k.startswith("hydra/")}
         if chosen.get("tuning") not in group_options("tuning"):
             chosen.pop("tuning", None)  # an optional default Hydra records even when no such file exists
         first = [k for k in TITLE_ORDER if k in chosen]  # the presets first, then the main parts
-        shown = [*first, *sorted(set(chosen) - set(first))]
-        title += " [dim](" + ", ".join(f"{k}={chosen[k]}" for k in shown) + ")"
-        if saved_in_sweeps and hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.output_subdir:
-            saved = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"
-            console.print(f"{title}[/dim] in full: {saved}", highlight=False, soft_wrap=True)  # a path to copy
-            return
+        chosen = {k: chosen[k] for k in [*first, *sorted(set(chosen) - set(first))]}
+    title = "[bold]config" + (" [dim](" + ", ".join(f"{k}={v}" for k, v in chosen.items()) + ")" if chosen else "")
+    if saved_in_sweeps and hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.output_subdir:
+        saved = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"
+        console.print(f"{title}[/dim] in full: {saved}", highlight=False, soft_wrap=True)  # a path to copy
+        return
     console.print(_tree(OmegaConf.to_container(cfg, resolve=True), Tree(title)))
 
 

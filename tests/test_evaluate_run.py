@@ -49,6 +49,17 @@ def test_its_own_test_split_gives_the_runs_own_numbers(tmp_path, algo):
     assert metrics["step"] == original["best_step"] and fingerprint(folder) == before  # the run is only read
 
 
+def test_its_config_is_headed_by_the_runs_own_options(tmp_path, capsys):
+    folder = trained(tmp_path / "run", "algo=reptile")
+    capsys.readouterr()
+    evaluated(folder, tmp_path / "eval", "task.n_query=2")
+    out = " ".join(capsys.readouterr().out.split())
+    header = out.split(")", 1)[0]
+    assert header.startswith("config (model=tiny, algo=reptile, task=fewshot_cls, data=synthetic")
+    assert "maml" not in header  # the evaluation config's own default algorithm
+    assert f"scores written to: {(tmp_path / 'eval' / 'metrics.json').resolve()}" in out
+
+
 def test_other_data_and_another_task_shape(tmp_path):
     folder = trained(tmp_path / "run")
     data = other_data(tmp_path / "mine.jsonl")

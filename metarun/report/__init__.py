@@ -6,8 +6,9 @@
 The table has one row per combination of the swept settings (the command-line overrides that differ between the
 finished runs, `.hydra/overrides.yaml`), seeds aggregated: the mean test accuracy over seeds with a 95% interval,
 over the test episodes for one seed (metrics.json's own) and a Student-t interval of the per-seed means for several.
-The plots (matplotlib, `pip install 'metarun[report]'`): test accuracy against shots per algorithm, validation
-accuracy against outer step (the TensorBoard events) and test accuracy against meta-training time (timing.json).
+The plots (matplotlib: `pip install matplotlib` where metarun is installed): test accuracy against shots per
+algorithm, validation accuracy against outer step (the TensorBoard events) and test accuracy against meta-training
+time (timing.json).
 Failed jobs (error.txt), unfinished runs and repeats of a tabled run's seed are listed, not tabled. The table
 code is also what scripts/results_table.py and scripts/benchmark.py print.
 """
@@ -59,7 +60,7 @@ def write_report(folders: Sequence[Path], out: Path) -> tuple[Path, list[Row]]:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            lines += ["No plots: matplotlib is not installed (`pip install 'metarun[report]'`).", ""]
+            lines += ["No plots: matplotlib is not installed (`pip install matplotlib` in metarun's environment).", ""]
         else:
             for name, draw in zip(PLOTS, (plot_shots, plot_validation, plot_time)):
                 draw(rows, out / name)
