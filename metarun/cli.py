@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from tempfile import gettempdir
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # tensorboard's optional TensorFlow import stays quiet
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # composition errors reach `main` whole, to be told in one paragraph
@@ -19,7 +23,14 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from metarun.config import CONF_DIR, config_groups, group_options, register_configs, register_resolvers  # noqa: E402
+from metarun.config import (  # noqa: E402
+    CONF_DIR,
+    config_groups,
+    group_options,
+    process_rank,
+    register_configs,
+    register_resolvers,
+)
 from metarun.callbacks import FailedJobs  # noqa: E402
 from metarun.evaluate_run import evaluate_run, test_time_settings  # noqa: E402
 from metarun.predict import predict  # noqa: E402
@@ -51,9 +62,20 @@ def app(cfg: DictConfig) -> float:
         with stop_signals():
             check_named_tuning(hydra_cfg)
             return run(cfg, Path(hydra_cfg.runtime.output_dir))
-    with reported_stops(cfg.debug, resume_command(hydra_cfg.overrides.task)):
+    with reported_stops(cfg.debug, resume_command(hydra_cfg.overrides.task)), aside_folder_removed(hydra_cfg):
         check_named_tuning(hydra_cfg)
         return run(cfg, Path(hydra_cfg.runtime.output_dir))
+
+
+@contextlib.contextmanager
+def aside_folder_removed(hydra_cfg) -> Iterator[None]:
+    """Under torchrun a rank above 0 gets a folder aside (`config._run_dir`) for Hydra's logs: gone when it ends."""
+    try:
+        yield
+    finally:
+        folder = Path(hydra_cfg.runtime.output_dir)
+        if process_rank() > 0 and folder.name.startswith("metarun-rank") and folder.parent == Path(gettempdir()):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_named_tuning(hydra_cfg) -> None:

@@ -39,6 +39,15 @@ def test_two_gloo_processes_end_where_one_process_ends(tmp_path):
     assert len(writers) == 1  # rank 0 alone writes
 
 
+def test_the_other_ranks_leave_no_folder_behind(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where rank 1 keeps Hydra's logs while it runs
+    (tmp_path / "tmp").mkdir()
+    done = command(*TORCHRUN, *RUN, cwd=tmp_path)  # the default run folder: rank 1's is aside
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list(tmp_path.glob("outputs/*/*/metrics.json"))) == 1
+    assert not list((tmp_path / "tmp").glob("metarun-rank*"))  # torch keeps folders of its own there
+
+
 def test_a_resume_with_another_number_of_processes_is_refused(tmp_path):
     cfg = compose("config", [*RUN, "train.outer_steps=2"])
     run(cfg, tmp_path / "run")
