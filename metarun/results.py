@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import metarun
 from metarun.stats import METRICS, EvalResult, Scores, summarize
@@ -84,12 +84,20 @@ def identity(cfg: DictConfig, device) -> dict:
 
 
 def hparams(cfg: DictConfig) -> dict:
-    """The run's settings as flat scalars for TensorBoard's HParams tab."""
-    flat = {}
+    """The run's options and settings as flat scalars for TensorBoard's HParams tab: `choice.algo` and the others
+    (what tells the runs of a sweep apart), then every scalar setting of the parts, nested keys dotted
+    (`algo.outer_optimizer.lr`). Lists (fixed tasks' files) are left out: HParams takes scalars only."""
+    flat = {f"choice.{group}": option for group, option in cfg.choices.items()}
+
+    def add(node: dict, prefix: str) -> None:  # OmegaConf has no flattening of its own
+        for key, value in node.items():
+            if isinstance(value, dict):
+                add(value, f"{prefix}{key}.")
+            elif isinstance(value, (int, float, str, bool)) and not key.startswith("_"):
+                flat[f"{prefix}{key}"] = value
+
     for group in ("algo", "model", "task", "data", "train"):
-        for key, value in cfg[group].items():
-            if isinstance(value, (int, float, str, bool)) and not key.startswith("_"):
-                flat[f"{group}.{key}"] = value
+        add(OmegaConf.to_container(cfg[group], resolve=True), f"{group}.")
     flat["seed"] = cfg.seed
     return flat
 

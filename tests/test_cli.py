@@ -85,6 +85,16 @@ def test_tensorboard_gets_the_promised_scalars_and_hparams(tmp_path):
     assert any("_hparams_" in tag for tag in hparams)
 
 
+def test_hparams_tell_the_runs_of_a_sweep_apart():
+    from metarun.results import hparams
+
+    flat = hparams(compose("config", [*SMOKE, "algo=reptile", "model=small"]))
+    assert flat["choice.algo"] == "reptile" and flat["choice.model"] == "small"  # not only settings that coincide
+    assert flat["algo.outer_optimizer.lr"] == 0.1 and flat["model.tokenizer.vocab_size"] == 4000  # nested, dotted
+    assert flat["train.lr_schedule.T_max"] == 2 and flat["seed"] == 0
+    assert all(isinstance(v, (int, float, str, bool)) for v in flat.values())
+
+
 @pytest.mark.skipif(not CLINC150.is_dir(), reason="no clinc150/ in $METARUN_DATA or ../shared/data")
 def test_clinc150_run(tmp_path):
     run_ok(tmp_path / "run", "data=clinc150", "task.split.test=50", "task.split.val=15")
