@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -34,6 +35,7 @@ from metarun.config import (  # noqa: E402
 from metarun.callbacks import FailedJobs  # noqa: E402
 from metarun.evaluate_run import evaluate_run, test_time_settings  # noqa: E402
 from metarun.predict import predict  # noqa: E402
+from metarun.results import IDENTITY  # noqa: E402
 from metarun.run import run  # noqa: E402
 from metarun.errors import (  # noqa: E402
     EXIT_USER_ERROR,
@@ -164,14 +166,22 @@ def main() -> None:
 
 def eval_main() -> None:
     """`metarun-eval run=<folder>`: score a run's checkpoint on its test split, or on other data and tasks."""
-    sys.argv[1:] = quote_paths(sys.argv[1:], ("run",))
+    given = sys.argv[1:]
+    sys.argv[1:] = quote_paths([*runs_own_task(given), *given], ("run",))
     _launch(eval_app, added=tuple(test_time_settings()))  # some are absent from the base config's algo (maml)
 
 
-def predict_main() -> None:
-    """`metarun-predict run=<folder> support=<file> inputs=<file> out=<file>`."""
-    sys.argv[1:] = quote_paths(sys.argv[1:], ("run", "support", "inputs", "out"))
-    _launch(predict_app)
+def runs_own_task(args: list[str]) -> list[str]:
+    """`task=<the run's own option>` unless the command line picks one: the evaluation config is then composed with
+    the run's task family, so that its settings (task.eval_tasks=...) can be changed one by one."""
+    folder = next((a.partition("=")[2].strip("'\"") for a in args if a.startswith("run=")), None)
+    if folder is None or any(a.startswith(("task=", "~task")) for a in args):
+        return []
+    try:  # the option the run's metrics.json names; without one, the checkpoint's config is the base as it is
+        option = json.loads((Path(folder) / "metrics.json").read_text()).get(IDENTITY["task"])
+    except (OSError, ValueError):
+        return []
+    return [f"task={option}"] if option in group_options("task") else []
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,6 +40,8 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
     check_config(cfg, extra=test_time_settings())  # `+algo.transductive_steps`: a setting of the run's algorithm
     saved = load_checkpoint(checkpoint_path(cfg.run, cfg.checkpoint))  # read once: its config, then its weights
     run_cfg = OmegaConf.create(saved["config"])
+    # the run's own option of a group (metarun-eval picks the run's task itself) is no change: its settings stay
+    changed = [k for k in changed if not (k in run_cfg.choices and cfg.choices.get(k) == run_cfg.choices[k])]
     for key in changed:
         OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
         if key in cfg.choices:  # another option of a group: its name too
@@ -58,7 +61,7 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
     if family.tests_on_corpus:
         own_data = OmegaConf.to_container(run_cfg.data, resolve=True) == saved["config"]["data"]
         if own_data:
-            refuse_other_split(run_cfg, saved["config"]["task"], family.split_settings)
+            refuse_other_split(run_cfg, saved["config"]["task"], ("_target_", *family.split_settings))
         family.load_test(build(run_cfg.data), model.tokenizer, every_row=not own_data)
         if own_data:
             family.check_run_files(Path(cfg.run))
@@ -83,8 +86,6 @@ def _plain(value):
 
 def changed_settings(overrides) -> list[str]:
     """The settings the command line changes, each checked against what an evaluation may change."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))]
     keys = [k for k in keys if k not in ALWAYS]
     allowed = (*EVAL_GROUPS, "debug", *test_time_settings())
@@ -101,9 +102,11 @@ def refuse_other_split(cfg: DictConfig, run_task: dict, split_settings: tuple[st
     """On the run's own data only its own meta-test split is unseen: another split would test on meta-training
     classes."""
     for key in split_settings:
-        now = _plain(cfg.task[key])
-        if now != run_task[key]:
+        now, own = _plain(cfg.task[key]), run_task.get(key)
+        if now != own:
+            which = f"task={cfg.choices.task} (a family that splits the data otherwise)" if key == "_target_" else (
+                f"task.{key}={now!r} differs from the run's own ({own!r})")  # fmt: skip
             raise UserError(
-                f"task.{key}={now!r} differs from the run's own ({run_task[key]!r}): on the run's own data another "
-                "split would score classes the run meta-trained on. Keep the run's split, or give other data."
+                f"{which}: on the run's own data another split would score classes the run meta-trained on. Keep the "
+                "run's split and task family, or give other data."
             )

@@ -79,6 +79,25 @@ def test_fixed_tasks_on_other_data_report_three_metrics(tmp_path):
     assert metrics["test_ci95"] is None  # one task: no interval, and no NaN
 
 
+def test_a_fixed_task_run_changes_only_the_task_settings_given(tmp_path, run_cli):
+    train, test = other_data(tmp_path / "train.jsonl"), other_data(tmp_path / "test.jsonl")
+    folder = trained(tmp_path / "run", "algo=protonet", "task=fixed_tasks", "task.n_way=12", "task.eval_shots=2",
+                     f"task.eval_tasks=[{{name:mine,train:'{train}',test:'{test}'}}]", "task.split.test=0")  # fmt: skip
+    other = other_data(tmp_path / "other.jsonl", seed=6)
+    tasks = f"task.eval_tasks=[{{name:other,train:'{other}',test:'{other}'}}]"
+    code, out, err = run_cli(cli.eval_main, f"run={folder}", tasks, f"hydra.run.dir={tmp_path / 'eval'}")
+    assert code == 0, err[-2000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert list(metrics["per_task_acc"]) == ["other"] and list(metrics["changed"]) == ["task.eval_tasks"]
+    assert "eval_shots: 2" in out and "labels: permuted" in out  # the run's own task settings, but the one given
+
+
+def test_another_task_family_on_the_runs_own_data_is_refused(tmp_path):
+    folder = trained(tmp_path / "run")
+    with pytest.raises(UserError, match=r"task=class_splits \(a family that splits the data otherwise\)"):
+        evaluated(folder, tmp_path / "eval", "task=class_splits", f"task.class_splits={tmp_path}")
+
+
 def test_scored_dev_scores_each_fixed_tasks_dev_file(tmp_path):
     folder = trained(tmp_path / "run", "algo=protonet")
     train, test = other_data(tmp_path / "train.jsonl"), other_data(tmp_path / "test.jsonl")
