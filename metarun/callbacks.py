@@ -38,19 +38,19 @@ class RunFolderGuard(Callback):
             )
             sys.exit(EXIT_USER_ERROR)
 
-    held: contextlib.ExitStack | None = None  # the run folder's lock, from before Hydra writes into it to the end
+    # the run folder's lock, from before Hydra writes into it until the command ends (`release`)
+    held: ClassVar[contextlib.ExitStack] = contextlib.ExitStack()
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         folder = Path(config.hydra.run.dir)
-        if process_rank() > 0:  # under torchrun rank 0 alone claims and writes the run's folder
+        if process_rank() > 0 or "run" in config:  # torchrun's rank 0 alone claims; metarun-eval writes no run
             return
         try:
             if not config.train.resume:  # a resume writes its config files into .hydra/resume-ID, beside the run's own
                 refuse_taken_folder(folder)
             if folder.is_dir() or not config.train.resume:  # a resume of no folder is refused by the run itself
                 folder.mkdir(parents=True, exist_ok=True)
-                self.held = contextlib.ExitStack()
-                self.held.enter_context(folder_lock(folder))
+                RunFolderGuard.held.enter_context(folder_lock(folder))
         except UserError as error:
             report(str(error))
             sys.exit(EXIT_USER_ERROR)
@@ -58,8 +58,12 @@ class RunFolderGuard(Callback):
             pass
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.held is not None:
-            self.held.close()
+        RunFolderGuard.release()
+
+    @classmethod
+    def release(cls) -> None:
+        """Unlock the run folder: at the run's end, or when the command stops (a stop skips Hydra's run end)."""
+        cls.held.close()
 
 
 class FailedJobs(Callback):

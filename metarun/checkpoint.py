@@ -1,8 +1,9 @@
-"""`checkpoints/last.pt` and `checkpoints/best.pt`: written atomically, read only with `weights_only=True`.
+"""`checkpoints/last.pt` and `checkpoints/best.pt`: written atomically, read only with `weights_only=True`, and
+checked against their zip members' CRC-32 first.
 
-A checkpoint holds everything an exact resume needs (weights, optimizer and schedule state, the step, the best
-validation so far, every random generator's state) and what a later load checks against: the run's config, its
-tokenizer and the checkpoint format.
+`last.pt` holds everything an exact resume needs (weights, optimizer and schedule state, the step, the best
+validation so far, every random generator's state); `best.pt` what using the model needs (weights, the step). Both
+hold what a later load checks against: the run's config, its tokenizer and the checkpoint format.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ FORMAT = 4  # the layout below (4: the task family named in the config); 3 is re
 USE = ("format", "metarun_version", "step", "model", "extra", "config", "tokenizer", "best", "best_step")  # best.pt
 # settings a resumed run may change: they do not touch the maths of meta-training
 RESUMABLE_CHANGES = ("train.resume", "debug", "device.name", "choices.device")
+
+
 @dataclass
 class TrainState:
     """Where meta-training stands: the last finished outer step and the best validation so far."""
@@ -243,11 +246,16 @@ def check_archive(path: Path) -> None:
         )
 
 
+COLUMNS_OF_FORMAT_3 = {"text_column": "text", "label_column": "label", "max_chars": 5000}  # load_local's defaults
+
+
 def _format_3_as_4(saved: dict) -> dict:
     """A checkpoint of format 3, whose config named no task family: fixed evaluation tasks made it FixedTasks."""
-    task = dict(saved["config"]["task"])
+    task, data = dict(saved["config"]["task"]), saved["config"]["data"]
     fixed = bool(task.get("eval_tasks"))
-    if not fixed:
+    if fixed:  # the task files were read with the data's columns and cut
+        task.update({k: data.get(k, default) for k, default in COLUMNS_OF_FORMAT_3.items()})
+    else:
         task = {k: v for k, v in task.items() if k not in ("eval_tasks", "eval_shots")}
     task = {"_target_": f"metarun.tasks.{'FixedTasks' if fixed else 'SampledEpisodes'}", **task}
     return {**saved, "format": FORMAT, "config": {**saved["config"], "task": task}}

@@ -32,7 +32,7 @@ from metarun.config import (  # noqa: E402
     register_configs,
     register_resolvers,
 )
-from metarun.callbacks import FailedJobs  # noqa: E402
+from metarun.callbacks import FailedJobs, RunFolderGuard  # noqa: E402
 from metarun.evaluate_run import evaluate_run, test_time_settings  # noqa: E402
 from metarun.predict import predict  # noqa: E402
 from metarun.results import IDENTITY  # noqa: E402
@@ -117,7 +117,9 @@ def _launch(hydra_app, added: tuple[str, ...] = ()) -> None:
         print(f"metarun {metarun.__version__}")
         return
     try:
-        hydra_app()
+        with contextlib.ExitStack() as unlock:
+            unlock.callback(RunFolderGuard.release)  # also when a stop skips Hydra's end of the run
+            hydra_app()
     except BrokenPipeError:  # the output went to a reader that stopped early (`metarun --help | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
         sys.exit(1)

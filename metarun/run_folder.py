@@ -99,8 +99,8 @@ _HELD: set[Path] = set()  # the folders this process has locked: the command's c
 def folder_lock(folder: Path) -> Iterator[None]:
     """This process alone writes into `folder` while the block runs: a second run given the same folder, or a
     resume of a run that is still running, is refused. The lock goes with the process, however it ends."""
-    key = folder.resolve()
-    if key in _HELD:
+    key, held = folder.resolve(), _HELD  # bound here: at interpreter exit the module's globals may be gone
+    if key in held:
         yield
         return
     with open(folder / LOCK, "a+") as handle:
@@ -116,9 +116,9 @@ def folder_lock(folder: Path) -> Iterator[None]:
         handle.truncate(0)
         handle.write(f"pid {os.getpid()}\n")
         handle.flush()
-        _HELD.add(key)
+        held.add(key)
         try:
             yield
         finally:
-            _HELD.discard(key)
+            held.discard(key)
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -130,6 +130,14 @@ def test_the_command_refuses_a_folder_in_use_before_hydra_writes_its_config_ther
     assert run_cli(cli.main, *SMOKE, f"hydra.run.dir={folder}")[0] == 0  # the folder is free once it ended
 
 
+def test_a_command_that_stops_leaves_its_folder_unlocked(tmp_path, run_cli):
+    folder = tmp_path / "run"
+    code, _, stderr = run_cli(cli.main, *SMOKE, "task.n_way=200", f"hydra.run.dir={folder}")  # refused in the run
+    assert code == 2 and "task.n_way=200" in stderr
+    with held_by_another_process(folder):  # the next process gets the lock (its readline would be empty else)
+        pass
+
+
 def test_a_checkpoint_damaged_on_disk_is_refused_not_loaded(tmp_path):
     run(compose_config(), tmp_path / "run")
     best = tmp_path / "run/checkpoints/best.pt"
