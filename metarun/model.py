@@ -90,7 +90,7 @@ class EncoderClassifier(nn.Module):
 
 class TransformerClassifier(EncoderClassifier):
     """Sized by its tokenizer: `vocab_size` ids, padded with `pad_id` (token tensors arrive padded with `PAD_ID`);
-    its other sizes' defaults are the schema's (`TransformerConfig`)."""
+    every other size is given (the schema, `TransformerConfig`, holds their defaults)."""
 
     batches_tasks = True  # its forward runs under torch.func.vmap (algo.batch_tasks)
     prefers_bf16 = False  # device.precision=auto: float32

@@ -67,7 +67,6 @@ class GradientAlgorithm(Algorithm):
         self.inner_names = scope_names(model, self.inner_scope, self.top_layers)
         # batch_tasks is a setting of the algorithms that adapt in meta-training; the others never batch
         self.batched = self._batching(s.get("batch_tasks", False), next(model.parameters()).device.type)
-        self.check_meta_learns()
 
     def _batching(self, batch_tasks: str | bool, device_type: str) -> bool:
         """Whether the loop calls `batched_meta_gradient` for a model on `device_type`: asked for (or auto on CUDA)
@@ -85,7 +84,7 @@ class GradientAlgorithm(Algorithm):
 
     @property
     def learns_head(self) -> bool:
-        return self.head_init == "learned"
+        return self.settings["head_init"] == "learned"
 
     def adapted_names(self) -> set[str]:
         """The head, and the inner scope's parameters when test-time adaptation takes steps."""

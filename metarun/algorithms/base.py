@@ -78,7 +78,8 @@ class Algorithm:
 
     What it declares for the rest of metarun: `schema`; `test_time_settings`, the settings metarun-eval may change
     in a trained run; `saved_sizes`, what sizes its own tensors when a checkpoint is loaded; and its flags, all
-    read-only properties: `meta_trains`, `learns_head`, `transductive`, `any_n_way`, `can_batch_tasks`.
+    read-only properties of its settings (`self.settings`, set first): `meta_trains`, `learns_head`, `transductive`,
+    `any_n_way`, `can_batch_tasks`.
     """
 
     schema: ClassVar[type] = AlgoConfig
@@ -95,13 +96,12 @@ class Algorithm:
         self.batched = False  # whether the loop calls `batched_meta_gradient`
         self.inner_names = list(HEAD)  # what adapting to a task changes
         self.outer_names = scope_names(model, self.outer_scope, self.top_layers)
-
-    def check_meta_learns(self) -> None:
-        """Refuse an outer scope that leaves nothing to meta-learn (called once the subclass has its settings)."""
-        if self.meta_trains and not self.meta_learned_names(dict(self.model.named_parameters())):
+        if self.meta_trains and not self.meta_learned_names(dict(model.named_parameters())):
+            how = f" with head_init={self.settings['head_init']!r}" if "head_init" in self.settings else ""
             raise UserError(
                 f"algo.outer_scope={self.outer_scope!r} leaves nothing to meta-learn: its only parameters are the "
-                f"head, which {type(self).__name__} rebuilds for every task. Use algo.outer_scope=all or top."
+                f"head, which {type(self).__name__}{how} rebuilds for every task. Use algo.outer_scope=all or top"
+                + (", or algo.head_init=learned." if how else ".")
             )
 
     @classmethod

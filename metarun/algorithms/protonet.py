@@ -50,7 +50,6 @@ class ProtoNet(Algorithm):
         s = self.settings
         self.distance, self.prototype_scale, self.transductive_steps = (
             s["distance"], s["prototype_scale"], s["transductive_steps"])  # fmt: skip
-        self.check_meta_learns()
 
     @property
     def meta_trains(self) -> bool:

@@ -37,7 +37,7 @@ class LocalDataConfig(FileDataConfig):
     files: Any = MISSING  # a path, a folder or a glob pattern, or a list of them (their files are pooled)
     text_column: str = "text"
     label_column: str = "label"
-    domain_column: Optional[str] = None  # needed for task=domain_adapt
+    domain_column: Optional[str] = None  # needed for task=domain_adapt and task=fixed_tasks
 
 
 def _check_one_format(paths: list[Path]) -> None:

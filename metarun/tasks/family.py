@@ -29,8 +29,9 @@ class TestSet:
 class TaskFamily:
     """A family built from its settings (`cfg.task`: `schema`'s fields; what is not given takes the schema's
     default). A run calls, in order: `load` (the data, the tokenizer fitted on what it says is meta-train text),
-    `train_sampler`, `validation_episodes`, `test_set`, and writes `run_files` into its folder. `metarun-eval` calls
-    `load_test` instead of `load` when `tests_on_corpus`, then `test_set`."""
+    `check_algorithm`, `validation_episodes`, `train_sampler`, `test_set`, and writes `run_files` into its folder (a
+    resume first checks them, `check_run_files`). `metarun-eval` calls `check_scored`, then `load_test` instead of
+    `load` when `tests_on_corpus` (and `check_run_files` on the run's own data), then `test_set`."""
 
     schema: ClassVar[type]
     tests_on_corpus: ClassVar[bool] = True  # whether the meta-test is drawn from the run's data (`load_test`)
