@@ -1,6 +1,6 @@
 """metarun: meta-train Transformer text classifiers that adapt from a handful of examples."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

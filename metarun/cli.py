@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 from collections.abc import Iterator
@@ -92,8 +93,6 @@ def check_named_tuning(hydra_cfg) -> None:
 
 def resume_command(overrides) -> str:
     """The command line that continues this run (its own overrides, the folder filled in by the caller)."""
-    import shlex
-
     kept = [o for o in overrides if not o.startswith(("train.resume=", "hydra.run.dir="))]
     return " ".join(["metarun", *map(shlex.quote, kept), "train.resume={folder}"])
 

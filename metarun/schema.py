@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from omegaconf import MISSING
+from hydra.utils import instantiate
+from omegaconf import MISSING, OmegaConf
 
 from metarun.stats import METRICS
 
@@ -42,9 +43,6 @@ def schema(group: str, name: str):
 def defaults(schema_class: type, given: dict[str, Any]) -> dict[str, Any]:
     """`given` over `schema_class`'s defaults, for a part built from Python rather than from a YAML: the schema is the
     one source of defaults. A nested target (an outer optimizer) becomes what Hydra would make of it (a partial)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     names = {f.name for f in dataclasses.fields(schema_class) if not f.name.startswith("_")}
     unknown = sorted(set(given) - names)
     if unknown:
