@@ -185,5 +185,11 @@ def runs_own_task(args: list[str]) -> list[str]:
     return [f"task={option}"] if option in group_options("task") else []
 
 
+def predict_main() -> None:
+    """`metarun-predict run=<folder> support=<file> inputs=<file> out=<file>`."""
+    sys.argv[1:] = quote_paths(sys.argv[1:], ("run", "support", "inputs", "out"))
+    _launch(predict_app)
+
+
 if __name__ == "__main__":
     main()
