@@ -85,8 +85,14 @@ class FailedJobs(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir).resolve()
-        print_where("sweep folder", sweep, [(f"metarun-report {shlex.quote(str(sweep))}", "its table and plots"),
-                                            (f"tensorboard --logdir {shlex.quote(str(sweep))}", "every job's curves")])
+        print_where(
+            "sweep folder",
+            sweep,
+            [
+                (f"metarun-report {shlex.quote(str(sweep))}", "its table and plots"),
+                (f"tensorboard --logdir {shlex.quote(str(sweep))}", "every job's curves"),
+            ],
+        )
         if FailedJobs.summary():
             sys.exit(1)
 

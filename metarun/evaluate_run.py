@@ -16,7 +16,7 @@ from metarun.config import check_config
 from metarun.errors import UserError
 from metarun.evaluation import score_test
 from metarun.parts import build, build_task, use_threads
-from metarun.progress import print_config, print_results, print_where
+from metarun.progress import phase, print_config, print_results, print_where
 from metarun.results import identity, title
 from metarun.run_folder import write_text_atomically
 from metarun.schema import SCHEMAS
@@ -67,7 +67,9 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
             family.check_run_files(Path(cfg.run))
     seed = run_cfg.eval.seed + 1
     test_set = family.test_set(model.tokenizer, run_cfg.eval.test_episodes, seed, cfg.scored)
-    test = score_test(model.algorithm, model.head_of_size(run_cfg.task.n_way), test_set, model.device, seed)
+    params = model.head_of_size(run_cfg.task.n_way)
+    with phase("meta-test") as advance:
+        test = score_test(model.algorithm, params, test_set, model.device, seed, advance)
     metrics = {**test.metrics(), "scored": cfg.scored, "run": str(Path(cfg.run).resolve()),
                "checkpoint": cfg.checkpoint, "step": model.step,
                "changed": {k: _plain(OmegaConf.select(run_cfg, k)) for k in changed},

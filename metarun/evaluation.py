@@ -6,7 +6,7 @@ test file, often imbalanced, so it also gets balanced accuracy and macro-F1 (`cl
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -17,6 +17,8 @@ from metarun.results import TestScores
 from metarun.stats import EvalResult, Scores, summarize
 from metarun.tasks import TestSet
 from metarun.episodes import Episode
+
+Advance = Callable[[int, int], None]  # told (done, total) after each episode scored: progress
 
 
 def classification_scores(predicted: torch.Tensor, target: torch.Tensor, n_classes: int | None = None) -> Scores:
@@ -51,13 +53,12 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def predict(
-    algorithm: Algorithm, params: Params, episodes: list[Episode], device: torch.device, query_batch: int = 512
-) -> list[torch.Tensor]:
+def predict(algorithm: Algorithm, params: Params, episodes: list[Episode], device: torch.device, query_batch: int = 512,
+            advance: Advance | None = None) -> list[torch.Tensor]:  # fmt: skip
     """Adapt on each episode's support set (a transductive algorithm also reads the query texts) and predict its query
     set, `query_batch` rows at a time: one tensor of predicted labels (on the CPU) per episode. Over several episodes,
     what adaptation leaves unchanged (the features, or the lower layers' hidden states) is computed once per text
-    (`algorithms.caching.cached`)."""
+    (`algorithms.caching.cached`). `advance(done, total)` is told after each episode (progress)."""
     episodes = [e.to(device) for e in episodes]
     predictions = []
     with eval_mode(algorithm.model):
@@ -72,25 +73,37 @@ def predict(
                     for start in range(0, len(episode.query_y), query_batch)
                 ]
             predictions.append(torch.cat(batches).cpu())
+            if advance is not None:
+                advance(len(predictions), len(episodes))
     return predictions
 
 
 def episode_scores(
-    algorithm: Algorithm, params: Params, episodes: Iterable[Episode], device: torch.device, query_batch: int = 512
+    algorithm: Algorithm,
+    params: Params,
+    episodes: Iterable[Episode],
+    device: torch.device,
+    query_batch: int = 512,
+    advance: Advance | None = None,
 ) -> list[Scores]:
     """Accuracy, balanced accuracy and macro-F1 of each episode's query set, in the episodes' order (under torchrun
     each process scores its share of the episodes, and every process gets all the scores)."""
     ranks = Ranks.current()
     share = ranks.share(list(episodes))
-    predictions = predict(algorithm, params, share, device, query_batch) if share else []
+    predictions = predict(algorithm, params, share, device, query_batch, advance) if share else []
     return ranks.gather([classification_scores(p, e.query_y, e.n_way) for p, e in zip(predictions, share)])
 
 
 def evaluate_scores(
-    algorithm: Algorithm, params: Params, episodes: Iterable[Episode], device: torch.device, query_batch: int = 512
+    algorithm: Algorithm,
+    params: Params,
+    episodes: Iterable[Episode],
+    device: torch.device,
+    query_batch: int = 512,
+    advance: Advance | None = None,
 ) -> dict[str, EvalResult]:
     """Each metric's mean over `episodes` with its 95% CI, by name (`stats.METRICS`)."""
-    return summarize(episode_scores(algorithm, params, episodes, device, query_batch))
+    return summarize(episode_scores(algorithm, params, episodes, device, query_batch, advance))
 
 
 def evaluate(
@@ -100,14 +113,18 @@ def evaluate(
     return evaluate_scores(algorithm, params, episodes, device, query_batch)["accuracy"]
 
 
-def score_test(algorithm: Algorithm, params: Params, test: TestSet, device: torch.device, seed: int) -> TestScores:
+def score_test(algorithm: Algorithm, params: Params, test: TestSet, device: torch.device, seed: int,
+               advance: Advance | None = None) -> TestScores:  # fmt: skip
     """Adapt and score on a family's meta-test: accuracy over sampled episodes, or every metric of each fixed task
     (intervals over tasks). Adaptation's own random draws (a fresh head) come from `seed`, so every command that
     tests a run gets the same numbers."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         if test.task_names is None:
-            return TestScores(evaluate(algorithm, params, test.episodes, device))
-        per_task = [(name, episode_scores(algorithm, params, [episode], device)[0])
-                    for name, episode in zip(test.task_names, test.episodes)]  # fmt: skip
+            return TestScores(evaluate_scores(algorithm, params, test.episodes, device, advance=advance)["accuracy"])
+        per_task = []
+        for name, episode in zip(test.task_names, test.episodes):
+            per_task.append((name, episode_scores(algorithm, params, [episode], device)[0]))
+            if advance is not None:
+                advance(len(per_task), len(test.episodes))
         return TestScores.of_tasks(per_task, test.label_names)

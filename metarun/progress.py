@@ -3,10 +3,11 @@ results table."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -19,8 +20,7 @@ from rich.tree import Tree
 
 from metarun.algorithms import TaskStats
 from metarun.config import group_options
-from metarun.stats import METRICS
-from metarun.stats import EvalResult
+from metarun.stats import METRICS, EvalResult
 
 console = Console()
 METRIC_HEADERS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1"}  # as shown
@@ -66,6 +66,33 @@ def print_where(label: str, folder: Path, uses: Sequence[tuple[str, str]] = ()) 
     console.print(f"[bold]{label}:[/bold] {folder}", highlight=False, soft_wrap=True)  # a path to copy
     for command, what in uses:
         console.print(f"  {command}   [dim]# {what}", highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[Callable[[int, int], None]]:
+    """Progress through a long phase (the meta-test's episodes), told by calling the yielded `advance(done, total)`:
+    a bar with rate and ETA on a terminal; in a log, a line at every tenth, with the time it took and the ETA."""
+    if console.quiet:
+        yield lambda done, total: None
+        return
+    if console.is_terminal:
+        columns = (TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn())  # fmt: skip
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(name, total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+        return
+    started, shown = time.monotonic(), set()
+
+    def advance(done: int, total: int) -> None:
+        tenth = 10 * done // total
+        if tenth > 0 and tenth not in shown:
+            shown.add(tenth)
+            elapsed = time.monotonic() - started
+            console.print(f"{name} {done}/{total} ({100 * done // total}%) | elapsed {_clock(elapsed)} | eta "
+                          f"{_clock(elapsed / done * (total - done))}", highlight=False, soft_wrap=True)  # fmt: skip
+
+    yield advance
 
 
 def _mean(values: Sequence[float]) -> float:

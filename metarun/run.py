@@ -23,7 +23,7 @@ from metarun.errors import RunInterrupted
 from metarun.evaluation import evaluate_scores, score_test
 from metarun.loop import TrainSettings, build_outer_optimizer, meta_train, meta_training_view
 from metarun.parts import build_algorithm, load_task, resolve_device, use_threads
-from metarun.progress import RunReporter, in_sweep, print_config, print_results, print_where
+from metarun.progress import RunReporter, in_sweep, phase, print_config, print_results, print_where
 from metarun.results import TEST_ACC, hparams, identity, title, val_key, validation_metrics
 from metarun.run_folder import claim_run_folder, folder_lock, write_text_atomically
 
@@ -102,7 +102,8 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
         best_val = state.best or evaluate_scores(algorithm, params, val_episodes, device)[cfg.eval.select_by]
         started = time.perf_counter()
         test_set = family.test_set(tokenizer, cfg.eval.test_episodes, cfg.eval.seed + 1)
-        test = score_test(algorithm, params, test_set, device, cfg.eval.seed + 1)
+        with phase("meta-test") as advance:
+            test = score_test(algorithm, params, test_set, device, cfg.eval.seed + 1, advance)
         timing = {
             "meta_train_seconds": train_seconds,
             "outer_step_median_seconds": statistics.median(state.step_seconds) if state.step_seconds else None,

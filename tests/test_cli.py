@@ -63,7 +63,11 @@ def test_synthetic_run_writes_everything_a_user_looks_for(tmp_path):
     assert chosen in " ".join(result.stdout.split())
     best = torch.load(run / "checkpoints/best.pt")
     assert best["step"] == metrics["best_step"] and best["step"] in (2, 3)
-    ending = result.stdout.split("meta-test", 1)[1]  # after the results: where the run is and what uses it
+    # the meta-test's progress in a log (stdout is not a terminal here): a line at every tenth, 6 episodes
+    progress = [line for line in result.stdout.splitlines() if line.startswith("meta-test ") and "|" in line]
+    assert [line.split(" | ")[0] for line in progress][-1] == "meta-test 6/6 (100%)" and len(progress) == 6
+    assert all(" | elapsed " in line and " | eta " in line for line in progress)
+    ending = result.stdout.rsplit("meta-test", 1)[1]  # after the results: where the run is and what uses it
     folder = run.resolve()
     for line in (f"writing to: {folder}", f"run folder: {folder}", f"metarun-eval run={folder}",
                  f"metarun-predict run={folder}", f"tensorboard --logdir {folder / 'tensorboard'}"):  # fmt: skip
