@@ -29,6 +29,7 @@ def predict(cfg: DictConfig) -> Path:
     if out.suffix.lower() not in OUTPUTS:
         raise UserError(f"out={cfg.out!r} is not valid: the predictions are written as JSONL or CSV, so give a path "
                         f"ending in {' or '.join(OUTPUTS)}.")  # fmt: skip
+    check_out(out, cfg)
     columns = {"text_column": cfg.text_column, "label_column": cfg.label_column, "max_chars": cfg.max_chars}
     support = load_local(cfg.support, **columns, setting="support")
     texts = load_texts(cfg.inputs, cfg.text_column, cfg.max_chars)
@@ -61,6 +62,21 @@ def predict(cfg: DictConfig) -> Path:
     write_text_atomically(out, _as_jsonl(rows) if out.suffix.lower() == ".jsonl" else _as_csv(rows, adapted.labels))
     console.print(f"wrote {len(rows)} predictions to {out}", highlight=False)
     return out
+
+
+def check_out(out: Path, cfg: DictConfig) -> None:
+    """`out` is a new file in a folder that exists: never one of the inputs, and another file only with
+    `overwrite=true`."""
+    read = {Path(cfg.support).resolve(): "support", Path(cfg.inputs).resolve(): "inputs"}
+    if out.resolve() in read:
+        raise UserError(f"out={cfg.out!r} is the {read[out.resolve()]} file: the predictions would overwrite what they "
+                        "are read from. Give out a path of its own.")  # fmt: skip
+    if not out.resolve().parent.is_dir():
+        raise UserError(f"out={cfg.out!r}: its folder {out.resolve().parent} does not exist; create it, or give out a "
+                        "path in an existing folder.")  # fmt: skip
+    if out.exists() and not cfg.overwrite:
+        raise UserError(f"out={cfg.out!r} already exists; metarun-predict does not write over a file unless asked. "
+                        "Give out another path, or add overwrite=true.")  # fmt: skip
 
 
 def _as_jsonl(rows: list[dict]) -> str:

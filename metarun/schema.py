@@ -132,6 +132,7 @@ class PredictConfig:
     support: str = MISSING  # labelled examples (JSONL, CSV or Parquet): any labels, any number of each
     inputs: str = MISSING  # the texts to label (JSONL, CSV or Parquet)
     out: str = MISSING  # where the predictions go: .jsonl or .csv
+    overwrite: bool = False  # true: write over an existing `out` (never over the support or inputs file)
     checkpoint: str = setting("best", choices=("best", "last"))
     text_column: str = "text"
     label_column: str = "label"

@@ -98,6 +98,26 @@ def test_texts_that_are_not_a_list_of_non_empty_strings_are_refused(tmp_path):
         model.adapt(support_x, support_y, unlabelled="one text")
 
 
+def test_metarun_predict_never_writes_over_its_inputs_and_over_a_file_only_when_asked(tmp_path, monkeypatch, run_cli):
+    folder = trained(tmp_path / "run", "algo=protonet")
+    (support_x, support_y), (query_x, _) = examples(folder, 3, [2, 2, 2])
+    support = write_rows(tmp_path / "support.csv", [{"text": t, "label": y} for t, y in zip(support_x, support_y)])
+    inputs = write_rows(tmp_path / "inputs.jsonl", [{"text": t} for t in query_x])
+    monkeypatch.chdir(tmp_path)
+    args = [f"run={folder}", f"support={support}", f"inputs={inputs}"]
+    kept = inputs.read_text()
+    for out, extra, message in ((inputs, ["overwrite=true"], "is the inputs file"),
+                                (tmp_path / "no" / "p.csv", [], "does not exist; create it")):  # fmt: skip
+        code, _, stderr = run_cli(cli.predict_main, *args, f"out={out}", *extra)
+        assert code == 2 and message in " ".join(stderr.split())
+    assert inputs.read_text() == kept
+    (tmp_path / "p.csv").write_text("mine\n")
+    code, _, stderr = run_cli(cli.predict_main, *args, "out=p.csv")
+    assert code == 2 and "already exists" in stderr and (tmp_path / "p.csv").read_text() == "mine\n"
+    assert run_cli(cli.predict_main, *args, "out=p.csv", "overwrite=true")[0] == 0
+    assert (tmp_path / "p.csv").read_text().startswith("text,label,")
+
+
 def test_metarun_predict_refuses_empty_input_texts(tmp_path, monkeypatch, run_cli):
     folder = trained(tmp_path / "run", "algo=protonet")
     (support_x, support_y), _ = examples(folder, 3, [2, 2, 2])
