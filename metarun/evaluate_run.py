@@ -68,7 +68,8 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
     seed = run_cfg.eval.seed + 1
     test_set = family.test_set(model.tokenizer, run_cfg.eval.test_episodes, seed, cfg.scored)
     params = model.head_of_size(run_cfg.task.n_way)
-    with phase("meta-test") as advance:
+    scored = "meta-test" if cfg.scored == "test" else f"{cfg.scored} files"  # fixed tasks' dev files are no test
+    with phase(scored) as advance:
         test = score_test(model.algorithm, params, test_set, model.device, seed, advance)
     metrics = {**test.metrics(), "scored": cfg.scored, "run": str(Path(cfg.run).resolve()),
                "checkpoint": cfg.checkpoint, "step": model.step,
@@ -77,7 +78,7 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=1))
     files = "" if family.tests_on_corpus else f" · its {cfg.scored} files"
-    print_results(f"{title(run_cfg)} · {cfg.checkpoint}.pt of {cfg.run}{files}", test.rows())
+    print_results(f"{title(run_cfg)} · {cfg.checkpoint}.pt of {cfg.run}{files}", test.rows(scored))
     print_where("scores written to", (output_dir / "metrics.json").resolve())
     return test.accuracy.mean
 

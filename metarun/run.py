@@ -125,13 +125,15 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
             "budget may be what limits this run; more outer steps (train.outer_steps) may still help."
         )
     folder = output_dir.resolve()
-    print_where("run folder", folder, [] if in_sweep() else uses_of_run(folder))  # a sweep ends with its own
+    uses = [] if in_sweep() else uses_of_run(folder, family.tests_on_corpus)  # a sweep ends with its own
+    print_where("run folder", folder, uses)
     return best_val.mean
 
 
-def uses_of_run(folder: Path) -> list[tuple[str, str]]:
-    """The commands that use a finished run's folder."""
+def uses_of_run(folder: Path, tests_on_corpus: bool) -> list[tuple[str, str]]:
+    """The commands that use a finished run's folder (other data only where its meta-test is drawn from data)."""
     run = shlex.quote(f"run={folder}")
-    return [(f"metarun-eval {run}", "score it again; on other data: data=... task.n_way=..."),
+    again = "score it again; on other data: data=... task.n_way=..." if tests_on_corpus else "score it again"
+    return [(f"metarun-eval {run}", again),
             (f"metarun-predict {run} support=<labelled file> inputs=<texts> out=<predictions.csv>", "label texts"),
             (f"tensorboard --logdir {shlex.quote(str(folder / 'tensorboard'))}", "its curves")]  # fmt: skip

@@ -69,6 +69,7 @@ def test_synthetic_run_writes_everything_a_user_looks_for(tmp_path):
     assert all(" | elapsed " in line and " | eta " in line for line in progress)
     ending = result.stdout.rsplit("meta-test", 1)[1]  # after the results: where the run is and what uses it
     folder = run.resolve()
+    assert "# score it again; on other data: data=" in " ".join(ending.split())  # its meta-test is drawn from data
     for line in (f"writing to: {folder}", f"run folder: {folder}", f"metarun-eval run={folder}",
                  f"metarun-predict run={folder}", f"tensorboard --logdir {folder / 'tensorboard'}"):  # fmt: skip
         assert line in (result.stdout if line.startswith("writing") else ending), line

@@ -98,13 +98,16 @@ def test_another_task_family_on_the_runs_own_data_is_refused(tmp_path):
         evaluated(folder, tmp_path / "eval", "task=class_splits", f"task.class_splits={tmp_path}")
 
 
-def test_scored_dev_scores_each_fixed_tasks_dev_file(tmp_path):
+def test_scored_dev_scores_each_fixed_tasks_dev_file(tmp_path, capsys):
     folder = trained(tmp_path / "run", "algo=protonet")
     train, test = other_data(tmp_path / "train.jsonl"), other_data(tmp_path / "test.jsonl")
     dev = tmp_path / "dev.jsonl"
     dev.write_text("".join(test.read_text().splitlines(keepends=True)[::3]))  # a third of the test file
     spec = f"task.eval_tasks=[{{name:mine,train:'{train}',dev:'{dev}',test:'{test}'}}]"
+    capsys.readouterr()
     on_dev = evaluated(folder, tmp_path / "dev", "task=fixed_tasks", spec, "task.n_way=12", "scored=dev")
+    scoring = capsys.readouterr().out.split("select_by", 1)[1]  # after the config: progress, the table, where
+    assert "dev files 1/1 (100%)" in scoring and "│ dev files" in scoring and "meta-test" not in scoring
     as_test = f"task.eval_tasks=[{{name:mine,train:'{train}',test:'{dev}'}}]"  # the same file named as the test
     expected = evaluated(folder, tmp_path / "as-test", "task=fixed_tasks", as_test, "task.n_way=12")
     assert on_dev["scored"] == "dev" and expected["scored"] == "test"
