@@ -11,7 +11,7 @@ from typing import ClassVar
 from omegaconf import MISSING
 
 from metarun.data import Corpus
-from metarun.episodes import MetaSplit, split_rows
+from metarun.episodes import MetaSplit
 from metarun.errors import UserError, brief
 from metarun.schema import schema
 from metarun.tasks.sampled import SampledEpisodes, SampledTaskConfig
@@ -30,7 +30,8 @@ class ClassSplits(SampledEpisodes):
     schema: ClassVar[type] = ClassSplitsConfig
     split_settings: ClassVar[tuple[str, ...]] = ("class_splits",)
 
-    def split(self, corpus: Corpus) -> dict[str, list[int]]:
+    def meta_split_of(self, corpus: Corpus) -> tuple[list[str], MetaSplit]:
+        """Each row's class, and the classes of each split: as the three files list them."""
         folder = Path(self.task.class_splits)
         listed = {name: read_labels(folder / file) for name, file in FILES.items()}
         twice = sorted(set(listed["train"]) & set(listed["val"]) | set(listed["train"]) & set(listed["test"])
@@ -44,8 +45,7 @@ class ClassSplits(SampledEpisodes):
                     f"task.class_splits={str(folder)!r}: the labels {brief(labels)} {problem}; every label of the "
                     f"data must be in exactly one of {', '.join(FILES.values())}."
                 )
-        self.meta_split = MetaSplit(**{name: sorted(labels) for name, labels in listed.items()})
-        return self.digested(corpus, split_rows(corpus.labels, self.meta_split))
+        return corpus.labels, MetaSplit(**{name: sorted(labels) for name, labels in listed.items()})
 
 
 def read_labels(path: Path) -> list[str]:

@@ -81,16 +81,18 @@ class SampledEpisodes(TaskFamily):
         return False
 
     def split(self, corpus: Corpus) -> dict[str, list[int]]:
-        """The meta-split of `corpus`'s classes (or domains), kept for `run_files`; each split's row indices."""
-        keys = corpus.labels if self.task.split_by == "class" else corpus.require_domains()
-        s = self.task.split
-        self.meta_split: MetaSplit = split_keys(keys, s.val, s.test, s.seed, self.task.split_by)
-        return self.digested(corpus, split_rows(keys, self.meta_split))
-
-    def digested(self, corpus: Corpus, rows: dict[str, list[int]]) -> dict[str, list[int]]:
-        """`rows`, with a digest of each split's rows kept for `run_files` (rows rewritten since are told apart)."""
+        """Each split's row indices; the meta-split and a digest of each split's rows are kept for `run_files` (rows
+        rewritten since are told apart)."""
+        keys, self.meta_split = self.meta_split_of(corpus)
+        rows = split_rows(keys, self.meta_split)
         self.digests = {name: rows_digest(corpus, index) for name, index in rows.items()}
         return rows
+
+    def meta_split_of(self, corpus: Corpus) -> tuple[list[str], MetaSplit]:
+        """Each row's split key (its class or domain), and the keys of each split: drawn by `task.split`."""
+        keys = corpus.labels if self.task.split_by == "class" else corpus.require_domains()
+        s = self.task.split
+        return keys, split_keys(keys, s.val, s.test, s.seed, self.task.split_by)
 
     def load(self, corpus: Corpus, tokenizer_for: Callable[[list[str]], Tokenizer]) -> Tokenizer:
         rows = self.split(corpus)
