@@ -11,7 +11,6 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from tempfile import gettempdir
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # tensorboard's optional TensorFlow import stays quiet
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # composition errors reach `main` whole, to be told in one paragraph
@@ -27,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from metarun.config import (  # noqa: E402
     CONF_DIR,
+    aside_folder,
     config_groups,
     group_options,
     process_rank,
@@ -72,12 +72,12 @@ def app(cfg: DictConfig) -> float:
 
 @contextlib.contextmanager
 def aside_folder_removed(hydra_cfg) -> Iterator[None]:
-    """Under torchrun a rank above 0 gets a folder aside (`config._run_dir`) for Hydra's logs: gone when it ends."""
+    """Under torchrun a rank above 0 gets a folder aside (`config.aside_folder`) for Hydra's logs: gone when it ends."""
     try:
         yield
     finally:
         folder = Path(hydra_cfg.runtime.output_dir)
-        if process_rank() > 0 and folder.name.startswith("metarun-rank") and folder.parent == Path(gettempdir()):
+        if process_rank() > 0 and folder == aside_folder():  # not a hydra.run.dir given on the command line
             shutil.rmtree(folder, ignore_errors=True)
 
 

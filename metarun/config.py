@@ -88,10 +88,13 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def aside_folder() -> Path:
+    """Under torchrun, where a rank above 0 keeps Hydra's logs: rank 0 alone writes the run's folder."""
+    return Path(tempfile.gettempdir()) / f"metarun-rank{process_rank()}-{_RUN_ID}"
+
+
 def _run_dir(resume: str | None, default: str) -> str:
-    if process_rank() > 0:  # under torchrun rank 0 alone writes the run's folder; Hydra's logs of the others go aside
-        return str(Path(tempfile.gettempdir()) / f"metarun-rank{process_rank()}-{_RUN_ID}")
-    return resume or default
+    return str(aside_folder()) if process_rank() > 0 else resume or default
 
 
 def _hydra_subdir(resume: str | None) -> str | None:
