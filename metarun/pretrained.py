@@ -1,5 +1,6 @@
-"""Pretrained Hugging Face encoders (the optional `hf` extra): weights, config and tokenizer from a local
-folder, an installed model package, or the Hub; mean pooling as sentence-transformers does; an N-way head.
+"""Pretrained Hugging Face encoders (the optional `hf` extra): config, weights and tokenizer from a model folder
+(`metarun.hf_folder`: a local folder in transformers' or sentence-transformers' layout, an installed model package,
+or the Hub), pooled as the folder prescribes (mean, cls or max) or as `model.pooling` says, and an N-way head.
 
 Weights are read with safetensors only (never pickle) and checked against a sha256 when the config gives one.
 """
@@ -7,13 +8,7 @@ Weights are read with safetensors only (never pickle) and checked against a sha2
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib
-import importlib.util
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -23,12 +18,11 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from metarun.errors import UserError
+from metarun.hf_folder import POOLINGS, WEIGHTS, chosen_pooling, folder_layout, load_weights
+from metarun.hf_folder import model_folder as model_folder  # re-exported: its home before metarun.hf_folder
 from metarun.model import EncoderClassifier, ModelConfig
 from metarun.schema import schema, setting
 from metarun.tokens import PAD_ID, swap_padding
-
-WEIGHTS = "model.safetensors"
-HUB_FILES = ["*.json", "*.txt", "*.model", WEIGHTS]  # config, tokenizer and weights; never *.bin (pickle)
 
 
 def _require_transformers():
@@ -42,59 +36,10 @@ def _require_transformers():
     return transformers
 
 
-@functools.cache
-def model_folder(name_or_path: str, package: str | None = None) -> Path:
-    """Where the model's files are: a local folder, else an installed model package's folder, else a Hub snapshot."""
-    if Path(name_or_path).is_dir():
-        return Path(name_or_path)
-    if package and importlib.util.find_spec(package):
-        return Path(importlib.import_module(package).get_model_path())
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name_or_path, allow_patterns=HUB_FILES))
-    except Exception as error:  # offline, unknown name, no permission: the user's next step is the same
-        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-        route = f"pip install {package.replace('_', '-')}, or " if package else ""
-        raise UserError(
-            f"model.name_or_path={name_or_path!r} is neither a local folder nor a model the Hub could "
-            f"serve{offline}: {type(error).__name__}. To run offline, {route}give model.name_or_path=/path/to/folder "
-            f"with config.json, {WEIGHTS} and the tokenizer files."
-        ) from None
-
-
-def verify_sha256(path: Path, expected: str) -> None:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected.lower():
-        raise UserError(
-            f"{path} has sha256 {digest.hexdigest()}, but model.sha256={expected}: the weights file is not the "
-            "one this config names (tampered with or truncated). Reinstall or re-download it, or set "
-            "model.sha256=null for weights you trust."
-        )
-
-
-def load_weights(folder: Path, sha256: str | None) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    path = folder / WEIGHTS
-    if not path.is_file():
-        others = sorted(p.name for p in folder.glob("*.bin")) or ["none"]
-        raise UserError(
-            f"{folder} has no {WEIGHTS} (pickle weights found: {', '.join(others)}). metarun loads weights with "
-            "safetensors only, never pickle; convert them first, e.g. save_pretrained(..., safe_serialization=True)."
-        )
-    if sha256:
-        verify_sha256(path, sha256)
-    return load_file(path)
-
-
 def pretrained_tokenizer(name_or_path: str, max_len: int, package: str | None = None):
     """The model's own fast tokenizer (a `tokenizers.Tokenizer`), truncating and padding to `max_len`."""
     transformers = _require_transformers()
-    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(model_folder(name_or_path, package))
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder_layout(name_or_path, package).encoder)
     if not hf_tokenizer.is_fast or hf_tokenizer.pad_token_id is None:
         raise UserError(f"{name_or_path!r} needs a fast tokenizer with a padding token for metarun.")
     tokenizer = hf_tokenizer.backend_tokenizer
@@ -120,8 +65,9 @@ class PretrainedConfig(ModelConfig):
     package: Optional[str] = None  # an installed Python package that ships the model folder, tried first
     sha256: Optional[str] = None  # of model.safetensors: checked before loading when given
     dropout: Optional[float] = setting(None, least=0.0, below=1.0)  # null keeps the model config's own
-    pooling: Optional[str] = setting(None, choices=("mean", "cls"))  # null: as the folder prescribes (mean else)
-    normalize: Optional[bool] = None  # null: as the folder prescribes (a Normalize module)
+    # null: as the folder's sentence-transformers Pooling config prescribes, mean where it has none
+    pooling: Optional[str] = setting(None, choices=POOLINGS)
+    normalize: Optional[bool] = None  # null: as the folder prescribes (L2, where modules.json lists a Normalize)
 
 
 @dataclass(frozen=True)
@@ -136,20 +82,16 @@ class PretrainedTokenizer:
         return pretrained_tokenizer(self.name_or_path, self.max_len, self.package)
 
 
-def prescribed_pooling(folder: Path) -> tuple[str, bool]:
-    """The pooling mode and normalisation a sentence-transformers folder prescribes; mean, unnormalised otherwise."""
-    config, modules = folder / "1_Pooling" / "config.json", folder / "modules.json"
-    mode = "mean"
-    if config.is_file():
-        modes = [k.removeprefix("pooling_mode_") for k, on in json.loads(config.read_text()).items() if on is True]
-        mode = {"mean_tokens": "mean", "cls_token": "cls"}.get(modes[0] if len(modes) == 1 else "", "")
-        if not mode:
-            raise UserError(
-                f"{config} asks for pooling {modes}; metarun pools by mean_tokens or cls_token only. Set "
-                "model.pooling=mean or model.pooling=cls to choose one."
-            )
-    normalize = modules.is_file() and any(m["type"].endswith("Normalize") for m in json.loads(modules.read_text()))
-    return mode, normalize
+def pool(hidden: torch.Tensor, keep: torch.Tensor, mode: str) -> torch.Tensor:
+    """One vector per text from its token states [rows, length, width], as sentence-transformers pools them:
+    the first ([CLS]) token's, or the mean or the maximum over the tokens `keep` marks (not the padding)."""
+    if mode == "cls":
+        return hidden[:, 0]
+    keep = keep.unsqueeze(-1)
+    if mode == "max":
+        return hidden.masked_fill(~keep, torch.finfo(hidden.dtype).min).amax(1)
+    weights = keep.to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 class PretrainedClassifier(EncoderClassifier):
@@ -177,7 +119,10 @@ class PretrainedClassifier(EncoderClassifier):
     ) -> None:
         super().__init__()
         transformers = _require_transformers()
-        folder = model_folder(name_or_path, package)
+        layout = folder_layout(name_or_path, package)
+        self.pooling = chosen_pooling(layout, pooling)  # first: a pooling metarun lacks stops before any loading
+        self.normalize = layout.normalize if normalize is None else normalize
+        folder = layout.encoder
         config = transformers.AutoConfig.from_pretrained(folder)
         if dropout is not None:  # fine-tuning dropout: hidden states and attention probabilities alike
             keys = ("hidden_dropout_prob", "attention_probs_dropout_prob")
@@ -202,9 +147,6 @@ class PretrainedClassifier(EncoderClassifier):
         embeddings = self.encoder.get_input_embeddings().num_embeddings
         if vocab_size > embeddings:
             raise UserError(f"The tokenizer has {vocab_size} tokens but {folder} embeds only {embeddings}.")
-        default_mode, default_normalize = prescribed_pooling(folder)
-        self.pooling = pooling or default_mode
-        self.normalize = default_normalize if normalize is None else normalize
         self.pad_id = pad_id  # max_len is the tokenizer's (it truncates); position embeddings are the model's
         self.head = nn.Linear(config.hidden_size, n_classes)
 
@@ -241,9 +183,5 @@ class PretrainedClassifier(EncoderClassifier):
             hidden = self.encoder(input_ids=ids, attention_mask=keep.long()).last_hidden_state
         else:
             hidden = self.run_layers(hidden, tokens, from_layer)
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = keep.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        pooled = pool(hidden, keep, self.pooling)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
