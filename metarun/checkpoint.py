@@ -29,7 +29,7 @@ from metarun.stats import EvalResult
 FORMAT = 4  # the layout below (4: the task family named in the config); 3 is read as 4, any other is refused
 USE = ("format", "metarun_version", "step", "model", "extra", "config", "tokenizer", "best", "best_step")  # best.pt
 # settings a resumed run may change: they do not touch the maths of meta-training
-RESUMABLE_CHANGES = ("train.resume", "debug", "device.name", "choices.device")
+RESUMABLE_CHANGES = ("train.resume", "train.keep_last", "debug", "device.name", "choices.device")
 
 
 @dataclass
@@ -265,7 +265,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     """A metarun checkpoint, read with `weights_only=True` (tensors and plain values only: a crafted pickle never
     runs), or one paragraph saying why it cannot be used."""
     if not path.is_file():
-        raise UserError(f"No checkpoint at {path}; a run writes checkpoints/last.pt at its first validation.")
+        raise UserError(f"No checkpoint at {path}; a run writes checkpoints/last.pt at its first validation (and "
+                        "removes it when it finishes with train.keep_last=false).")  # fmt: skip
     check_archive(path)
     try:
         saved = torch.load(path, map_location=device, weights_only=True)

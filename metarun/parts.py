@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 from metarun.algorithms import Algorithm
 from metarun.errors import UserError
 from metarun.tasks import TaskFamily
+from metarun.threads import choose_threads
 from metarun.tokenizer import make_tokenizer, padding_id
 
 
@@ -26,9 +27,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def use_threads(device: DictConfig) -> None:
-    """`device.threads`: torch's CPU threads in this process (null keeps torch's own choice, one per core)."""
-    if device.threads:
-        torch.set_num_threads(device.threads)
+    """torch's CPU threads in this process: `device.threads`, else as `metarun.threads.choose_threads` decides."""
+    torch.set_num_threads(choose_threads(device.threads).threads)
 
 
 def resolve_precision(name: str, device: torch.device, prefers_bf16: bool) -> torch.dtype | None:

@@ -21,6 +21,7 @@ from rich.tree import Tree
 from metarun.algorithms import TaskStats
 from metarun.config import group_options
 from metarun.stats import METRICS, EvalResult
+from metarun.threads import choose_threads
 
 console = Console()
 METRIC_HEADERS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1"}  # as shown
@@ -48,11 +49,16 @@ def print_config(cfg: DictConfig, saved_in_sweeps: bool = False, chosen: dict | 
         first = [k for k in TITLE_ORDER if k in chosen]  # the presets first, then the main parts
         chosen = {k: chosen[k] for k in [*first, *sorted(set(chosen) - set(first))]}
     title = "[bold]config" + (" [dim](" + ", ".join(f"{k}={v}" for k, v in chosen.items()) + ")" if chosen else "")
+    shown = OmegaConf.to_container(cfg, resolve=True)
+    if "device" in shown:  # the thread count chosen, and from what, where the config leaves it to metarun
+        threads = choose_threads(shown["device"]["threads"])
+        shown["device"]["threads"] = f"{threads.threads} ({threads.why})"
     if saved_in_sweeps and hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.output_subdir:
         saved = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"
-        console.print(f"{title}[/dim] in full: {saved}", highlight=False, soft_wrap=True)  # a path to copy
+        threads = f" [dim]| threads {shown['device']['threads']}[/dim]" if "device" in shown else ""
+        console.print(f"{title}[/dim] in full: {saved}{threads}", highlight=False, soft_wrap=True)  # a path to copy
         return
-    console.print(_tree(OmegaConf.to_container(cfg, resolve=True), Tree(title)))
+    console.print(_tree(shown, Tree(title)))
 
 
 def in_sweep() -> bool:

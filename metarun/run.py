@@ -115,6 +115,8 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
         if ranks.is_main:
             write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=1))
             write_text_atomically(output_dir / "timing.json", json.dumps(timing, indent=1))
+            if not cfg.train.keep_last:  # finished: nothing left to resume
+                checkpoints.last_path.unlink(missing_ok=True)
         final = (TEST_ACC, val_key(cfg.eval.select_by), "test_balanced_acc", "test_macro_f1")
         reporter.log_hparams(hparams(cfg), {f"hparam/{k}": metrics[k] for k in final if metrics[k] is not None})
 

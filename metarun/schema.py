@@ -65,7 +65,7 @@ class DeviceConfig:
     name: str = setting("auto", choices=("auto", "cpu", "cuda"))
     # auto: bf16 autocast for pretrained encoders on CUDA, else float32
     precision: str = setting("auto", choices=PRECISIONS)
-    threads: Optional[int] = setting(None, least=1)  # torch's CPU threads in this process; null: one per core
+    threads: Optional[int] = setting(None, least=1)  # torch's CPU threads; null: the idle share of usable CPUs
 
 
 @dataclass
@@ -86,6 +86,7 @@ class TrainConfig:
     average_from: Optional[int] = setting(None, least=1)
     diagnostic_scores: bool = False  # forwards only for logging: the query before adaptation, Reptile's query after
     resume: Optional[str] = None  # a run folder: continue that run from its checkpoints/last.pt
+    keep_last: bool = True  # false: a run that finishes removes last.pt (resume state); best.pt is what use needs
 
 
 @dataclass

@@ -4,6 +4,7 @@
     python scripts/bench.py --models small,base --inner-steps 1,5,10,20
     python scripts/bench.py --memory                 # second order, store vs recompute, model=base, 1..20 steps
     python scripts/bench.py --loop                   # a real `metarun` run's outer step vs the pure meta-step
+    python scripts/bench.py --busy 1                 # default threads vs device.threads=1..N, idle and 1 CPU busy
     python scripts/bench.py --device cuda --batched  # on a GPU, with tasks batched under vmap as well
     python scripts/bench.py --doc docs/performance.md    # also rewrite that document's bench sections
 
@@ -33,7 +34,12 @@ from pathlib import Path
 import torch
 
 from docsection import rewrite_section  # scripts/docsection.py, beside this script
-from bench_timing import loop_overhead, rank_scaling, worker  # scripts/bench_timing.py, beside this script
+from bench_timing import (
+    loop_overhead,
+    rank_scaling,
+    thread_choice,
+    worker,
+)  # scripts/bench_timing.py, beside this script
 from bench_workloads import ALGOS, PEERS, Setting, meta_gradient  # scripts/bench_workloads.py, beside this script
 
 
@@ -125,6 +131,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory", action="store_true", help="second order: store vs recompute vs peers")
     parser.add_argument("--loop", action="store_true", help="full metarun loop vs the pure meta-step")
     parser.add_argument("--ranks", type=int, help="N torchrun processes x 1 thread vs 1 process x N threads")
+    parser.add_argument("--busy", type=int, help="default threads vs each device.threads, idle and with N spinners")
     loop_run = ["data=synthetic", "model=small", "algo=maml", "task.k_shot=5", "eval.val_episodes=5",
                 "eval.test_episodes=5", "eval.val_interval=100000"]  # fmt: skip
     parser.add_argument("--loop-overrides", type=split, default=loop_run)
@@ -139,8 +146,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--doc", type=Path, help="rewrite this document's bench sections (docs/performance.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.ranks and args.device != "cpu":
-        parser.error("--ranks compares CPU processes with CPU threads; it takes no --device")
+    if (args.ranks or args.busy) and args.device != "cpu":
+        parser.error("--ranks and --busy time CPU threads; they take no --device")
     if args.memory:
         args.algos, args.models = ["maml"], args.models if args.models != ["reference"] else ["base"]
         args.inner_steps = args.inner_steps if args.inner_steps != [5] else [1, 5, 10, 20]
@@ -167,6 +174,8 @@ def main(argv: list[str] | None = None) -> str:
         body = f"{header}\n\n{loop_overhead(args)}"
     elif args.ranks:
         body = f"{header}\n\n{rank_scaling(args)}"
+    elif args.busy:
+        body = f"{header}\n\n{thread_choice(args)}"
     else:
         impls = ["metarun", "metarun-recompute"] if args.memory else ["metarun"]
         impls += ["metarun-batched"] if args.batched else []
@@ -185,7 +194,17 @@ def main(argv: list[str] | None = None) -> str:
         memory = "peak extra GPU memory" if args.device == "cuda" else "peak extra RSS"
         body = markdown(speed_table(results, unit), header, memory)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "loop" if args.loop else "ranks" if args.ranks else "memory" if args.memory else "speed"
+    name = (
+        "loop"
+        if args.loop
+        else "ranks"
+        if args.ranks
+        else "threads"
+        if args.busy
+        else "memory"
+        if args.memory
+        else "speed"
+    )
     name += "-cuda" if args.device == "cuda" else ""
     (args.out / f"{name}.md").write_text(body)
     if args.doc:

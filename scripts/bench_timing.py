@@ -129,6 +129,14 @@ def loop_overhead(args: argparse.Namespace) -> str:
     )
 
 
+def timed_run(command: list[str], folder: Path, env: dict) -> dict:
+    """Run a metarun command line into `folder`; its timing.json."""
+    done = subprocess.run([*command, f"hydra.run.dir={folder}"], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{shlex.join(command)} failed:\n{done.stderr[-3000:]}")
+    return json.loads((folder / "timing.json").read_text())
+
+
 def rank_scaling(args: argparse.Namespace) -> str:
     """One real metarun run as `--ranks` processes of one thread (torchrun, gloo) against one process of that many
     threads, at the same global meta-batch; rounds alternate the two, and each side's median outer step counts."""
@@ -145,15 +153,47 @@ def rank_scaling(args: argparse.Namespace) -> str:
         for side, (command, threads) in sides.items():
             print(f"round {round_ + 1}/{args.rounds}: {side}", flush=True)
             folder = args.out / "ranks" / f"{len(steps_s[side])}-{threads}"
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            done = subprocess.run([*command, *overrides, f"hydra.run.dir={folder}"], capture_output=True, text=True,
-                                  env=env)  # fmt: skip
-            if done.returncode != 0:
-                raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
-            steps_s[side].append(json.loads((folder / "timing.json").read_text())["outer_step_median_seconds"])
+            timing = timed_run([*command, *overrides], folder, {**os.environ, "OMP_NUM_THREADS": str(threads)})
+            steps_s[side].append(timing["outer_step_median_seconds"])
     (one, one_s), (many, many_s) = ((side, statistics.median(v)) for side, v in steps_s.items())
     return (
         f"Data-parallel meta-training (`{shlex.join(['metarun', *overrides])}`), median outer step: {one} "
         f"{1000 * one_s:.0f} ms, {many} {1000 * many_s:.0f} ms; the processes take {many_s / one_s:.2f}x the time "
         f"of the threads.\n"
+    )
+
+
+def thread_choice(args: argparse.Namespace) -> str:
+    """One real metarun run with its default threads against every explicit `device.threads`, on idle CPUs and with
+    `--busy` other processes spinning; rounds interleave the settings, and each one's median run time counts."""
+    steps = args.steps + args.warmup
+    overrides = [*args.loop_overrides, f"train.outer_steps={steps}"]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the default is metarun's own choice
+    cpus, metarun = len(os.sched_getaffinity(0)), str(Path(sys.executable).with_name("metarun"))
+    out = args.out / f"threads-{time.strftime('%Y%m%d-%H%M%S')}"  # a folder of this benchmark's own runs
+    settings = {"default": [], **{f"device.threads={n}": [f"device.threads={n}"] for n in range(1, cpus + 1)}}
+    lines = []
+    for busy in (0, args.busy):
+        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+        try:
+            seconds: dict[str, list[float]] = {name: [] for name in settings}
+            for round_ in range(args.rounds):
+                for name, extra in settings.items():
+                    print(f"{busy} busy, round {round_ + 1}/{args.rounds}: {name}", flush=True)
+                    folder = out / f"{busy}-busy-{name}-{round_}"
+                    timing = timed_run([metarun, *overrides, *extra], folder, env)
+                    seconds[name].append(timing["meta_train_seconds"] + timing["test_seconds"])
+        finally:
+            for spinner in spinners:
+                spinner.kill()
+        median = {name: statistics.median(v) for name, v in seconds.items()}
+        best = min((m, name) for name, m in median.items() if name != "default")
+        cells = ", ".join(f"{name} {m:.1f} s" for name, m in median.items())
+        ratio = median["default"] / best[0]
+        lines.append(f"- {busy} other busy processes on {cpus} CPUs: {cells}; the default takes {ratio:.2f}x the "
+                     f"time of the best explicit setting ({best[1]}).")  # fmt: skip
+    return (
+        f"Threads (`{shlex.join(['metarun', *overrides])}`), median of meta-training and meta-test time:\n\n"
+        + "\n".join(lines)
+        + "\n"
     )

@@ -7,6 +7,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+import metarun
+
 REPO = Path(__file__).resolve().parents[1]
 # build from a copy: an in-tree build writes build/ and *.egg-info into the shared checkout, and reuses stale ones
 NOT_SOURCE = (".venv", ".git", "build", "dist", "outputs", "multirun", "*.egg-info", "__pycache__", ".*_cache")
@@ -52,3 +56,18 @@ def test_wheel_ships_the_configs_and_the_installed_command_composes_them(tmp_pat
     assert "_target_: metarun.algorithms.MAML" in composed and "outer_steps:" in composed
     searchpath = run([str(command), "--info", "searchpath"], elsewhere, env)
     assert f"file://{site / 'metarun' / 'conf'}" in searchpath and str(REPO / "conf") not in searchpath
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("pipx") is None, reason="needs pipx on PATH (pip install pipx)")
+def test_pipx_install_takes_a_torch_of_the_tested_range_and_the_command_runs(tmp_path):
+    """The README's `pipx install .`: torch comes from the range pyproject.toml gives, and `metarun` runs."""
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    env = {**os.environ, "PIPX_HOME": str(tmp_path / "pipx"), "PIPX_BIN_DIR": str(tmp_path / "bin")}
+    done = subprocess.run(["pipx", "install", str(source)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    python = tmp_path / "pipx" / "venvs" / "metarun" / "bin" / "python"
+    version = run([str(python), "-c", "import torch; print(torch.__version__)"], tmp_path).strip()
+    assert (2, 11) <= tuple(int(part) for part in version.split(".")[:2]) < (2, 14), version
+    assert run([str(tmp_path / "bin" / "metarun"), "--version"], tmp_path).strip() == f"metarun {metarun.__version__}"

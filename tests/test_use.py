@@ -143,6 +143,15 @@ def test_best_pt_holds_what_using_the_model_needs_and_format_3_still_loads(tmp_p
     torch.testing.assert_close(load(folder).adapt(support_x, support_y).predict_proba(query_x), expected)
 
 
+def test_keep_last_false_leaves_only_best_pt_which_still_loads_and_scores(tmp_path, run_cli):
+    folder = trained(tmp_path / "run", "algo=maml", "train.keep_last=false")
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.pt"]
+    (support_x, support_y), (query_x, _) = examples(folder, 3, [2, 2, 2])
+    assert load(folder).adapt(support_x, support_y).predict_proba(query_x).shape == (len(query_x), 3)
+    code, _, stderr = run_cli(cli.eval_main, f"run={folder}", "checkpoint=last")
+    assert code == 2 and "it has best.pt: ask for checkpoint=best" in " ".join(stderr.split())
+
+
 def test_load_names_what_is_missing(tmp_path):
     with pytest.raises(UserError, match="holds no checkpoint"):
         load(tmp_path)
