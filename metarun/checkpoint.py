@@ -9,11 +9,10 @@ hold what a later load checks against: the run's config, its tokenizer and the c
 from __future__ import annotations
 
 import io
-import pickle
+import json
 import random
 import shutil
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +21,11 @@ import torch
 import metarun
 from metarun.algorithms import Algorithm
 from metarun.distributed import Ranks
-from metarun.errors import UserError, brief
+from metarun.checkpoint_file import FORMAT, load_checkpoint
+from metarun.errors import UserError
 from metarun.run_folder import write_atomically
 from metarun.stats import EvalResult
 
-FORMAT = 4  # the layout below (4: the task family named in the config); 3 is read as 4, any other is refused
 USE = ("format", "metarun_version", "step", "model", "extra", "config", "tokenizer", "best", "best_step")  # best.pt
 # settings a resumed run may change: they do not touch the maths of meta-training
 RESUMABLE_CHANGES = ("train.resume", "train.keep_last", "debug", "device.name", "choices.device")
@@ -42,6 +41,7 @@ class TrainState:
     step_seconds: list[float] = field(default_factory=list)  # this process's outer steps, validation excluded
     average: dict[str, torch.Tensor] | None = None  # train.average_from: the mean of the weights validated so far
     averaged: int = 0  # how many validation steps' weights `average` holds
+    train_seconds: float | None = 0.0  # meta-training's time up to `step`, resumes included; None: not known
 
 
 def same_run_config(config: dict) -> dict:
@@ -118,6 +118,10 @@ class Checkpoints:
     def last_path(self) -> Path:
         return self.folder / "last.pt"
 
+    @property
+    def clock_path(self) -> Path:
+        return self.folder / "clock.json"
+
     def prepare(self, algorithm: Algorithm) -> None:
         """Before training: leftovers of a killed write are gone, and the disk has room for both checkpoints
         (weights plus Adam's two moments, with a copy in flight). Only rank 0 writes checkpoints."""
@@ -166,6 +170,8 @@ class Checkpoints:
                 weights = payload["model"] if state.average is None else {**payload["model"], **state.average}
                 self._write({**{k: payload[k] for k in USE}, "model": weights}, self.best_path)
             self._write(payload, self.last_path)
+            clock = {"step": state.step, "train_seconds": state.train_seconds}  # kept apart: last.pt stays exact
+            write_atomically(self.clock_path, json.dumps(clock).encode(), run_folder=self.folder.parent)
         # what was saved, known to every rank: load_best runs on all of them
         self.best_step = state.step if is_best else self.best_step
         self.last_step = state.step
@@ -196,10 +202,17 @@ class Checkpoints:
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
         best = None if saved["best"] is None else EvalResult(**saved["best"])
         self.best_step, self.last_step = saved["best_step"], saved["step"]
-        # checkpoints of earlier versions hold no average
-        return TrainState(
-            saved["step"], best, saved["best_step"], average=saved.get("average"), averaged=saved.get("averaged", 0)
-        )
+        kept = {"average": saved.get("average"), "averaged": saved.get("averaged", 0),  # none in earlier versions
+                "train_seconds": self._train_seconds(saved["step"])}  # fmt: skip
+        return TrainState(saved["step"], best, saved["best_step"], **kept)
+
+    def _train_seconds(self, step: int) -> float | None:
+        """Meta-training's time up to `step`, as the clock file beside last.pt says; None when it says nothing."""
+        try:
+            clock = json.loads(self.clock_path.read_text())
+        except (OSError, ValueError):  # a run of an earlier version, or a damaged file: the time is not known
+            return None
+        return clock.get("train_seconds") if clock.get("step") == step else None
 
     def _check_same_run(self, saved: dict) -> None:
         check_same_settings(saved, self.config, self.last_path)
@@ -225,71 +238,3 @@ class Checkpoints:
             restore_weights(algorithm, saved)
         ranks.copy_from_main(list(algorithm.trained_tensors().values()))
         return self.best_step
-
-
-def check_archive(path: Path) -> None:
-    """A checkpoint is torch.save's zip archive, and every member matches the CRC-32 stored with it: bytes changed
-    on disk (bit flips in the weights) are refused instead of loading as other weights."""
-    damaged = "the file is not a zip archive, as torch.save writes"
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-            damaged = None if bad is None else f"{bad} does not match its CRC-32"
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:  # truncated, or a damaged header
-        damaged = " ".join(str(error).split()[:16])
-    if damaged:
-        raise UserError(
-            f"{path} is corrupt or truncated, or not a checkpoint metarun wrote ({damaged}). Delete it; to resume, a "
-            "run needs a complete checkpoints/last.pt (best.pt is a copy of an earlier validation step), else start "
-            "again."
-        )
-
-
-COLUMNS_OF_FORMAT_3 = {"text_column": "text", "label_column": "label", "max_chars": 5000}  # load_local's defaults
-
-
-def _format_3_as_4(saved: dict) -> dict:
-    """A checkpoint of format 3, whose config named no task family: fixed evaluation tasks made it FixedTasks."""
-    task, data = dict(saved["config"]["task"]), saved["config"]["data"]
-    fixed = bool(task.get("eval_tasks"))
-    if fixed:  # the task files were read with the data's columns and cut
-        task.update({k: data.get(k, default) for k, default in COLUMNS_OF_FORMAT_3.items()})
-    else:
-        task = {k: v for k, v in task.items() if k not in ("eval_tasks", "eval_shots")}
-    task = {"_target_": f"metarun.tasks.{'FixedTasks' if fixed else 'SampledEpisodes'}", **task}
-    return {**saved, "format": FORMAT, "config": {**saved["config"], "task": task}}
-
-
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """A metarun checkpoint, read with `weights_only=True` (tensors and plain values only: a crafted pickle never
-    runs), or one paragraph saying why it cannot be used."""
-    if not path.is_file():
-        raise UserError(f"No checkpoint at {path}; a run writes checkpoints/last.pt at its first validation (and "
-                        "removes it when it finishes with train.keep_last=false).")  # fmt: skip
-    check_archive(path)
-    try:
-        saved = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise UserError(
-            f"{path} was refused: it holds Python objects other than tensors and plain values, which metarun never "
-            f"writes and will not run ({' '.join(str(error).split()[:12])} ...). Use a checkpoint that metarun wrote."
-        ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise UserError(
-            f"{path} is corrupt or truncated ({' '.join(str(error).split()[:16])}). Delete it; to resume, a run needs "
-            "a complete checkpoints/last.pt (best.pt is a copy of an earlier validation step), else start again."
-        ) from error
-    if isinstance(saved, dict) and saved.get("format") == 3:
-        saved = _format_3_as_4(saved)
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-        found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
-        raise UserError(
-            f"{path} is not a metarun checkpoint of format {FORMAT} (found {found!r}; written by metarun "
-            f"{saved.get('metarun_version', 'unknown') if isinstance(saved, dict) else 'unknown'}, this is "
-            f"{metarun.__version__}). Use the metarun version that wrote it, or start a new run."
-        )
-    missing = [k for k in ("model", "config", "tokenizer", "step") if k not in saved]
-    if missing:
-        raise UserError(f"{path} lacks {brief(missing)}; it is not a complete metarun checkpoint.")
-    return saved

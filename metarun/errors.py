@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import logging
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -45,9 +46,15 @@ def brief(values, limit: int = 8) -> str:
 
 
 def report(message: str, title: str = "metarun error") -> None:
+    """`message` on stderr, and in the run's log files (`cli.log`), so that a failed run's folder says why."""
     from rich.console import Console
+    from rich.text import Text
 
     Console(stderr=True, soft_wrap=True).print(f"[bold red]{title}:[/] {message}", highlight=False, markup=True)
+    record = logging.LogRecord("metarun", logging.ERROR, __file__, 0, f"{title}: {Text.from_markup(message)}", (), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):  # not the console's: the message is on screen already
+            handler.handle(record)
 
 
 def unknown_setting(name: str, fields: list[str]) -> str:

@@ -11,7 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from metarun.checkpoint import load_checkpoint
+from metarun.checkpoint_file import load_checkpoint
 from metarun.config import check_config
 from metarun.errors import UserError
 from metarun.evaluation import score_test

@@ -136,6 +136,7 @@ def meta_train(
     trained = list(algorithm.trained_tensors().values())
     algorithm.model.train()
     stop = StopRequests()
+    before, entered = state.train_seconds, time.perf_counter()
     with stop_signals(stop.request):
         for step in range(state.step + 1, settings.outer_steps + 1):
             started = time.perf_counter()
@@ -174,6 +175,7 @@ def meta_train(
                     state.best, state.best_step = val, step
             if Ranks.current().any(stop.signum is not None):  # every process stops after the same step
                 stop.signum = stop.signum or signal.SIGTERM
+            state.train_seconds = None if before is None else before + time.perf_counter() - entered
             if validates or stop.signum:
                 checkpoints.save(algorithm, optimizer, schedule, rng, state, is_best)
             if stop.signum:

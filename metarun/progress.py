@@ -21,7 +21,7 @@ from rich.tree import Tree
 from metarun.algorithms import TaskStats
 from metarun.config import group_options
 from metarun.stats import METRICS, EvalResult
-from metarun.threads import choose_threads
+from metarun.threads import SWEEP_JOBS, choose_threads, sharing_processes
 
 console = Console()
 METRIC_HEADERS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1"}  # as shown
@@ -66,6 +66,16 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def live_bars() -> bool:
+    """Bars that redraw in place: on a terminal that no other sweep job draws on at the same time."""
+    return console.is_terminal and sharing_processes()[1] != SWEEP_JOBS
+
+
+def job_tag() -> str:
+    """`job N: ` before a sweep job's progress, whose lines may interleave with other jobs' (joblib); else ''."""
+    return f"job {HydraConfig.get().job.num}: " if in_sweep() else ""
+
+
 def print_where(label: str, folder: Path, uses: Sequence[tuple[str, str]] = ()) -> None:
     """Where a command wrote (`label`: run folder, sweep folder, ...), and the commands that use it, each with what
     it is for."""
@@ -81,8 +91,8 @@ def phase(name: str) -> Iterator[Callable[[int, int], None]]:
     if console.quiet:
         yield lambda done, total: None
         return
-    if console.is_terminal:
-        columns = (TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    if live_bars():
+        columns = (TextColumn(f"[bold]{job_tag()}{name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn())  # fmt: skip
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task(name, total=None)
@@ -95,8 +105,9 @@ def phase(name: str) -> Iterator[Callable[[int, int], None]]:
         if tenth > 0 and tenth not in shown:
             shown.add(tenth)
             elapsed = time.monotonic() - started
-            console.print(f"{name} {done}/{total} ({100 * done // total}%) | elapsed {_clock(elapsed)} | eta "
-                          f"{_clock(elapsed / done * (total - done))}", highlight=False, soft_wrap=True)  # fmt: skip
+            eta = _clock(elapsed / done * (total - done))
+            console.print(f"{job_tag()}{name} {done}/{total} ({100 * done // total}%) | elapsed {_clock(elapsed)} | "
+                          f"eta {eta}", highlight=False, soft_wrap=True)  # fmt: skip
 
     yield advance
 
@@ -151,7 +162,7 @@ class LogLines:
     def _show(self, step: int, status: str, at: float) -> None:
         first_step, first_at = self.first_done or (step, at)
         eta = _clock((at - first_at) / (step - first_step) * (self.total - step)) if step > first_step else "-"
-        line = (f"meta-train step {step}/{self.total} ({100 * step / self.total:.0f}%) | elapsed "
+        line = (f"{job_tag()}meta-train step {step}/{self.total} ({100 * step / self.total:.0f}%) | elapsed "
                 f"{_clock(at - self.started)} | eta {eta} | {status}")  # fmt: skip
         console.print(line, soft_wrap=True, markup=False, highlight=False)
         self.shown_at = at
@@ -162,7 +173,7 @@ class LiveBar:
 
     def __init__(self, total_steps: int, start_step: int = 0) -> None:
         self.progress = Progress(
-            TextColumn("[bold]meta-train"),
+            TextColumn(f"[bold]{job_tag()}meta-train"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -200,7 +211,7 @@ class RunReporter:
             return
         # a resumed run hides what the stopped one logged after its checkpoint, and goes on from there
         self.writer = SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step else None)
-        shown = LiveBar if console.is_terminal else LogLines
+        shown = LiveBar if live_bars() else LogLines
         self.progress: LiveBar | LogLines | None = shown(total_steps, start_step)
 
     def __enter__(self) -> RunReporter:

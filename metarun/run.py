@@ -104,8 +104,9 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
         test_set = family.test_set(tokenizer, cfg.eval.test_episodes, cfg.eval.seed + 1)
         with phase("meta-test") as advance:
             test = score_test(algorithm, params, test_set, device, cfg.eval.seed + 1, advance)
-        timing = {
-            "meta_train_seconds": train_seconds,
+        timing = {  # a resumed run's meta-training time counts the time before its stop, when last.pt's clock says
+            "meta_train_seconds": state.train_seconds if algorithm.meta_trains else train_seconds,
+            "resumed": stopped is not None,
             "outer_step_median_seconds": statistics.median(state.step_seconds) if state.step_seconds else None,
             "test_seconds": time.perf_counter() - started,
             "processes": ranks.world,
@@ -117,6 +118,7 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
             write_text_atomically(output_dir / "timing.json", json.dumps(timing, indent=1))
             if not cfg.train.keep_last:  # finished: nothing left to resume
                 checkpoints.last_path.unlink(missing_ok=True)
+                checkpoints.clock_path.unlink(missing_ok=True)
         final = (TEST_ACC, val_key(cfg.eval.select_by), "test_balanced_acc", "test_macro_f1")
         reporter.log_hparams(hparams(cfg), {f"hparam/{k}": metrics[k] for k in final if metrics[k] is not None})
 

@@ -23,10 +23,12 @@ STORAGE_FAULTS = {
 }
 
 
-def storage_error(path: Path, error: OSError, run_folder: Path | None = None) -> UserError:
+def storage_error(path: Path, error: OSError, run_folder: Path | None = None, left: Path | None = None) -> UserError:
+    """One paragraph for a failed write; `left`: a partial file the file system would not let go of."""
     why = STORAGE_FAULTS.get(error.errno, error.strerror or str(error))
+    partial = f"{left} is left over (it could not be removed): delete it" if left else "no partial file is left"
     return UserError(
-        f"Could not write {path}: {why}. Files written before are intact and no partial file is left. "
+        f"Could not write {path}: {why}. Files written before are intact and {partial}. "
         "Free some space or make the folder writable, then run again.",
         run_folder=run_folder,
     )
@@ -43,8 +45,12 @@ def write_atomically(path: Path, data: bytes, run_folder: Path | None = None) ->
             os.fsync(file.fileno())  # on disk before it takes the name of the last good file
         os.replace(partial, path)
     except OSError as error:
-        partial.unlink(missing_ok=True)
-        raise storage_error(path, error, run_folder) from error
+        try:
+            partial.unlink(missing_ok=True)
+            left = None
+        except OSError:  # a file system turned read-only refuses the clean-up too: say so, don't raise again
+            left = partial
+        raise storage_error(path, error, run_folder, left) from error
 
 
 def write_text_atomically(path: Path, text: str) -> None:

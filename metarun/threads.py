@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+SWEEP_JOBS = "sweep jobs at once"
 IDLE_SAMPLE_SECONDS = 0.1  # long enough for /proc/stat's 10 ms ticks to tell a busy CPU from an idle one
 
 
@@ -70,7 +71,7 @@ def sharing_processes() -> tuple[int, str]:
     if os.environ.get("LOCAL_WORLD_SIZE", "1") != "1":
         return int(os.environ["LOCAL_WORLD_SIZE"]), "torchrun ranks on this machine"
     jobs = _parallel_sweep_jobs()
-    return (jobs, "sweep jobs at once") if jobs > 1 else (1, "")
+    return (jobs, SWEEP_JOBS) if jobs > 1 else (1, "")
 
 
 def _parallel_sweep_jobs() -> int:

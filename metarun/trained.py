@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
 from metarun.algorithms import Algorithm, Params
-from metarun.checkpoint import load_checkpoint, restore_weights
+from metarun.checkpoint import restore_weights
+from metarun.checkpoint_file import load_checkpoint
 from metarun.errors import UserError, brief
 from metarun.evaluation import eval_mode
 from metarun.parts import build_algorithm, resolve_device

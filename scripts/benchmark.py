@@ -268,7 +268,7 @@ def fixed_task_benchmark(args: argparse.Namespace, results: list[tuple[Cell, Run
 
     seeds = len(args.seeds) > 1
     rows = [fixed_task_row(cell.algo + (f" (seed {cell.seed})" if seeds else ""), fixed_task_scores(run.metrics),
-                           run.timing["meta_train_seconds"], run.timing["outer_step_median_seconds"])
+                           run.meta_train_seconds, run.timing["outer_step_median_seconds"])
             for cell, run in results]  # fmt: skip
     rows += [fixed_task_row(f"baseline: {m}", fixed_task_scores(s)) for m, s in baseline_scores(args).items()]
     settings = [f"- {cell.algo}: `{' '.join(cell.settings) or 'algo=' + cell.algo}`" for cell, _ in results]

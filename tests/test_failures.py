@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from metarun import checkpoint, cli, run_folder
-from metarun.checkpoint import FORMAT, load_checkpoint
+from metarun.checkpoint_file import FORMAT, load_checkpoint
 from metarun.errors import UserError
 from metarun.run import run
 
@@ -51,6 +51,31 @@ def test_a_full_disk_mid_run_names_the_path_and_keeps_the_previous_checkpoint(tm
     assert error.value.run_folder == tmp_path  # the command line adds the resume command
     assert not list((tmp_path / "checkpoints").glob("*.partial"))
     assert load_checkpoint(tmp_path / "checkpoints/last.pt")["step"] == 2
+
+
+def test_a_file_system_turned_read_only_mid_write_gives_one_paragraph_naming_what_is_left(tmp_path, monkeypatch):
+    def read_only_after_a_part(path, mode="r", *args, **kwargs):
+        file = builtins.open(path, mode, *args, **kwargs)
+        if "w" in mode and str(path).endswith(".partial"):
+            file.write(b"part of it")
+            file.close()
+            monkeypatch.setattr(Path, "unlink", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EROFS, "ro")))
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return file
+
+    monkeypatch.setattr(run_folder, "open", read_only_after_a_part, raising=False)
+    with pytest.raises(UserError) as error:
+        run_folder.write_text_atomically(tmp_path / "metrics.json", "{}")
+    message = str(error.value)
+    assert f"Could not write {tmp_path / 'metrics.json'}: the file system is read-only" in message
+    (left,) = tmp_path.glob("metrics.json.*.partial")
+    assert f"{left} is left over (it could not be removed): delete it" in message
+
+
+def test_a_failed_run_says_why_in_its_cli_log(tmp_path, run_cli):
+    code, _, stderr = run_cli(cli.main, *SMOKE, "algo.inner_lr=-1", f"hydra.run.dir={tmp_path}")
+    assert code == 2 and "algo.inner_lr=-1.0 is not valid" in stderr
+    assert "[ERROR] - metarun error: algo.inner_lr=-1.0 is not valid" in (tmp_path / "cli.log").read_text()
 
 
 @contextlib.contextmanager

@@ -37,7 +37,8 @@ def test_report_tables_the_seed_means_and_lists_the_failed_jobs(sweep, tmp_path,
         assert sorted(m["seed"] for m in runs) == [0, 1]
         a, b = (m["test_acc"] for m in runs)
         half = 12.706204736 * abs(a - b) / 2  # t(1) * sd / sqrt(2), with sd = |a - b| / sqrt(2)
-        assert f"| {shots} | {100 * (a + b) / 2:.1f} ± {100 * half:.1f} | 2 | 3 |" in text
+        assert f"| {shots} | {100 * (a + b) / 2:.1f} ± {100 * half:.1f} † | 2 | 3 |" in text  # two seeds: marked
+    assert report.FEW_SEEDS_NOTE in text
     assert "| 50 |" not in text
     assert "Failed runs (2, not in the table)" in text
     assert "`2_budget=smoke,data=synthetic,device=cpu,seed=0,task.k_shot=50`: task.k_shot + task.n_query" in text
@@ -70,10 +71,11 @@ def test_report_default_folder_and_bad_input(sweep, tmp_path, run_cli):
 
 
 def test_progress_in_a_log_is_whole_lines(sweep):
-    """stdout piped: each meta-train line carries step/total, elapsed, eta and the loss, uncut."""
+    """stdout piped: each meta-train line carries its job, step/total, elapsed, eta and the loss, uncut."""
     _, stdout = sweep
-    lines = [line for line in stdout.splitlines() if line.startswith("meta-train")]
-    full = r"meta-train step 2/2 \(100%\) \| elapsed \d+:\d\d:\d\d \| eta \d+:\d\d:\d\d \| loss \d+\.\d{3} acc \d\.\d\d"
+    lines = [line for line in stdout.splitlines() if re.match(r"job \d+: meta-train", line)]
+    full = r"job \d+: meta-train step 2/2 \(100%\) \| elapsed \d+:\d\d:\d\d \| eta \d+:\d\d:\d\d \| loss \d+\.\d{3} "
+    full += r"acc \d\.\d\d"
     assert len([line for line in lines if re.fullmatch(full + r" \| val \d+\.\d\d", line)]) == 4  # the 4 good jobs
     assert len(lines) == 8 and not any("…" in line for line in lines)  # steps 1 and 2 of each
 
@@ -152,7 +154,7 @@ def test_the_validation_column_gives_the_score_that_kept_each_run(tmp_path):
         fake("d", "reptile", 1, val_acc=0.7),  # kept by another score than its row's other seed
     ]
     rows = report.group_runs(runs, lambda run: {"algo": run.setting("algo")})
-    cells = {row.settings["algo"]: report.table([row]).splitlines()[-1].split(" | ")[-2] for row in rows}
+    cells = {row.settings["algo"]: report.table([row]).splitlines()[2].split(" | ")[-2] for row in rows}
     assert cells == {"maml": "75.0", "protonet": "62.0 (balanced accuracy)", "reptile": "-"}
     assert "| 62.0 (balanced accuracy) |" in report.runs_table(runs, [tmp_path])
 
@@ -195,3 +197,121 @@ def test_runs_of_an_unknown_seed_are_all_counted(tmp_path):
             for name, acc in (("a", 0.6), ("b", 0.8))]  # fmt: skip
     [row] = report.group_runs(runs, lambda run: {"algo": "maml"})
     assert row.seeds == 2 and row.repeats == []
+
+
+def job(folder, overrides, acc, seconds=None, curve=()):
+    """A finished job's folder as a run leaves it (no training); `curve`: (step, accuracy) as TensorBoard `val/acc`."""
+    settings = dict(o.split("=", 1) for o in overrides)
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    metrics = {"test_acc": acc, "test_ci95": 0.05, "test_episodes": 10, "val_acc": 0.5, "algo": settings["algo"],
+               "k_shot": int(settings.get("task.k_shot", 5)), "seed": int(settings["seed"])}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    if seconds is not None:
+        (folder / "timing.json").write_text(json.dumps({"meta_train_seconds": seconds}))
+    if curve:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(folder / "tensorboard")) as writer:
+            for step, value in curve:
+                writer.add_scalar("val/acc", value, step)
+    return folder
+
+
+def test_only_the_plots_whose_x_axis_varies_are_drawn_and_the_others_named(tmp_path):
+    """task.k_shot not swept, no validation logged: the time plot alone, and report.md says why not the others."""
+    for i, algo in enumerate(("maml", "protonet")):
+        job(tmp_path / f"{i}_algo={algo}", [f"algo={algo}", "seed=0", "task.k_shot=5"], 0.6 + i / 10, seconds=30 + i)
+    path, _ = report.write_report([tmp_path], tmp_path / "report")
+    assert sorted(p.name for p in path.parent.glob("*.png")) == ["accuracy_vs_time.png"]
+    left_out = [line for line in path.read_text().splitlines() if line.startswith("Plots left out: ")]
+    assert left_out == ["Plots left out: `accuracy_vs_shots.png` (task.k_shot has one value (5)); "
+                        "`val_accuracy_vs_step.png` (no run logged a validation (TensorBoard `val/acc`))."]  # fmt: skip
+
+    (tmp_path / "0_algo=maml" / "timing.json").unlink()  # one point in time: no time plot either
+    assert "`accuracy_vs_time.png` (1 row(s) with a meta-training time" in report.write_report(
+        [tmp_path], tmp_path / "again")[0].read_text()  # fmt: skip
+    assert not list((tmp_path / "again").glob("*.png"))
+
+
+def test_a_lone_validation_is_a_point_on_whole_step_ticks(tmp_path):
+    from metarun.report.plots import plot_validation
+
+    run = report.load_run(job(tmp_path / "run", ["algo=maml", "seed=0"], 0.6, curve=[(2, 0.55)]))
+    ax = plot_validation(report.group_runs([run], lambda r: {}), tmp_path / "val.png").axes[0]
+    assert ax.get_xlim() == (1, 3)  # a step either side, not 1.9-2.1
+    assert [t for t in ax.get_xticks() if 1 <= t <= 3] == [1, 2, 3]  # whole steps only
+    [point] = ax.lines  # one seed: no band
+    assert list(point.get_xdata()) == [2] and point.get_marker() == "o" and point.get_markersize() >= 8
+
+
+def test_seed_bands_of_several_series_stay_apart(tmp_path):
+    """Four algorithms of two seeds and one of a single seed: each its own colour and marker, light bands with thin
+    edges for the four, none for the single seed."""
+    from metarun.report.plots import BAND_ALPHA, plot_validation
+
+    runs = [report.load_run(job(tmp_path / f"{algo}{seed}", [f"algo={algo}", f"seed={seed}"], 0.6,
+                                curve=[(step, 0.3 + i / 20 + seed / 20 + step / 100) for step in (5, 10, 15)]))
+            for i, algo in enumerate(("maml", "fomaml", "reptile", "protonet", "scratch"))
+            for seed in ((0, 1) if algo != "scratch" else (0,))]  # fmt: skip
+    ax = plot_validation(report.sweep_rows(runs), tmp_path / "val.png").axes[0]
+    series = [line for line in ax.lines if not line.get_label().startswith("_")]
+    assert len({line.get_color() for line in series}) == 5 and len({line.get_marker() for line in series}) == 5
+    assert len(ax.collections) == 4 and all(band.get_alpha() == BAND_ALPHA <= 0.15 for band in ax.collections)
+    edges = [line for line in ax.lines if line.get_label().startswith("_")]
+    assert len(edges) == 8 and all(edge.get_linewidth() < 1 for edge in edges)
+
+
+def two_seed_sweep(folder, accuracies):
+    """task.k_shot=1,2 and seed=0,1 as finished jobs: `accuracies[(shots, seed)]`."""
+    for (shots, seed), acc in accuracies.items():
+        job(folder / f"shots{shots}_seed{seed}", ["algo=maml", f"seed={seed}", f"task.k_shot={shots}"], acc, 10.0)
+    return report.write_report([folder], folder / "report")
+
+
+def test_intervals_over_two_seeds_are_marked_in_the_table_and_the_captions(tmp_path):
+    text = two_seed_sweep(tmp_path, {(1, 0): 0.5, (1, 1): 0.6, (2, 0): 0.6, (2, 1): 0.7})[0].read_text()
+    assert f"| 1 | 55.0 ± {100 * 12.706204736 * 0.05:.1f} † | 2 |" in text
+    assert report.FEW_SEEDS_NOTE.startswith("† interval over 2 seeds (Student t with 1 d.f., t = 12.7): wide by")
+    table, captions = text.split("![", 1)
+    assert report.FEW_SEEDS_NOTE in table and report.FEW_SEEDS_NOTE in captions.split("## Runs")[0]
+    assert not report.across_seeds([0.5, 0.6, 0.7]).few_seeds  # three seeds: no mark
+
+
+def test_error_bars_past_0_or_100_are_cut_there_and_said(tmp_path):
+    from metarun.report.plots import CUT_NOTE, error_bars, plot_shots
+
+    path, rows = two_seed_sweep(tmp_path, {(1, 0): 0.9, (1, 1): 1.0, (2, 0): 0.8, (2, 1): 0.82})
+    [below, above] = error_bars([rows[0].test])
+    assert above == [pytest.approx(5.0)] and below == [pytest.approx(100 * rows[0].test.half_width)]
+    assert f"{CUT_NOTE}: task.k_shot=1." in path.read_text()  # the caption names the row
+    ax = plot_shots(rows, tmp_path / "shots.png").axes[0]
+    tops = [max(y for _, y in segment) for bars in ax.collections for segment in bars.get_segments()]
+    assert max(tops) == pytest.approx(100.0) and ax.get_ylim()[1] >= 100  # cut at 100, its cap in view
+    assert any(CUT_NOTE in text.get_text() for text in ax.figure.texts)  # said in the PNG too
+
+
+def test_an_unreadable_metrics_json_is_listed_with_why(tmp_path):
+    job(tmp_path / "good", ["algo=maml", "seed=0"], 0.6)
+    job(tmp_path / "bad", ["algo=maml", "seed=1"], 0.6)
+    (tmp_path / "bad" / "metrics.json").write_text('{"test_acc": 0.6,')  # cut short
+    text = report.write_report([tmp_path], tmp_path / "report")[0].read_text()
+    assert "Unreadable runs (1, not in the table" in text
+    assert "- `bad`: metrics.json unreadable: Expecting property name enclosed in double quotes: line 1" in text
+
+
+def test_a_resumed_runs_time_is_not_shown_as_its_whole(tmp_path):
+    """Its timing.json counts only the steps after its last resume (0.0 s if none were left): n/a, not 0.0 s."""
+    resumed = job(tmp_path / "resumed", ["algo=maml", "seed=0"], 0.6, seconds=0.01)
+    (resumed / ".hydra" / "resume-ab12cd").mkdir()  # where metarun keeps a resume's Hydra files
+    (job(tmp_path / "broken", ["algo=protonet", "seed=0"], 0.7, seconds=5) / "timing.json").write_text("{")
+    for algo in ("reptile", "scratch"):
+        job(tmp_path / algo, [f"algo={algo}", "seed=0"], 0.5, seconds=20)
+    runs = report.find_runs([tmp_path])
+    rows = report.sweep_rows(runs)
+    assert [row.meta_train_seconds for row in rows] == [None, None, 20, 20]
+    text = report.table(rows) + report.runs_table(runs, [tmp_path])
+    assert "0.0 s" not in text and text.count("| n/a (resumed) |") == 2
+    assert text.count("| n/a (timing.json unreadable) |") == 2
+    caption = "Not shown (no meta-training time): algo=maml; algo=protonet"  # beside the time plot's points
+    assert caption in report.write_report([tmp_path], tmp_path / "report")[0].read_text()

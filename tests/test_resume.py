@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,3 +210,20 @@ def test_a_resume_may_change_what_leaves_the_maths_alone(tmp_path, monkeypatch):
     monkeypatch.undo()
     run(config("debug=true", "device=auto", f"train.resume={tmp_path / 'stopped'}"), tmp_path / "stopped")
     assert (tmp_path / "stopped/metrics.json").read_text() == (tmp_path / "whole/metrics.json").read_text()
+
+
+def test_a_resumed_runs_meta_training_time_counts_the_time_before_its_stop(tmp_path, monkeypatch):
+    stop_at(monkeypatch, 3)
+    with pytest.raises(RunInterrupted):
+        run(config("algo=maml"), tmp_path / "first")
+    monkeypatch.undo()
+    clock = tmp_path / "first/checkpoints/clock.json"
+    assert json.loads(clock.read_text())["step"] == 3
+    shutil.copytree(tmp_path / "first", tmp_path / "older")
+    clock.write_text(json.dumps({"step": 3, "train_seconds": 1000.0}))  # as if the steps before the stop took long
+    run(config("algo=maml", f"train.resume={tmp_path / 'first'}"), tmp_path / "first")
+    timing = json.loads((tmp_path / "first/timing.json").read_text())
+    assert timing["resumed"] and 1000.0 < timing["meta_train_seconds"] < 1000.0 + 300
+    (tmp_path / "older/checkpoints/clock.json").unlink()  # an earlier version's checkpoint: the time is not known
+    run(config("algo=maml", f"train.resume={tmp_path / 'older'}"), tmp_path / "older")
+    assert json.loads((tmp_path / "older/timing.json").read_text())["meta_train_seconds"] is None

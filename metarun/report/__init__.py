@@ -5,12 +5,12 @@
 
 The table has one row per combination of the swept settings (the command-line overrides that differ between the
 finished runs, `.hydra/overrides.yaml`), seeds aggregated: the mean test accuracy over seeds with a 95% interval,
-over the test episodes for one seed (metrics.json's own) and a Student-t interval of the per-seed means for several.
-The plots (matplotlib: `pip install matplotlib` where metarun is installed): test accuracy against shots per
-algorithm, validation accuracy against outer step (the TensorBoard events) and test accuracy against meta-training
-time (timing.json).
-Failed jobs (error.txt), unfinished runs and repeats of a tabled run's seed are listed, not tabled. The table
-code is also what scripts/results_table.py and scripts/benchmark.py print.
+over the test episodes for one seed (metrics.json's own) and a Student-t interval of the per-seed means for several
+(marked † under three seeds). The plots (matplotlib: `pip install matplotlib` where metarun is installed), each
+drawn only where its x axis varies: test accuracy against shots per algorithm, validation accuracy against outer
+step (the TensorBoard events) and test accuracy against meta-training time (timing.json).
+Failed jobs (error.txt), unreadable metrics.json, unfinished runs and repeats of a tabled run's seed are listed, not
+tabled. The table code is also what scripts/results_table.py and scripts/benchmark.py print.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from metarun.report.plots import PLOTS, plot_shots, plot_time, plot_validation
+from metarun.report.plots import DRAW, PLOTS, left_out, notes
 from metarun.report.runs import NoRuns, Run, find_runs, load_run
 from metarun.report.table import (
+    FEW_SEEDS_NOTE,
     Row,
     across_seeds,
     common_settings,
@@ -37,8 +38,9 @@ from metarun.report.table import (
 )
 
 __all__ = [  # what scripts/ and tests/ import from metarun.report
-    "PLOTS", "NoRuns", "Row", "Run", "across_seeds", "common_settings", "duration", "find_runs", "group_runs",
-    "load_run", "main", "not_in_table", "percent", "runs_table", "sweep_rows", "swept_keys", "table", "write_report",
+    "FEW_SEEDS_NOTE", "PLOTS", "NoRuns", "Row", "Run", "across_seeds", "common_settings", "duration", "find_runs",
+    "group_runs", "load_run", "main", "not_in_table", "percent", "runs_table", "sweep_rows", "swept_keys", "table",
+    "write_report",
 ]  # fmt: skip
 
 
@@ -54,25 +56,33 @@ def write_report(folders: Sequence[Path], out: Path) -> tuple[Path, list[Row]]:
     common = common_settings(finished)
     if common:
         lines += ["Every run: " + " ".join(f"`{c}`" for c in common) + ".", ""]
-    plots = []
     if rows:
-        lines += [table(rows)]
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            lines += ["No plots: matplotlib is not installed (`pip install matplotlib` in metarun's environment).", ""]
-        else:
-            for name, draw in zip(PLOTS, (plot_shots, plot_validation, plot_time)):
-                draw(rows, out / name)
-                plots.append(name)
-            lines += [f"![{PLOTS[name]}]({name})\n" for name in plots]
-        lines += ["## Runs", "", runs_table(runs, folders)]
+        lines += [table(rows), *plot_lines(rows, out), "## Runs", "", runs_table(runs, folders)]
     skipped = not_in_table(runs, rows, folders)
     if skipped:
         lines += ["## Not in the table", "", skipped]
     report = out / "report.md"
     report.write_text("\n".join(lines).rstrip() + "\n")
     return report, rows
+
+
+def plot_lines(rows: Sequence[Row], out: Path) -> list[str]:
+    """Draw the plots whose x axis varies into `out`; report.md's lines for them (each with its caption) and for
+    those left out, with why."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return ["No plots: matplotlib is not installed (`pip install matplotlib` in metarun's environment).", ""]
+    skipped = left_out(rows)
+    lines = []
+    for name, draw in DRAW.items():
+        if name not in skipped:
+            draw(rows, out / name)
+            caption = notes(name, rows)
+            lines += [f"![{PLOTS[name]}]({name})", "", *([f"*{'. '.join(caption)}.*", ""] if caption else [])]
+    if skipped:
+        lines += ["Plots left out: " + "; ".join(f"`{name}` ({why})" for name, why in skipped.items()) + ".", ""]
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -21,7 +21,10 @@ class Run:
     metrics: dict | None = None
     timing: dict | None = None
     error: str | None = None
+    unreadable: str | None = None  # why its metrics.json could not be read: listed, not tabled
+    time_unknown: str | None = None  # why timing.json's time is not shown: `resumed`, `timing.json unreadable`
     _hydra: dict = field(default_factory=dict, repr=False)  # the .hydra/ files read so far
+    _curve: list | None = field(default=None, repr=False)  # the validation curve once read
 
     @property
     def finished(self) -> bool:
@@ -29,7 +32,10 @@ class Run:
 
     @property
     def meta_train_seconds(self) -> float | None:
-        return None if self.timing is None else self.timing.get("meta_train_seconds")
+        """timing.json's meta-training time; None without one, or where it is not the run's (`time_unknown`)."""
+        if self.timing is None or self.time_unknown is not None:
+            return None
+        return self.timing.get("meta_train_seconds")
 
     @property
     def val_score(self) -> tuple[str, float] | None:
@@ -61,17 +67,22 @@ class Run:
         return self._hydra[name]
 
     def val_curve(self) -> list[tuple[int, float]]:
-        """(outer step, validation accuracy) from the run's TensorBoard events, read by TensorBoard's own reader
-        (which drops what a resumed run logged over); empty for runs that do not meta-train."""
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        """(outer step, validation accuracy) from the run's TensorBoard events, read once by TensorBoard's own
+        reader (which drops what a resumed run logged over); empty for runs that do not meta-train."""
+        if self._curve is None:
+            self._curve = _val_curve(self.folder / "tensorboard")
+        return self._curve
 
-        folder = self.folder / "tensorboard"
-        if not folder.is_dir():
-            return []
-        events = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
-        if "val/acc" not in events.Tags()["scalars"]:
-            return []
-        return [(e.step, e.value) for e in events.Scalars("val/acc")]
+
+def _val_curve(folder: Path) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not folder.is_dir():
+        return []
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
+    if "val/acc" not in events.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in events.Scalars("val/acc")]
 
 
 def _yaml(path: Path):
@@ -93,31 +104,62 @@ def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
     return parsed
 
 
+def _json_object(path: Path) -> dict:
+    """A JSON file's object; OSError or ValueError (its message saying why) when it cannot be read as one."""
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def was_resumed(folder: Path) -> bool:
+    """Continued with train.resume: each resume keeps its Hydra files in `.hydra/resume-ID/` (metarun.config)."""
+    return any(path.is_dir() for path in (folder / ".hydra").glob("resume-*"))
+
+
 def load_run(folder: Path) -> Run:
     run = Run(Path(folder))
     overrides = run.folder / ".hydra" / "overrides.yaml"
     if overrides.is_file():
         run.overrides = parse_overrides(_yaml(overrides) or [])
     if (run.folder / "metrics.json").is_file():
-        run.metrics = json.loads((run.folder / "metrics.json").read_text())
-        if not overrides.is_file():  # started from Python (metarun.run.run): its main choices stand in
+        try:
+            run.metrics = _json_object(run.folder / "metrics.json")
+        except (OSError, ValueError) as error:
+            lines = str(error).strip().splitlines()
+            run.unreadable = f"metrics.json unreadable: {lines[0] if lines else type(error).__name__}"
+        if run.metrics is not None and not overrides.is_file():  # started from Python: its main choices stand in
             run.overrides = {key: str(run.metrics[entry]) for key, entry in IDENTITY.items() if entry in run.metrics}
     if (run.folder / "timing.json").is_file():
-        run.timing = json.loads((run.folder / "timing.json").read_text())
+        try:
+            run.timing = _json_object(run.folder / "timing.json")
+        except (OSError, ValueError):
+            run.time_unknown = "timing.json unreadable"
+    if run.timing is not None and _resumed_time_unknown(run):
+        run.time_unknown = "resumed"
     if (run.folder / "error.txt").is_file():
         run.error = (run.folder / "error.txt").read_text().strip()
     return run
 
 
+def _resumed_time_unknown(run: Run) -> bool:
+    """A resumed run whose timing.json lacks the time before its stop: null there, or written by a metarun that
+    counted only the time since the resume (no `resumed` entry)."""
+    if "resumed" in run.timing:
+        return run.timing["resumed"] and run.timing.get("meta_train_seconds") is None
+    return was_resumed(run.folder)
+
+
 def is_run_folder(folder: Path) -> bool:
-    """A metarun run's folder: its metrics.json (not one of metarun-eval, which names the run it scored), a failed
-    sweep job's error.txt, or the `.hydra/overrides.yaml` a run writes first."""
+    """A metarun run's folder: its metrics.json (not one of metarun-eval, which names the run it scored; an
+    unreadable one counts, to be listed with why), a failed sweep job's error.txt, or the `.hydra/overrides.yaml` a
+    run writes first."""
     metrics = folder / "metrics.json"
     if metrics.is_file():
         try:
-            return "run" not in json.loads(metrics.read_text())
+            return "run" not in _json_object(metrics)
         except (OSError, ValueError):
-            return False
+            return True
     return (folder / "error.txt").is_file() or (folder / ".hydra" / "overrides.yaml").is_file()
 
 

@@ -12,6 +12,10 @@ from metarun.results import TEST_ACC, TEST_CI95, TEST_EPISODES
 from metarun.stats import half_width_95
 
 NOT_SWEPT = ("seed", "train.resume")  # seeds are aggregated; a resume continues the same run
+MIN_SEEDS = 3  # below it an interval across seeds rests on t with 1 d.f. (12.7): wide by construction
+FEW_SEEDS_MARK = "†"
+FEW_SEEDS_NOTE = (f"{FEW_SEEDS_MARK} interval over 2 seeds (Student t with 1 d.f., t = 12.7): wide by construction; "
+                  f"run ≥ {MIN_SEEDS} seeds for a usable one")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,12 @@ class Interval:
     mean: float
     half_width: float | None
     over: str  # "episodes" (one seed: metrics.json's interval over test episodes) or "seeds"
+    seeds: int = 1
+
+    @property
+    def few_seeds(self) -> bool:
+        """An interval across fewer than MIN_SEEDS seeds: marked with FEW_SEEDS_MARK wherever it is shown."""
+        return self.over == "seeds" and self.seeds < MIN_SEEDS
 
 
 def across_seeds(means: Sequence[float], episode_half_width: float | None = None) -> Interval:
@@ -30,7 +40,7 @@ def across_seeds(means: Sequence[float], episode_half_width: float | None = None
     mean = sum(means) / len(means)
     if len(means) == 1:
         return Interval(mean, episode_half_width, "episodes")
-    return Interval(mean, half_width_95(means), "seeds")
+    return Interval(mean, half_width_95(means), "seeds", len(means))
 
 
 def swept_keys(runs: Sequence[Run]) -> list[str]:
@@ -86,8 +96,7 @@ class Row:
 
     @property
     def meta_train_seconds(self) -> float | None:
-        values = [r.meta_train_seconds for r in self.runs]
-        return None if None in values else sum(values) / len(values)
+        return mean_seconds(self.runs)
 
     @property
     def label(self) -> str:
@@ -143,6 +152,23 @@ def percent(interval: Interval) -> str:
     return text if interval.half_width is None else f"{text} ± {100 * interval.half_width:.1f}"
 
 
+def mean_seconds(runs: Sequence[Run]) -> float | None:
+    """The runs' mean meta-training time; None when one has none."""
+    values = [r.meta_train_seconds for r in runs]
+    return None if None in values else sum(values) / len(values)
+
+
+def time_cell(runs: Sequence[Run]) -> str:
+    """The runs' mean meta-training time; `n/a (resumed)` and the like where one's timing.json is not its own."""
+    unknown = list(dict.fromkeys(r.time_unknown for r in runs if r.time_unknown is not None))
+    return f"n/a ({', '.join(unknown)})" if unknown else duration(mean_seconds(runs))
+
+
+def accuracy_cell(interval: Interval) -> str:
+    """`percent`, marked when the interval rests on too few seeds (FEW_SEEDS_NOTE says what the mark means)."""
+    return percent(interval) + (f" {FEW_SEEDS_MARK}" if interval.few_seeds else "")
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -166,7 +192,7 @@ def interval_header(rows: Sequence[Row], short: bool = False) -> str:
 
 
 def table(rows: Sequence[Row]) -> str:
-    """The rows as a Markdown table: the settings, then the aggregated numbers."""
+    """The rows as a Markdown table: the settings, then the aggregated numbers; a footnote under it for the marks."""
     columns = list(rows[0].settings) if rows else []
     header = [*columns, interval_header(rows), "seeds", "test episodes", "best validation %",
               "meta-training time per run"]  # fmt: skip
@@ -174,9 +200,11 @@ def table(rows: Sequence[Row]) -> str:
     lines = ["| " + " | ".join(header) + " |",
              "| " + " | ".join(["---:" if n else "---" for n in numeric] + ["---:"] * 5) + " |"]  # fmt: skip
     for row in rows:
-        cells = [*row.settings.values(), percent(row.test), str(row.seeds), row.test_episodes, val_cell(row.val_score),
-                 duration(row.meta_train_seconds)]  # fmt: skip
+        cells = [*row.settings.values(), accuracy_cell(row.test), str(row.seeds), row.test_episodes,
+                 val_cell(row.val_score), time_cell(row.runs)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    if any(row.test.few_seeds for row in rows):
+        lines += ["", FEW_SEEDS_NOTE + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -189,31 +217,36 @@ def val_cell(score: tuple[str, float] | None) -> str:
 
 
 def not_in_table(runs: Sequence[Run], rows: Sequence[Row], folders: Sequence[Path]) -> str:
-    """The failed, the unfinished and the repeated runs as Markdown lists ('' when there are none)."""
+    """The failed, the unreadable, the unfinished and the repeated runs as Markdown lists ('' when there are none)."""
+
+    def name(run: Run) -> str:
+        return f"`{_relative(run.folder, folders)}`"
+
     failed = [r for r in runs if not r.finished and r.error is not None]
-    unfinished = [r for r in runs if not r.finished and r.error is None]
+    unreadable = [r for r in runs if not r.finished and r.error is None and r.unreadable is not None]
+    unfinished = [r for r in runs if not r.finished and r.error is None and r.unreadable is None]
     resumable, without_checkpoint = [], []
     for run in unfinished:  # each run's last.pt looked for once
         (resumable if (run.folder / "checkpoints" / "last.pt").is_file() else without_checkpoint).append(run)
-    repeats = [(run, row) for row in rows for run in row.repeats]
-    text = ""
-    if failed:
-        text += f"Failed runs ({len(failed)}, not in the table):\n\n"
-        text += "".join(f"- `{_relative(r.folder, folders)}`: {_first_line(r.error)}\n" for r in failed) + "\n"
-    if resumable:
-        text += (f"Unfinished runs ({len(resumable)}, not in the table: still running, or stopped; "
-                 "`metarun <its overrides> train.resume=<folder>` continues one):\n\n")  # fmt: skip
-        text += "".join(f"- `{_relative(r.folder, folders)}`\n" for r in resumable) + "\n"
-    if without_checkpoint:
-        text += (f"Runs without a checkpoint ({len(without_checkpoint)}, not in the table: still starting, or stopped "
-                 "before their first validation; each one's cli.log says why):\n\n")  # fmt: skip
-        text += "".join(f"- `{_relative(r.folder, folders)}`\n" for r in without_checkpoint) + "\n"
-    if repeats:
-        text += (f"Repeated runs ({len(repeats)}, not in the table: the settings and seed of a newer run in the "
-                 "table, which counts that seed once):\n\n")  # fmt: skip
-        text += "".join(f"- `{_relative(r.folder, folders)}` (seed {r.metrics.get('seed')}, {row.label})\n"
-                        for r, row in repeats) + "\n"  # fmt: skip
-    return text
+    repeats = [f"{name(run)} (seed {run.metrics.get('seed')}, {row.label})" for row in rows for run in row.repeats]
+    return "".join([
+        _listed("Failed runs ({n}, not in the table)", [f"{name(r)}: {_first_line(r.error)}" for r in failed]),
+        _listed("Unreadable runs ({n}, not in the table: mend or delete the file, or run it again)",
+                [f"{name(r)}: {r.unreadable}" for r in unreadable]),
+        _listed("Unfinished runs ({n}, not in the table: still running, or stopped; "
+                "`metarun <its overrides> train.resume=<folder>` continues one)", [name(r) for r in resumable]),
+        _listed("Runs without a checkpoint ({n}, not in the table: still starting, or stopped before their first "
+                "validation; each one's cli.log says why)", [name(r) for r in without_checkpoint]),
+        _listed("Repeated runs ({n}, not in the table: the settings and seed of a newer run in the table, which "
+                "counts that seed once)", repeats),
+    ])  # fmt: skip
+
+
+def _listed(heading: str, items: Sequence[str]) -> str:
+    """`heading` (its `{n}` the count) over a Markdown list of `items`; '' without items."""
+    if not items:
+        return ""
+    return heading.format(n=len(items)) + ":\n\n" + "".join(f"- {item}\n" for item in items) + "\n"
 
 
 def _first_line(text: str, limit: int = 300) -> str:
@@ -233,7 +266,7 @@ def runs_table(runs: Sequence[Run], folders: Sequence[Path]) -> str:
             name = _relative(run.folder, folders)
             test = percent(Interval(m[TEST_ACC], m.get(TEST_CI95), "episodes"))
             val = val_cell(run.val_score)
-            lines.append(f"| `{name}` | {m.get('seed', '-')} | {test} | {val} | {duration(run.meta_train_seconds)} |")
+            lines.append(f"| `{name}` | {m.get('seed', '-')} | {test} | {val} | {time_cell([run])} |")
     return "\n".join(lines) + "\n"
 
 
