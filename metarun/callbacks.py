@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from metarun.config import process_rank
 from metarun.errors import EXIT_USER_ERROR, UserError, report
@@ -34,7 +34,9 @@ class RunFolderGuard(Callback):
         if (sweep / "multirun.yaml").exists() or any(sweep.glob("*/.hydra")):
             report(
                 f"{sweep} already holds another sweep's jobs; a sweep never writes into another's folder. "
-                "Give this one another hydra.sweep.dir (the default folder is new for every sweep)."
+                "Give this one another hydra.sweep.dir (the default folder is new for every sweep); "
+                f"metarun-report {shlex.quote(str(sweep))} <the new folder> tables both together."
+                + unfinished_jobs(sweep)
             )
             sys.exit(EXIT_USER_ERROR)
 
@@ -100,7 +102,7 @@ class FailedJobs(Callback):
     def summary(cls) -> bool:
         """Print which jobs of the sweep failed and why, once; True when any did. Read from the jobs' error.txt:
         a launcher may run the jobs in other processes or on other machines."""
-        failed = sorted(cls.sweep_dir.glob("*/error.txt"), key=_job_number) if cls.sweep_dir else []
+        failed = [job / "error.txt" for job in _jobs(cls.sweep_dir) if (job / "error.txt").is_file()]
         cls.sweep_dir = None
         if not failed:
             return False
@@ -109,7 +111,28 @@ class FailedJobs(Callback):
         return True
 
 
-def _job_number(error_file: Path) -> int:
+def unfinished_jobs(sweep: Path) -> str:
+    """The jobs of `sweep` without results, each with the command that continues it from its last.pt, if any."""
+    jobs = [job for job in _jobs(sweep) if (job / ".hydra" / "overrides.yaml").is_file()]
+    waiting = [job for job in jobs if not (job / "metrics.json").exists()]
+    if not waiting:
+        return ""
+    lines = []
+    for job in waiting:
+        overrides = [o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")]
+        if (job / "checkpoints" / "last.pt").is_file():
+            lines.append("  " + shlex.join(["metarun", *overrides, f"train.resume={job}"]))
+        else:
+            lines.append(f"  {job.name}: no checkpoint yet; run it anew with metarun {shlex.join(overrides)}")
+    return f"\nIts jobs without results ({len(waiting)} of {len(jobs)}); each goes on with:\n" + "\n".join(lines)
+
+
+def _jobs(sweep: Path | None) -> list[Path]:
+    """The job folders of a sweep, in the order of their numbers."""
+    return sorted((p for p in sweep.iterdir() if p.is_dir()), key=_job_number) if sweep and sweep.is_dir() else []
+
+
+def _job_number(job: Path) -> int:
     """The job's number, from its folder's name (`N_overrides`)."""
-    number = error_file.parent.name.split("_", 1)[0]
+    number = job.name.split("_", 1)[0]
     return int(number) if number.isdigit() else -1

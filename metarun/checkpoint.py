@@ -23,6 +23,7 @@ from metarun.algorithms import Algorithm
 from metarun.distributed import Ranks
 from metarun.checkpoint_file import FORMAT, load_checkpoint
 from metarun.errors import UserError
+from metarun.results import flatten
 from metarun.run_folder import write_atomically
 from metarun.stats import EvalResult
 
@@ -51,7 +52,7 @@ def same_run_config(config: dict) -> dict:
 
 def setting_changes(before: dict, now: dict) -> list[tuple[str, object, object]]:
     """(key, old, new) of each setting that differs between two configs, leaving out those a resume may change."""
-    before, now = _flatten(before), _flatten(now)
+    before, now = flatten(before), flatten(now)
     keys = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
     return [(k, before.get(k), now.get(k)) for k in keys]
 
@@ -96,12 +97,6 @@ def _interned(node):
     return node
 
 
-def _flatten(node, prefix: str = "") -> dict:
-    if not isinstance(node, dict):
-        return {prefix[:-1]: node}
-    return {k: v for key, value in node.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
-
-
 class Checkpoints:
     def __init__(self, folder: Path, config: dict, tokenizer_json: str) -> None:
         self.folder = folder
@@ -134,8 +129,8 @@ class Checkpoints:
         if free < needed:
             raise UserError(
                 f"{self.folder} has {free / 2**20:.0f} MB free, but this run's checkpoints need about "
-                f"{needed / 2**20:.0f} MB: no space left for them. Free some space or set hydra.run.dir to a "
-                "folder on another disk."
+                f"{needed / 2**20:.0f} MB: no space left for them. Free some space, or run on another disk ("
+                "hydra.run.dir; a resumed run goes on in its own folder: move the whole folder there first)."
             )
 
     def save(self, algorithm: Algorithm, optimizer, schedule, rng: random.Random, state: TrainState,

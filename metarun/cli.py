@@ -92,9 +92,19 @@ def check_named_tuning(hydra_cfg) -> None:
 
 
 def resume_command(overrides) -> str:
-    """The command line that continues this run (its own overrides, the folder filled in by the caller)."""
+    """The command line that continues this run (its own overrides, the folder filled in by the caller): under
+    torchrun, as many processes again (a resume refuses another number, which would change its random draws)."""
     kept = [o for o in overrides if not o.startswith(("train.resume=", "hydra.run.dir="))]
-    return " ".join(["metarun", *map(shlex.quote, kept), "train.resume={folder}"])
+    return " ".join([*launcher_command(), *map(shlex.quote, kept), "train.resume={folder}"])
+
+
+def launcher_command() -> list[str]:
+    """`metarun`, or the torchrun line that started this process with as many nodes and processes."""
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world == 1:
+        return ["metarun"]
+    nodes = [] if world == local else [f"--nnodes={world // local}", "--rdzv-endpoint=<host:port>"]
+    return ["torchrun", *(nodes or ["--standalone"]), f"--nproc_per_node={local}", "-m", "metarun"]
 
 
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
@@ -162,6 +172,7 @@ def quote_paths(args: list[str], names: tuple[str, ...]) -> list[str]:
 
 def main() -> None:
     """`metarun`: meta-train, validate and test one run (or a sweep with -m)."""
+    sys.argv[1:] = quote_paths(sys.argv[1:], ("train.resume",))  # a sweep job's folder, as it is named
     _launch(app)
 
 

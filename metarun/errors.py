@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import difflib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -50,6 +51,8 @@ def report(message: str, title: str = "metarun error") -> None:
     from rich.console import Console
     from rich.text import Text
 
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 tells it; every rank exits alike
+        return
     Console(stderr=True, soft_wrap=True).print(f"[bold red]{title}:[/] {message}", highlight=False, markup=True)
     record = logging.LogRecord("metarun", logging.ERROR, __file__, 0, f"{title}: {Text.from_markup(message)}", (), None)
     for handler in logging.getLogger().handlers:
@@ -109,7 +112,8 @@ def reported_stops(debug: bool, resume_command: str) -> Iterator[None]:
         if debug:
             raise
         report(str(error) + _resume_hint(error.run_folder, resume_command))
-        print("(run again with debug=true for the traceback)", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print("(run again with debug=true for the traceback)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except RunInterrupted as stop:
         report(str(stop) + _resume_hint(stop.run_folder, resume_command), title="metarun stopped")

@@ -8,12 +8,11 @@ import json
 from pathlib import Path
 
 from omegaconf import DictConfig
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from metarun.config import check_config
 from metarun.data import load_local, load_texts
 from metarun.errors import UserError, brief
-from metarun.progress import console
+from metarun.progress import console, phase
 from metarun.parts import use_threads
 from metarun.run_folder import write_text_atomically
 from metarun.trained import load
@@ -51,10 +50,8 @@ def predict(cfg: DictConfig) -> Path:
                   + ", ".join(f"{label} ({n})" for label, n in counts.items())
                   + (f", and transductively on the {len(texts)} inputs" if model.algorithm.transductive else ""),
                   highlight=False)  # fmt: skip
-    with Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=len(texts) < SHOW_PROGRESS_FROM) as progress:  # fmt: skip
-        task = progress.add_task("predict", total=len(texts))
-        probabilities = adapted.predict_proba(texts, cfg.batch_size, lambda done: progress.update(task, completed=done))
+    with phase("predict", shown=len(texts) >= SHOW_PROGRESS_FROM) as advance:
+        probabilities = adapted.predict_proba(texts, cfg.batch_size, lambda done: advance(done, len(texts)))
     rows = [
         {"text": text, "label": adapted.labels[int(p.argmax())], "probabilities": dict(zip(adapted.labels, p.tolist()))}
         for text, p in zip(texts, probabilities)

@@ -14,8 +14,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from metarun.algorithms import TaskStats
@@ -84,30 +93,38 @@ def print_where(label: str, folder: Path, uses: Sequence[tuple[str, str]] = ()) 
         console.print(f"  {command}   [dim]# {what}", highlight=False, soft_wrap=True)
 
 
+class RateColumn(ProgressColumn):
+    """Items per second, once rich has measured it."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.3g}/s" if task.speed else "", style="progress.data.speed")
+
+
 @contextlib.contextmanager
-def phase(name: str) -> Iterator[Callable[[int, int], None]]:
+def phase(name: str, shown: bool = True) -> Iterator[Callable[[int, int], None]]:
     """Progress through a long phase (the meta-test's episodes), told by calling the yielded `advance(done, total)`:
-    a bar with rate and ETA on a terminal; in a log, a line at every tenth, with the time it took and the ETA."""
-    if console.quiet:
+    a bar with rate and ETA on a terminal; in a log, a line at every tenth, with the time it took and the ETA.
+    Not `shown`: nothing (a phase too short to be worth a bar)."""
+    if console.quiet or not shown:
         yield lambda done, total: None
         return
     if live_bars():
-        columns = (TextColumn(f"[bold]{job_tag()}{name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn())  # fmt: skip
+        columns = (TextColumn(f"[bold]{job_tag()}{name}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())  # fmt: skip
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task(name, total=None)
             yield lambda done, total: bar.update(task, completed=done, total=total)
         return
-    started, shown = time.monotonic(), set()
+    started, tenths = time.monotonic(), set()
 
     def advance(done: int, total: int) -> None:
         tenth = 10 * done // total
-        if tenth > 0 and tenth not in shown:
-            shown.add(tenth)
+        if tenth > 0 and tenth not in tenths:
+            tenths.add(tenth)
             elapsed = time.monotonic() - started
-            eta = _clock(elapsed / done * (total - done))
-            console.print(f"{job_tag()}{name} {done}/{total} ({100 * done // total}%) | elapsed {_clock(elapsed)} | "
-                          f"eta {eta}", highlight=False, soft_wrap=True)  # fmt: skip
+            eta, rate = _clock(elapsed / done * (total - done)), done / max(elapsed, 1e-9)
+            console.print(f"{job_tag()}{name} {done}/{total} ({100 * done // total}%) | {rate:.3g}/s | elapsed "
+                          f"{_clock(elapsed)} | eta {eta}", highlight=False, soft_wrap=True)  # fmt: skip
 
     yield advance
 

@@ -89,18 +89,19 @@ def hparams(cfg: DictConfig) -> dict:
     (what tells the runs of a sweep apart), then every scalar setting of the parts, nested keys dotted
     (`algo.outer_optimizer.lr`). Lists (fixed tasks' files) are left out: HParams takes scalars only."""
     flat = {f"choice.{group}": option for group, option in cfg.choices.items()}
-
-    def add(node: dict, prefix: str) -> None:  # OmegaConf has no flattening of its own
-        for key, value in node.items():
-            if isinstance(value, dict):
-                add(value, f"{prefix}{key}.")
-            elif isinstance(value, (int, float, str, bool)) and not key.startswith("_"):
-                flat[f"{prefix}{key}"] = value
-
     for group in ("algo", "model", "task", "data", "train"):
-        add(OmegaConf.to_container(cfg[group], resolve=True), f"{group}.")
+        settings = flatten(OmegaConf.to_container(cfg[group], resolve=True), f"{group}.")
+        flat |= {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool)) and "._" not in k}
     flat["seed"] = cfg.seed
     return flat
+
+
+def flatten(node, prefix: str = "") -> dict:
+    """A nested dict's leaves under dotted keys (`algo.outer_optimizer.lr`); OmegaConf has no flattening of its own,
+    and this one line spares a dependency (pandas' json_normalize) for it."""
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
 
 
 def provenance(device) -> dict:

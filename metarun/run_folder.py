@@ -27,9 +27,14 @@ def storage_error(path: Path, error: OSError, run_folder: Path | None = None, le
     """One paragraph for a failed write; `left`: a partial file the file system would not let go of."""
     why = STORAGE_FAULTS.get(error.errno, error.strerror or str(error))
     partial = f"{left} is left over (it could not be removed): delete it" if left else "no partial file is left"
+    resumable = run_folder is not None and (run_folder / "checkpoints" / "last.pt").is_file()
+    then = "run again"
+    if resumable:  # a resume cannot change its folder: where the space must come from
+        then = ("continue the run as below: it goes on in this folder from its last checkpoint, so free the space on "
+                "this disk, or move the whole run folder to another disk and resume it there")  # fmt: skip
     return UserError(
         f"Could not write {path}: {why}. Files written before are intact and {partial}. "
-        "Free some space or make the folder writable, then run again.",
+        f"Free some space or make the folder writable, then {then}.",
         run_folder=run_folder,
     )
 

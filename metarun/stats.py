@@ -9,7 +9,8 @@ from dataclasses import dataclass
 # the scores averaged over episodes or tasks, with their short names in metrics.json keys and TensorBoard tags
 METRICS = {"accuracy": "acc", "balanced_accuracy": "balanced_acc", "macro_f1": "macro_f1"}
 
-# t_{0.975, df} for df = 1..30: the 95% two-sided Student-t quantiles (scipy.stats.t.ppf(0.975, df), 9 digits)
+# t_{0.975, df} for df = 1..30: the 95% two-sided Student-t quantiles (scipy.stats.t.ppf(0.975, df), 9 digits).
+# Written out, not computed: scipy is no dependency (tens of MB for one quantile), torch's StudentT has no icdf.
 T_975 = (
     12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252, 2.306004135,
     2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688, 2.131449546, 2.119905299,

@@ -86,6 +86,19 @@ def test_csv_and_jsonl_values_read_as_written(tmp_path):
     assert corpus.texts == ['say "hi", then\r\ngo', "plain"] and corpus.labels == ["NA", "007"]
 
 
+@pytest.mark.parametrize(
+    "lines, told",
+    [(['{"text": "a", "label": "x"}', '{"text": "b", "label": null}', '{"text": "c", "label": " "}'],
+      "2 row(s) have no 'label' (rows 2, 3, counting from 1); every example needs a label"),
+     (['{"text": "a", "label": "x"}', '{"text": "b", "label": 3}', '{"text": "c", "label": 4.0}'],
+      "the 'label' values mix text and numbers (2 number(s); row 2 has 3), so 3 would be a class of its own")],
+)  # fmt: skip
+def test_a_missing_label_or_a_number_among_text_labels_is_named_by_file_and_row(tmp_path, lines, told):
+    path = jsonl(tmp_path / "labels.jsonl", lines)
+    with pytest.raises(UserError, match=re.escape(f"{path}: {told}")):
+        load_local(path)
+
+
 @pytest.mark.parametrize("kind", ["class", "domain"])
 def test_too_few_keys_to_split_says_how_many_and_what_to_do(kind):
     noun, fix = ("label", "data.label_column") if kind == "class" else ("domain", "task=fewshot_cls")

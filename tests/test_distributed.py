@@ -77,7 +77,10 @@ def test_two_processes_stopped_and_resumed_end_as_if_never_stopped(tmp_path):
     while not (tmp_path / "run/checkpoints/last.pt").exists() and time.time() < deadline:
         time.sleep(0.1)
     stopped.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
-    stopped.communicate(timeout=120)
+    _, told = stopped.communicate(timeout=120)
+    told = " ".join(told.split())
+    resume = "To continue this run: torchrun --standalone --nproc_per_node=2 -m metarun "  # as many processes again
+    assert told.count(resume) == 1 and told.count("metarun stopped:") == 1, told[-3000:]  # told once, by rank 0
     step = torch.load(tmp_path / "run/checkpoints/last.pt")["step"]
     assert stopped.returncode != 0 and 4 <= step < 40 and not (tmp_path / "run/metrics.json").exists()
     resumed = command(*TORCHRUN, *RUN, *longer, f"train.resume={tmp_path / 'run'}")
@@ -86,3 +89,9 @@ def test_two_processes_stopped_and_resumed_end_as_if_never_stopped(tmp_path):
     assert all(torch.equal(ends[0]["model"][n], ends[1]["model"][n]) for n in ends[0]["model"])
     metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("whole", "run")]
     assert metrics[0]["test_acc"] == metrics[1]["test_acc"] and metrics[0]["val_acc"] == metrics[1]["val_acc"]
+
+
+def test_a_bad_value_under_torchrun_is_told_once(tmp_path):
+    done = command(*TORCHRUN, *RUN, "algo.inner_lr=-1", f"hydra.run.dir={tmp_path / 'run'}")
+    told = " ".join(done.stderr.split())
+    assert done.returncode != 0 and told.count("algo.inner_lr=-1.0 is not valid") == 1, told[-3000:]

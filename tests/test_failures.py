@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import pickle
+import shlex
 import struct
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def test_a_full_disk_mid_run_names_the_path_and_keeps_the_previous_checkpoint(tm
         run(compose_config("train.outer_steps=4"), tmp_path)  # checkpoints at the validations of steps 2 and 4
     message = str(error.value)
     assert f"Could not write {tmp_path / 'checkpoints'}" in message and "no space left on the device" in message
+    assert "then continue the run as below: it goes on in this folder from its last checkpoint" in message
     assert error.value.run_folder == tmp_path  # the command line adds the resume command
     assert not list((tmp_path / "checkpoints").glob("*.partial"))
     assert load_checkpoint(tmp_path / "checkpoints/last.pt")["step"] == 2
@@ -226,6 +228,20 @@ def test_a_sweep_never_writes_into_another_sweeps_folder(tmp_path):
     again = metarun("-m", *SMOKE, "seed=0,1", f"hydra.sweep.dir={tmp_path}")
     assert again.returncode == 2 and "already holds another sweep" in " ".join(again.stderr.split())
     assert (tmp_path / "multirun.yaml").read_text() == kept and sorted(tmp_path.iterdir()) == entries
+
+
+def test_a_stopped_sweep_refused_its_folder_names_the_command_that_continues_each_unfinished_job(tmp_path):
+    assert metarun("-m", *SMOKE, "seed=0,1", f"hydra.sweep.dir={tmp_path}").returncode == 0
+    (stopped,) = tmp_path.glob("1_*seed=1")
+    (stopped / "metrics.json").unlink()  # as if stopped at test time, after its last checkpoint
+    again = metarun("-m", *SMOKE, "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    told = again.stderr.splitlines()
+    assert again.returncode == 2 and "Its jobs without results (1 of 2); each goes on with:" in told
+    (line,) = [line.strip() for line in told if "train.resume=" in line]
+    assert line.startswith("metarun ") and "seed=1" in line and line.endswith(f"train.resume={stopped}")
+    resumed = command(*shlex.split(line))  # as printed: the folder's = and , need no quotes for Hydra
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (stopped / "metrics.json").is_file()
 
 
 def test_a_sweep_never_writes_into_a_folder_with_another_sweeps_jobs(tmp_path):

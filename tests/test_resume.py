@@ -227,3 +227,16 @@ def test_a_resumed_runs_meta_training_time_counts_the_time_before_its_stop(tmp_p
     (tmp_path / "older/checkpoints/clock.json").unlink()  # an earlier version's checkpoint: the time is not known
     run(config("algo=maml", f"train.resume={tmp_path / 'older'}"), tmp_path / "older")
     assert json.loads((tmp_path / "older/timing.json").read_text())["meta_train_seconds"] is None
+
+
+def test_a_sweep_jobs_folder_resumes_as_it_is_named_unquoted(tmp_path, monkeypatch, run_cli):
+    from metarun import cli
+
+    folder = tmp_path / "0_algo=maml,seed=1"  # as Hydra names a sweep's job
+    stop_at(monkeypatch, 3)
+    with pytest.raises(RunInterrupted):
+        run(config("algo=maml", "seed=1"), folder)
+    monkeypatch.undo()
+    code, _, stderr = run_cli(cli.main, *smoke(*RESUMED, "algo=maml", "seed=1"), f"train.resume={folder}")
+    assert code == 0, stderr
+    assert json.loads((folder / "metrics.json").read_text())["test_episodes"] > 0

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,23 @@ def test_metarun_predict_writes_a_label_and_every_probability_for_each_input(tmp
     inductive = load(folder).adapt(support_x, support_y).predict_proba(query_x)
     assert torch.allclose(torch.tensor(probabilities), inductive, atol=1e-6) != bool(settings)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["run", "support.csv", "inputs.jsonl", out])
+
+
+def test_metarun_predict_over_a_large_file_shows_progress_with_rate_and_eta_in_a_log(tmp_path, monkeypatch, run_cli):
+    from metarun.predict import SHOW_PROGRESS_FROM
+
+    folder = trained(tmp_path / "run", "algo=protonet")
+    (support_x, support_y), (query_x, _) = examples(folder, 3, [2, 2, 2])
+    support = write_rows(tmp_path / "support.csv", [{"text": t, "label": y} for t, y in zip(support_x, support_y)])
+    many = [query_x[i % len(query_x)] for i in range(SHOW_PROGRESS_FROM)]
+    inputs = write_rows(tmp_path / "inputs.jsonl", [{"text": t} for t in many])
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = run_cli(cli.predict_main, f"run={folder}", f"support={support}", f"inputs={inputs}",
+                                   "out=p.csv")  # fmt: skip
+    assert code == 0, stderr
+    lines = [line for line in stdout.splitlines() if line.startswith("predict ")]
+    assert lines[-1].startswith(f"predict {len(many)}/{len(many)} (100%) | ") and " | eta " in lines[-1]
+    assert re.search(r" \| [0-9.e+]+/s \| ", lines[-1])
 
 
 def test_metarun_predict_refuses_an_unknown_output_format(tmp_path, monkeypatch, run_cli):

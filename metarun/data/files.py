@@ -67,14 +67,34 @@ def load_local(
     columns = {"text_column": text_column, "label_column": label_column}
     if domain_column is not None:
         columns["domain_column"] = domain_column
-    texts, labels, *rest = _read(paths, columns, max_chars)
-    labels = [str(label) for label in labels]
-    domains = [str(d) for d in rest[0]] if rest else []
-    if drop_empty:
-        keep = [i for i, t in enumerate(texts) if t.strip()]
-        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
-        domains = [domains[i] for i in keep] if domains else domains
+    texts, labels, domains = [], [], []
+    for path in paths:  # one file at a time, so that a bad label is named with its file and row
+        file_texts, file_labels, *rest = _read([path], columns, max_chars)
+        keep = [i for i, t in enumerate(file_texts) if t.strip() or not drop_empty]
+        check_labels({i + 1: file_labels[i] for i in keep}, path, label_column)
+        texts += [file_texts[i] for i in keep]
+        labels += [str(file_labels[i]) for i in keep]
+        domains += [str(rest[0][i]) for i in keep] if rest else []
     return Corpus(texts, labels, domains if domain_column else None, source=", ".join(str(p) for p in paths))
+
+
+def check_labels(labels: dict[int, object], path: Path, column: str) -> None:
+    """Every row (`labels` by row number) has a label, and the labels are all text or all numbers: a missing one
+    would become the class 'None', and a number among text labels a class of its own."""
+    absent = lambda label: label is None or label != label or str(label).strip() == ""  # noqa: E731 (NaN != NaN)
+    missing = [row for row, label in labels.items() if absent(label)]
+    if missing:
+        raise UserError(f"{path}: {len(missing)} row(s) have no {column!r} (rows {brief(missing)}, counting from 1); "
+                        "every example needs a label. Remove those rows or give them one.")  # fmt: skip
+    if any(isinstance(label, str) for label in labels.values()):
+        numbers = [(row, label) for row, label in labels.items() if not isinstance(label, str)]
+        if numbers:
+            row, label = numbers[0]
+            raise UserError(
+                f"{path}: the {column!r} values mix text and numbers ({len(numbers)} number(s); row {row} has "
+                f"{label!r}), so {label!r} would be a class of its own beside the text labels. Write every label as "
+                f'text (e.g. "{label}") or every label as a number.'
+            )
 
 
 def load_texts(file: str, text_column: str = "text", max_chars: int = 5000, setting: str = "inputs") -> list[str]:
