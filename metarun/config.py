@@ -23,6 +23,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from metarun.errors import UserError, unknown_setting
+from metarun.results import flatten
 from metarun.schema import COMMANDS, SCHEMAS
 
 # absolute, from any working directory: a wheel ships conf/ as metarun/conf; an editable install reads the repo's conf/
@@ -172,3 +173,21 @@ def check_config(cfg: DictConfig, extra: Collection[str] = ()) -> None:
         problems += part.settings_problems(node) if hasattr(part, "settings_problems") else []
     if problems:
         raise UserError(" ".join(problems))
+    check_data_folder(cfg)
+
+
+def check_data_folder(cfg: DictConfig) -> None:
+    """The data sets' folder exists where the run reads from it: its default is relative to the folder metarun runs
+    in, which an installed command does not know."""
+    if "paths" not in cfg or os.path.isdir(cfg.paths.data):
+        return
+    settings = {**flatten(OmegaConf.to_container(cfg.data, resolve=True), "data."),
+                **flatten(OmegaConf.to_container(cfg.task, resolve=True), "task.")}  # fmt: skip
+    reading = [f"{k}={v}" for k, v in settings.items() if str(v).startswith(cfg.paths.data)]
+    if reading:
+        given = "METARUN_DATA" if os.environ.get("METARUN_DATA") else f"../shared/data from {os.getcwd()}"
+        raise UserError(
+            f"paths.data={cfg.paths.data} ({given}) is not a folder, but this run reads its data there "
+            f"({reading[0]}). Point METARUN_DATA at the folder that holds the data sets (clinc150/, arsc_source/, ...) "
+            "or give paths.data=<that folder>."
+        )

@@ -27,6 +27,7 @@ def classification_scores(predicted: torch.Tensor, target: torch.Tensor, n_class
     Balanced accuracy averages recall over the classes present in `target`, so a majority-class guesser scores
     1/C. Macro-F1 averages F1 = 2TP / (2TP + FP + FN) over the classes present or predicted: a present class never
     predicted counts 0, a class neither present nor predicted is left out."""
+    # one confusion matrix in torch, not scikit-learn: it is no core dependency, and three calls per episode cost more
     predicted, target = predicted.detach().cpu().long().flatten(), target.detach().cpu().long().flatten()
     if len(predicted) != len(target) or len(target) == 0:
         raise ValueError(f"need as many predictions as labels, and some: got {len(predicted)} and {len(target)}")
@@ -54,17 +55,18 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def predict(algorithm: Algorithm, params: Params, episodes: list[Episode], device: torch.device, query_batch: int = 512,
-            advance: Advance | None = None) -> list[torch.Tensor]:  # fmt: skip
+            advance: Advance | None = None, keep_features: bool = False) -> list[torch.Tensor]:  # fmt: skip
     """Adapt on each episode's support set (a transductive algorithm also reads the query texts) and predict its query
     set, `query_batch` rows at a time: one tensor of predicted labels (on the CPU) per episode. Over several episodes,
     what adaptation leaves unchanged (the features, or the lower layers' hidden states) is computed once per text
-    (`algorithms.caching.cached`). `advance(done, total)` is told after each episode (progress)."""
+    (`algorithms.caching.cached`; with `keep_features`, a table kept for later runs). `advance(done, total)` is told
+    after each episode (progress)."""
     episodes = [e.to(device) for e in episodes]
     predictions = []
     with eval_mode(algorithm.model):
         if len(episodes) > 1:
             tokens = [x for e in episodes for x in (e.support_x, e.query_x)]
-            algorithm = cached(algorithm, params, tokens, algorithm.adapted_names())
+            algorithm = cached(algorithm, params, tokens, algorithm.adapted_names(), keep_features)
         for episode in episodes:
             adapted = algorithm.adapt(params, episode.support_x, episode.support_y, episode.query_x)
             with torch.no_grad():
@@ -85,12 +87,13 @@ def episode_scores(
     device: torch.device,
     query_batch: int = 512,
     advance: Advance | None = None,
+    keep_features: bool = False,
 ) -> list[Scores]:
     """Accuracy, balanced accuracy and macro-F1 of each episode's query set, in the episodes' order (under torchrun
     each process scores its share of the episodes, and every process gets all the scores)."""
     ranks = Ranks.current()
     share = ranks.share(list(episodes))
-    predictions = predict(algorithm, params, share, device, query_batch, advance) if share else []
+    predictions = predict(algorithm, params, share, device, query_batch, advance, keep_features) if share else []
     return ranks.gather([classification_scores(p, e.query_y, e.n_way) for p, e in zip(predictions, share)])
 
 
@@ -101,9 +104,10 @@ def evaluate_scores(
     device: torch.device,
     query_batch: int = 512,
     advance: Advance | None = None,
+    keep_features: bool = False,
 ) -> dict[str, EvalResult]:
     """Each metric's mean over `episodes` with its 95% CI, by name (`stats.METRICS`)."""
-    return summarize(episode_scores(algorithm, params, episodes, device, query_batch, advance))
+    return summarize(episode_scores(algorithm, params, episodes, device, query_batch, advance, keep_features))
 
 
 def evaluate(
@@ -121,7 +125,8 @@ def score_test(algorithm: Algorithm, params: Params, test: TestSet, device: torc
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         if test.task_names is None:
-            return TestScores(evaluate_scores(algorithm, params, test.episodes, device, advance=advance)["accuracy"])
+            scores = evaluate_scores(algorithm, params, test.episodes, device, advance=advance, keep_features=True)
+            return TestScores(scores["accuracy"])
         per_task = []
         for name, episode in zip(test.task_names, test.episodes):
             per_task.append((name, episode_scores(algorithm, params, [episode], device)[0]))

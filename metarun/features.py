@@ -2,14 +2,20 @@
 
 With a frozen encoder that is the pooled feature vector; with its lower layers frozen (`algo.outer_scope=top` and a
 head or top-layer inner loop) it is the hidden states below the lowest trained layer, and only the layers above run
-again. An `Algorithm` reads a table through `metarun.algorithms.caching`."""
+again. An `Algorithm` reads a table through `metarun.algorithms.caching`; the values live in a file, in 16 bits and
+each text only as long as it is, and a table later runs may read is kept for them (`metarun.feature_store`)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from metarun.tokens import PAD_ID, text_key, trim_padding
+from metarun.feature_store import Source, stored_values
+from metarun.tokens import PAD_ID, trim_padding
+
+Compute = Callable[[torch.Tensor], torch.Tensor]  # a batch of token rows -> one result per row
 
 
 def unique_rows(token_batches: list[torch.Tensor]) -> torch.Tensor:
@@ -18,35 +24,48 @@ def unique_rows(token_batches: list[torch.Tensor]) -> torch.Tensor:
     return torch.unique(torch.cat([F.pad(t, (0, width - t.shape[1])) for t in token_batches]), dim=0)
 
 
-def by_length(compute, tokens: torch.Tensor, batch_size: int = 256) -> list[torch.Tensor]:
-    """`compute(batch)` for every row of `tokens` without gradients, batched by length (shortest first) so that a
-    batch is only as wide as its longest text; one result per row, in the rows' order."""
+def batches_by_length(compute: Compute, tokens: torch.Tensor, batch_size: int = 256,
+                      ) -> Iterator[tuple[list[int], torch.Tensor]]:  # fmt: skip
+    """`compute(batch)` without gradients for the rows of `tokens`, batched by length (shortest first) so that a
+    batch is only as wide as its longest text: each batch's row numbers with its results."""
     order = torch.argsort((tokens != PAD_ID).sum(1), stable=True)
+    without_grad = torch.no_grad()(compute)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        yield rows.tolist(), without_grad(trim_padding(tokens[rows]))  # no name here holds a batch into the next
+
+
+def by_length(compute: Compute, tokens: torch.Tensor, batch_size: int = 256) -> list[torch.Tensor]:
+    """`batches_by_length`'s results, one per row, in the rows' order."""
     found: list[torch.Tensor | None] = [None] * len(tokens)
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            for row, value in zip(rows.tolist(), compute(trim_padding(tokens[rows]))):
-                found[row] = value
+    for rows, values in batches_by_length(compute, tokens, batch_size):
+        for row, value in zip(rows, values):
+            found[row] = value
     return found
 
 
-class FeatureTable:
-    """Each text's pooled features (`layers=None`) or its hidden states after the first `layers` layers (kept at
-    the text's own length), for every row of `token_batches`, looked up by the text's tokens."""
+def text_keys(tokens: torch.Tensor) -> list[bytes]:
+    """Each row's tokens without padding: the same text trimmed to different widths gives the same key."""
+    return [row[row != PAD_ID].tobytes() for row in tokens.cpu().to(torch.int32).numpy()]
 
-    def __init__(self, algorithm, params, token_batches: list[torch.Tensor], layers: int | None = None):
+
+class FeatureTable:
+    """`compute`'s results for every row of `token_batches`, looked up by the text's tokens: each text's pooled
+    features (`layers=None`), or its hidden states after the first `layers` layers, kept at the text's own length.
+    With a `source` (what computes them, see `feature_store.Source`) the table is kept for later runs."""
+
+    def __init__(self, compute: Compute, token_batches: list[torch.Tensor], layers: int | None = None,
+                 source: Source | None = None) -> None:  # fmt: skip
         self.layers = layers
         rows = unique_rows(token_batches)
-        if layers is None:
-            values = by_length(lambda batch: algorithm.logits(params, batch, features_only=True), rows)
-        else:
-            values = by_length(lambda batch: algorithm.hidden_states(params, batch, layers), rows)
-            values = [v[: int((row != PAD_ID).sum())] for v, row in zip(values, rows)]
-        self.values = {text_key(row): v for row, v in zip(rows.cpu(), values)}
+        self.rows = {key: i for i, key in enumerate(text_keys(rows))}
+        lengths = [1] * len(rows) if layers is None else (rows != PAD_ID).sum(1).tolist()
+        self.values = stored_values(lambda: batches_by_length(compute, rows), lengths, source, rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        found = [self.values[text_key(row)] for row in tokens.cpu()]
-        if self.layers is None:
-            return torch.stack(found)
-        return torch.stack([F.pad(v, (0, 0, 0, tokens.shape[1] - len(v))) for v in found])
+        rows = [self.rows[key] for key in text_keys(tokens)]
+        found = self.values.read(rows, None if self.layers is None else tokens.shape[1])
+        return found.to(tokens.device)

@@ -24,7 +24,7 @@ from metarun.errors import RunInterrupted, UserError, stop_signals
 from metarun import progress
 from metarun.algorithms.caching import cached
 from metarun.evaluation import eval_mode, evaluate_scores
-from metarun.progress import RunReporter
+from metarun.reporter import RunReporter
 
 
 @dataclass(frozen=True)
@@ -103,16 +103,13 @@ def meta_training_view(algorithm: Algorithm, sampler: EpisodeSampler, val_episod
     hidden states, or a frozen encoder's features) from a table of every meta-train and validation text."""
     tokens = [sampler.tokens, *(x for e in val_episodes for x in (e.support_x, e.query_x))]
     tokens = [t.to(device) for t in tokens]
-    started = time.perf_counter()
     with eval_mode(algorithm.model):  # the frozen part is computed once, without dropout
-        view = cached(algorithm, dict(algorithm.model.named_parameters()), tokens, algorithm.trained_names())
+        view = cached(algorithm, dict(algorithm.model.named_parameters()), tokens, algorithm.trained_names(), keep=True)
     if view is not algorithm:
         layers = view.cache.layers
         part = "features" if layers is None else "first layer" if layers == 1 else f"first {layers} layers"
-        progress.console.print(
-            f"Meta-training leaves the encoder's {part} unchanged: computed once for {len(view.cache.values)} texts "
-            f"in {time.perf_counter() - started:.0f} s, read from memory from now on."
-        )
+        progress.console.print(f"Meta-training leaves the encoder's {part} unchanged: read from that table "
+                               "from now on.")  # fmt: skip
     return view
 
 
@@ -167,7 +164,7 @@ def meta_train(
                 if settings.average_from is not None and step >= settings.average_from:
                     add_to_average(state, {n: params[n] for n in algorithm.meta_learned_names(params)})
                 weights = params if state.average is None else {**params, **state.average}
-                scores = evaluate_scores(algorithm, weights, val_episodes, device)
+                scores = evaluate_scores(algorithm, weights, val_episodes, device, advance=reporter.validating(step))
                 reporter.log_validation(step, scores, settings.select_by)
                 val = scores[settings.select_by]
                 is_best = state.best is None or val.mean > state.best.mean

@@ -23,7 +23,8 @@ from metarun.errors import RunInterrupted
 from metarun.evaluation import evaluate_scores, score_test
 from metarun.loop import TrainSettings, build_outer_optimizer, meta_train, meta_training_view
 from metarun.parts import build_algorithm, load_task, resolve_device, use_threads
-from metarun.progress import RunReporter, in_sweep, phase, print_config, print_results, print_where
+from metarun.progress import in_sweep, phase, print_config, print_results, print_where
+from metarun.reporter import RunReporter
 from metarun.results import TEST_ACC, hparams, identity, title, val_key, validation_metrics
 from metarun.run_folder import claim_run_folder, folder_lock, write_text_atomically
 

@@ -21,8 +21,3 @@ def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
     """Drop padding columns that every row has, so attention runs over the batch's real length."""
     length = int((tokens != PAD_ID).sum(1).max())
     return tokens[:, : max(length, 1)]
-
-
-def text_key(row: torch.Tensor) -> tuple[int, ...]:
-    """A token row without its padding: the same text trimmed to different widths gives the same key."""
-    return tuple(row[row != PAD_ID].tolist())

@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the suite may wait on the network
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -6,6 +9,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # one thread per process: the suite runs on two workers (pytest -n 2), and tests start metarun in subprocesses;
 # threads beyond the cores slow tiny models many times over
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# kept feature tables go to a folder of this test process's own, not ~/.cache: no run reads another session's table
+os.environ.setdefault("METARUN_CACHE", tempfile.mkdtemp(prefix="metarun-test-cache-"))
+atexit.register(shutil.rmtree, os.environ["METARUN_CACHE"], True)
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402

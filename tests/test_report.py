@@ -80,16 +80,37 @@ def test_progress_in_a_log_is_whole_lines(sweep):
     assert len(lines) == 8 and not any("…" in line for line in lines)  # steps 1 and 2 of each
 
 
+def test_a_long_validation_shows_its_progress_in_a_log_and_a_short_one_does_not(monkeypatch):
+    from rich.console import Console
+
+    from metarun import progress, reporter
+
+    out = io.StringIO()
+    monkeypatch.setattr(progress, "console", Console(file=out, width=200))
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    lines = reporter.LogLines(10)
+    for done in range(1, 11):  # 1 s an episode: shorter than the 30 s between lines
+        now[0] += 1
+        lines.validating(2, done, 10)
+    assert out.getvalue() == ""
+    for done in range(1, 51):  # 2 s an episode: a line after 30 s, with the pace so far
+        now[0] += 2
+        lines.validating(4, done, 50)
+    shown = out.getvalue().splitlines()
+    assert shown[0] == "validation at step 4: 16/50 episodes | elapsed 0:00:30 | eta 0:01:08" and len(shown) == 3
+
+
 def test_log_lines_come_every_few_steps_and_at_each_validation(monkeypatch):
     from rich.console import Console
 
-    from metarun import progress
+    from metarun import progress, reporter
 
     out = io.StringIO()
     monkeypatch.setattr(progress, "console", Console(file=out, width=30))  # not a terminal, and narrow
     clock = iter(float(t) for t in [0, 1000, *range(1001, 1200)])  # setup took 1000 s, then 1 s per step
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
-    lines = progress.LogLines(100, lines=10)
+    lines = reporter.LogLines(100, lines=10)
     for step in range(1, 101):
         lines.step(step, f"loss {1 / step:.3f} acc 0.50")
         if step % 25 == 0:

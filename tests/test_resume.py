@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarun import progress
+from metarun import reporter
 from metarun.errors import RunInterrupted, UserError
 from metarun.run import run
 
@@ -30,14 +30,14 @@ def config(*overrides):
 
 def stop_at(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
     """Deliver a real signal while outer step `step` is being logged, as Ctrl-C would arrive mid-run."""
-    log_train = progress.RunReporter.log_train
+    log_train = reporter.RunReporter.log_train
 
     def log_and_signal(self, at, *args):
         log_train(self, at, *args)
         if at == step:
             os.kill(os.getpid(), signum)
 
-    monkeypatch.setattr(progress.RunReporter, "log_train", log_and_signal)
+    monkeypatch.setattr(reporter.RunReporter, "log_train", log_and_signal)
 
 
 def artefacts(folder: Path) -> tuple[str, bytes, bytes]:
