@@ -108,3 +108,11 @@ def test_the_installed_command_tells_a_composition_error_in_one_paragraph_withou
                             text=True, env=env)  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "could not be converted to Integer" in " ".join(result.stderr.split())
+
+
+def test_a_data_folder_that_is_not_there_names_where_it_came_from_and_metarun_data(tmp_path, run_cli):
+    code, _, stderr = run_cli(cli.main, "experiment=arsc_dev", f"paths.data={tmp_path / 'none'}",
+                              f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    told = " ".join(stderr.split())
+    assert code == 2 and f"paths.data={tmp_path / 'none'}" in told and "is not a folder, but this run reads" in told
+    assert "Point METARUN_DATA at the folder that holds the data sets" in told
