@@ -180,7 +180,7 @@ def thread_choice(args: argparse.Namespace) -> str:
             for round_ in range(args.rounds):
                 for name, extra in settings.items():
                     print(f"{busy} busy, round {round_ + 1}/{args.rounds}: {name}", flush=True)
-                    folder = out / f"{busy}-busy-{name}-{round_}"
+                    folder = out / f"{busy}-busy-{name.replace('=', '')}-{round_}"  # no = in a Hydra value
                     timing = timed_run([metarun, *overrides, *extra], folder, env)
                     seconds[name].append(timing["meta_train_seconds"] + timing["test_seconds"])
         finally:

@@ -1,6 +1,8 @@
 """Sweeps through Hydra's own plugins: the joblib and Slurm launcher presets and Optuna's sweeper."""
 
 import json
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -15,7 +17,8 @@ def sweep(folder: Path, *overrides) -> subprocess.CompletedProcess:
     return command("metarun", "-m", *SMOKE, *overrides, f"hydra.sweep.dir={folder}")
 
 
-def test_joblib_runs_jobs_side_by_side_and_a_failing_one_is_listed(tmp_path):
+def test_joblib_runs_jobs_side_by_side_and_a_failing_one_is_listed(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS")  # each job's threads as metarun chooses them
     done = sweep(tmp_path, "launcher=joblib", "task.k_shot=1,30")  # 30 shots: more than a class holds
     assert done.returncode == 1, done.stderr[-3000:]
     (ok,), (failed,) = tmp_path.glob("0_*"), tmp_path.glob("1_*")  # job folders: number_overrides
@@ -25,7 +28,11 @@ def test_joblib_runs_jobs_side_by_side_and_a_failing_one_is_listed(tmp_path):
     assert "1 job(s) of the sweep failed" in summary and f"{failed.name}: task.k_shot + task.n_query" in summary
     hydra = yaml.safe_load((ok / ".hydra/hydra.yaml").read_text())["hydra"]
     assert hydra["runtime"]["choices"]["hydra/launcher"] == "joblib" and hydra["launcher"]["n_jobs"] == 2
-    assert yaml.safe_load((ok / ".hydra/config.yaml").read_text())["device"]["threads"] == 1
+    assert yaml.safe_load((ok / ".hydra/config.yaml").read_text())["device"]["threads"] is None
+    cpus = len(os.sched_getaffinity(0))
+    # each job its share of the CPUs: joblib's workers get OMP_NUM_THREADS from loky, else metarun divides them
+    shares = re.findall(r"\| threads (\d+) \((OMP_NUM_THREADS|\S+ usable CPUs / 2 sweep jobs at once)", done.stdout)
+    assert len(shares) == 1 and 1 <= int(shares[0][0]) <= max(1, cpus // 2), shares  # the job that got past its data
 
 
 def test_the_slurm_preset_composes_with_its_limits():
