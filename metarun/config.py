@@ -183,8 +183,8 @@ def check_data_folder(cfg: DictConfig) -> None:
         return
     settings = {**flatten(OmegaConf.to_container(cfg.data, resolve=True), "data."),
                 **flatten(OmegaConf.to_container(cfg.task, resolve=True), "task.")}  # fmt: skip
-    reading = [f"{k}={v}" for k, v in settings.items()
-               if any(str(path).startswith(cfg.paths.data) for path in (v if isinstance(v, list) else [v]))]  # fmt: skip
+    reading = [f"{k}={path}" for k, v in settings.items() for path in (v if isinstance(v, list) else [v])
+               if str(path).startswith(cfg.paths.data)]  # fmt: skip
     if reading:
         given = "METARUN_DATA" if os.environ.get("METARUN_DATA") else f"../shared/data from {os.getcwd()}"
         raise UserError(

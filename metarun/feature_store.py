@@ -214,8 +214,8 @@ def _fill(file, batches: Batches, lengths: list[int], room: Place, shown: bool) 
     width and the disk has been checked for room; returns the layout."""
     from metarun import progress  # here: progress imports the algorithms, which import this module
 
-    layout, done = None, 0
-    with progress.phase("frozen features") if shown else contextlib.nullcontext(lambda done, total: None) as advance:
+    layout, done, total = None, 0, sum(lengths)  # counted in tokens: the longest texts come last and cost the most
+    with progress.phase("frozen features, tokens") if shown else contextlib.nullcontext(lambda d, t: None) as advance:
         for rows, values in batches:
             if layout is None:
                 stored = torch.float64 if values.dtype == torch.float64 else torch.float16  # float64: numerical checks
@@ -223,8 +223,8 @@ def _fill(file, batches: Batches, lengths: list[int], room: Place, shown: bool) 
                 _check_room(layout.nbytes, room)
             _write_rows(file, layout, rows, _storable(values, layout.stored).cpu().numpy())
             del values  # before the next batch is computed: one batch in memory at a time
-            done += len(rows)
-            advance(done, len(lengths))
+            done += sum(lengths[row] for row in rows)
+            advance(done, total)
     file.flush()
     return layout
 

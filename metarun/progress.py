@@ -91,11 +91,16 @@ def print_where(label: str, folder: Path, uses: Sequence[tuple[str, str]] = ()) 
         console.print(f"  {command}   [dim]# {what}", highlight=False, soft_wrap=True)
 
 
+def per_second(rate: float) -> str:
+    """A rate as people read it: 1150/s, 4.2/s, 0.031/s."""
+    return f"{rate:.0f}/s" if rate >= 100 else f"{rate:.2g}/s" if rate < 1 else f"{rate:.1f}/s"
+
+
 class RateColumn(ProgressColumn):
     """Items per second, once rich has measured it."""
 
     def render(self, task) -> Text:
-        return Text(f"{task.speed:.3g}/s" if task.speed else "", style="progress.data.speed")
+        return Text(per_second(task.speed) if task.speed else "", style="progress.data.speed")
 
 
 @contextlib.contextmanager
@@ -121,7 +126,7 @@ def phase(name: str, shown: bool = True) -> Iterator[Callable[[int, int], None]]
             tenths.add(tenth)
             elapsed = time.monotonic() - started
             eta, rate = clock(elapsed / done * (total - done)), done / max(elapsed, 1e-9)
-            console.print(f"{job_tag()}{name} {done}/{total} ({100 * done // total}%) | {rate:.3g}/s | elapsed "
+            console.print(f"{job_tag()}{name} {done}/{total} ({100 * done // total}%) | {per_second(rate)} | elapsed "
                           f"{clock(elapsed)} | eta {eta}", highlight=False, soft_wrap=True)  # fmt: skip
 
     yield advance
