@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from metarun.config import (  # noqa: E402
     CONF_DIR,
     aside_folder,
+    check_config,
     config_groups,
     group_options,
     process_rank,
@@ -35,6 +36,7 @@ from metarun.config import (  # noqa: E402
 )
 from metarun.callbacks import FailedJobs, RunFolderGuard  # noqa: E402
 from metarun.evaluate_run import evaluate_run, test_time_settings  # noqa: E402
+from metarun.export import export  # noqa: E402
 from metarun.predict import predict  # noqa: E402
 from metarun.results import IDENTITY  # noqa: E402
 from metarun.run import run  # noqa: E402
@@ -112,6 +114,13 @@ def eval_app(cfg: DictConfig) -> float:
     with reported_stops(cfg.debug, ""):
         hydra_cfg = HydraConfig.get()
         return evaluate_run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+
+
+@hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
+def export_app(cfg: DictConfig) -> None:
+    with reported_stops(False, ""):
+        check_config(cfg)
+        export(cfg)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
@@ -194,6 +203,12 @@ def runs_own_task(args: list[str]) -> list[str]:
     except (OSError, ValueError):
         return []
     return [f"task={option}"] if option in group_options("task") else []
+
+
+def export_main() -> None:
+    """`metarun-export run=<folder> out=<dir>`."""
+    sys.argv[1:] = quote_paths(sys.argv[1:], ("run", "out"))
+    _launch(export_app)
 
 
 def predict_main() -> None:

@@ -143,4 +143,15 @@ class PredictConfig:
     seed: Optional[int] = None  # adaptation's random draws (a fresh head); null: the run's seed
 
 
-COMMANDS = {"schema": Config, "evaluate_schema": EvaluateConfig, "predict_schema": PredictConfig}
+@dataclass
+class ExportConfig:
+    """`metarun-export`: a run's meta-learned pretrained encoder as a Hugging Face folder."""
+
+    run: str = MISSING  # the run folder
+    out: str = MISSING  # the folder to write (new, or empty; overwrite=true replaces one)
+    checkpoint: str = setting("best", choices=("best", "last"))
+    overwrite: bool = False
+
+
+COMMANDS = {"schema": Config, "evaluate_schema": EvaluateConfig, "predict_schema": PredictConfig,
+            "export_schema": ExportConfig}  # fmt: skip
