@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from metarun.config import compose
+from metarun.config import check_config, compose
 from metarun.data import generate_synthetic
 from metarun.errors import UserError
 from metarun.evaluate_run import evaluate_run
@@ -69,3 +69,32 @@ def test_metarun_eval_refuses_another_split_of_the_runs_own_data(tmp_path):
     change = ["task=class_splits", f"task.class_splits={other}"]
     with pytest.raises(UserError, match="would score classes the run meta-trained on"):
         evaluate_run(compose("evaluate", [f"run={tmp_path / 'run'}", *change]), tmp_path / "eval", change)
+
+
+def test_the_splits_may_be_given_in_the_config_as_lists(tmp_path):
+    train, val, test = LABELS[40:], LABELS[:20], LABELS[20:40]
+    settings = [o for o in split_folder(tmp_path, train, val, test) if not o.startswith("task.class_splits=")]
+    inline = [f"task.classes.{name}=[{','.join(labels)}]" for name, labels in (("train", train), ("val", val),
+                                                                                ("test", test))]  # fmt: skip
+    family, _ = load_task(compose_config(*settings, *inline))
+    assert [family.samplers[name].classes for name in ("train", "val", "test")] == [train, val, test]
+    with pytest.raises(UserError, match="takes its split from one place"):
+        check_config(compose_config(*split_folder(tmp_path, train, val, test), *inline))
+
+
+def test_the_class_splits_benchmark_averages_over_the_splits(tmp_path, monkeypatch):
+    from conftest import load_script
+
+    train, val, test = LABELS[40:], LABELS[:20], LABELS[20:40]
+    settings = split_folder(tmp_path, train, val, test)
+    for name in ("01", "02"):  # two splits of the same classes, under one root
+        (tmp_path / "splits" / name).mkdir(parents=True)
+        for file in (tmp_path / "split").iterdir():
+            (tmp_path / "splits" / name / file.name).write_text(file.read_text())
+    overrides = [o for o in settings if not o.startswith(("task=", "task.class_splits="))]
+    body = load_script("class_splits_benchmark").main(
+        ["--experiment", "intents_liu", "--root", str(tmp_path / "splits"), "--algos", "prototypes", "--shots", "1",
+         "--test-episodes", "4", "--out", str(tmp_path / "out"), "model=tiny", *overrides])  # fmt: skip
+    accuracy = [json.loads((tmp_path / "out" / f"prototypes_1shot_{n}" / "metrics.json").read_text())["test_acc"]
+                for n in ("01", "02")]  # fmt: skip
+    assert f"| prototypes | 1 | {100 * sum(accuracy) / 2:.1f} ± " in body and "| split 01 | split 02 |" in body
