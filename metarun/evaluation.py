@@ -12,6 +12,7 @@ import torch
 
 from metarun.algorithms import Algorithm, Params
 from metarun.algorithms.caching import cached
+from metarun.algorithms.heads import head_of_size
 from metarun.distributed import Ranks
 from metarun.results import TestScores
 from metarun.stats import EvalResult, Scores, summarize
@@ -67,8 +68,9 @@ def predict(algorithm: Algorithm, params: Params, episodes: list[Episode], devic
         if len(episodes) > 1:
             tokens = [x for e in episodes for x in (e.support_x, e.query_x)]
             algorithm = cached(algorithm, params, tokens, algorithm.adapted_names(), keep_features)
-        for episode in episodes:
-            adapted = algorithm.adapt(params, episode.support_x, episode.support_y, episode.query_x)
+        for episode in episodes:  # a fixed task may have more labels than meta-training's n_way (a full label set)
+            start = head_of_size(params, episode.n_way, algorithm.learns_head)
+            adapted = algorithm.adapt(start, episode.support_x, episode.support_y, episode.query_x)
             with torch.no_grad():
                 batches = [
                     algorithm.logits(adapted, episode.query_x[start : start + query_batch]).argmax(-1)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
 from metarun.algorithms import Algorithm, Params
+from metarun.algorithms.heads import head_of_size
 from metarun.checkpoint import restore_weights
 from metarun.checkpoint_file import load_checkpoint
 from metarun.errors import UserError, brief
@@ -67,20 +68,8 @@ class TrainedModel:
         return AdaptedModel(self, adapted, names)
 
     def head_of_size(self, n_labels: int) -> Params:
-        """The run's parameters with an `n_labels`-way head: algorithms that build each task's head (zero, random,
-        prototypes) read only its shape; a meta-learned head has the run's n_way outputs and no other."""
-        params = dict(self.algorithm.model.named_parameters())
-        weight = params["head.weight"]
-        if n_labels == weight.shape[0]:
-            return params
-        if self.algorithm.learns_head:
-            raise UserError(
-                f"This run meta-learned a {weight.shape[0]}-way head (algo.head_init=learned), so it adapts to "
-                f"{weight.shape[0]} labels only, not {n_labels}. Give examples of {weight.shape[0]} labels, or use a "
-                "run whose head starts fresh for each task (head_init=zero, random or prototypes; protonet)."
-            )
-        head = torch.zeros(n_labels, weight.shape[1], dtype=weight.dtype, device=weight.device)
-        return {**params, "head.weight": head, "head.bias": head[:, 0].clone()}
+        """The run's parameters with an `n_labels`-way head (`algorithms.heads.head_of_size`)."""
+        return head_of_size(dict(self.algorithm.model.named_parameters()), n_labels, self.algorithm.learns_head)
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         return trim_padding(encode(self.tokenizer, list(texts))).to(self.device)

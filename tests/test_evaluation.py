@@ -212,6 +212,34 @@ def test_fixed_tasks_report_balanced_accuracy_and_macro_f1(tmp_path, capsys, dom
     assert f"{100 * metrics['test_balanced_acc']:.2f}" in out and f"{100 * metrics['test_macro_f1']:.2f}" in out
 
 
+def test_a_fixed_task_with_more_labels_than_meta_trainings_n_way_adapts_to_all_of_them(tmp_path):
+    """A full label set: 3-way meta-training episodes, then one 5-label task, scored as nearest cosine prototypes
+    computed here from the run's own encoder."""
+    from metarun import load
+    from metarun.data import load_local
+
+    tasks = imbalanced_tasks(tmp_path, ("domain_09",))
+    run(compose_config("task=fixed_tasks", tasks, "task.n_way=3", "algo=prototypes"), tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    model = load(tmp_path / "run", device="cpu")
+    support, test = (load_local(str(tmp_path / f"domain_09.{part}.jsonl")) for part in ("train", "test"))
+    with torch.no_grad():
+        embed = lambda texts: model.algorithm.model.eval()(model.encode(texts), features_only=True)  # noqa: E731
+        names = sorted(set(support.labels))
+        centres = torch.stack([embed([t for t, y in zip(support.texts, support.labels) if y == n]).mean(0)
+                               for n in names])  # fmt: skip
+        scores = (
+            torch.nn.functional.normalize(embed(test.texts), dim=-1) @ torch.nn.functional.normalize(centres, dim=-1).T
+        )
+    by_hand = sum(names[i] == y for i, y in zip(scores.argmax(-1).tolist(), test.labels)) / len(test.labels)
+    assert len(metrics["per_task_recall"]["domain_09"]) == 5 and metrics["per_task_acc"]["domain_09"] == by_hand
+    with pytest.raises(UserError, match="its train file has 5 labels .* but task.n_way=3 and algo.head_init=learned"):
+        run(
+            compose_config("task=fixed_tasks", tasks, "task.n_way=3", "algo=maml", "algo.head_init=learned"),
+            tmp_path / "learned",
+        )
+
+
 def test_sampled_episodes_keep_accuracy_only(tmp_path, capsys):
     run(compose_config("task=domain_adapt"), tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())

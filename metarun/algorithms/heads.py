@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from metarun.errors import UserError
+
 Params = dict[str, torch.Tensor]
 HEAD = ("head.weight", "head.bias")
 
@@ -46,3 +48,20 @@ def starting_head(
     # drawn by the CPU's generator on every device: a seed gives the same head on the GPU as on the CPU
     draw = lambda t: (2 * torch.rand(t.shape, dtype=t.dtype) - 1).to(t.device) * bound  # noqa: E731
     return draw(weight), draw(bias)
+
+
+def head_of_size(params: Params, n_labels: int, learns_head: bool) -> Params:
+    """`params` with an `n_labels`-way head: algorithms that build each task's head (zero, random, prototypes) read
+    only its shape; a meta-learned head has the run's n_way outputs and no other."""
+    weight = params[HEAD[0]]
+    if n_labels == weight.shape[0]:
+        return params
+    if learns_head:
+        raise UserError(
+            f"This run meta-learned a {weight.shape[0]}-way head (algo.head_init=learned), so it adapts to "
+            f"{weight.shape[0]} labels only, not {n_labels}. Give examples of {weight.shape[0]} labels, or use a "
+            "run whose head starts fresh for each task (head_init=zero, random or prototypes; protonet)."
+        )
+    head = torch.zeros(n_labels, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    return {**params, HEAD[0]: head, HEAD[1]: head[:, 0].clone()}
+

@@ -112,17 +112,27 @@ class FixedTasks(SampledEpisodes):
             if task.eval_shots:
                 support = support_draw(support, task.eval_shots, f"{task.split.seed}:{spec.name}", spec.train)
             labels = sorted(set(support.labels))
-            if len(labels) != task.n_way:
-                raise UserError(
-                    f"Evaluation task {spec.name!r}: {spec.train} has {len(labels)} labels ({brief(labels)}), but "
-                    f"task.n_way={task.n_way}; set task.n_way={len(labels)}."
-                )
             unknown = sorted(set(query.labels) - set(labels))
             if unknown:
                 raise UserError(f"Evaluation task {spec.name!r}: {spec[scored]} has labels {brief(unknown)} absent "
                                 f"from {spec.train}.")  # fmt: skip
             tasks.append(FixedTask(spec.name, support, query, labels))
         return tasks
+
+    def check_algorithm(self, algorithm) -> None:
+        """A meta-learned head has task.n_way outputs: every task must have that many labels. A head built for each
+        task (zero, random, prototypes; protonet) adapts to any number, e.g. a full label set of 150 intents."""
+        super().check_algorithm(algorithm)
+        if not algorithm.learns_head:
+            return
+        for task in self.tasks("train"):
+            if len(task.labels) != self.task.n_way:
+                raise UserError(
+                    f"Evaluation task {task.name!r}: its train file has {len(task.labels)} labels "
+                    f"({brief(task.labels)}), but task.n_way={self.task.n_way} and algo.head_init=learned meta-learns "
+                    "a head of that many; set "
+                    f"task.n_way={len(task.labels)}, or let each task build its head (algo.head_init=zero|prototypes)."
+                )
 
     def validation_episodes(self, tokenizer: Tokenizer, count: int, seed: int) -> list[Episode]:
         if self.has_own_validation(self.task):
