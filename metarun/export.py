@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 import metarun
 from metarun.errors import UserError
 from metarun.hf_folder import folder_layout
+from metarun.lora import merged_state_dict
 from metarun.pretrained import PretrainedClassifier
 from metarun.progress import print_where
 from metarun.trained import load
@@ -40,7 +41,8 @@ def export(cfg: DictConfig) -> Path:
         )
     aside = out.with_name(f".{out.name}.{os.getpid()}.partial")
     shutil.rmtree(aside, ignore_errors=True)
-    model.encoder.save_pretrained(aside, safe_serialization=True)  # the meta-learned weights, as safetensors
+    # the meta-learned weights as safetensors, LoRA adapters folded into the weights they adapt
+    model.encoder.save_pretrained(aside, state_dict=merged_state_dict(model.encoder), safe_serialization=True)
     source = folder_layout(trained.config.model.name_or_path, trained.config.model.package).encoder
     for name in TOKENIZER_FILES:
         if (source / name).is_file():

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, List, Optional
 
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import nn
 
+from metarun.lora import add_lora
 from metarun.schema import schema, setting
 from metarun.tokenizer import BPETokenizerConfig
 from metarun.tokens import PAD_ID, swap_padding
@@ -23,6 +24,11 @@ class ModelConfig:
     _target_: str = MISSING
     tokenizer: Any = MISSING
     max_len: int = setting(32, least=2)  # tokens per text; longer texts are truncated
+    # LoRA adapters on the encoder's linear layers (metarun.lora), which algo.inner_scope=lora adapts; 0: none
+    lora_rank: int = setting(0, least=0)
+    lora_alpha: float = setting(16.0, above=0.0)  # the update is scaled by lora_alpha / lora_rank
+    lora_layers: Optional[int] = setting(None, least=1)  # adapters in the top lora_layers layers only; null: all
+    lora_targets: Optional[List[str]] = None  # endings of the linear layers' names, e.g. [query,value]; null: all
 
 
 @schema("model", "transformer")
@@ -106,6 +112,10 @@ class TransformerClassifier(EncoderClassifier):
         max_len: int,
         dropout: float,
         pad_id: int = PAD_ID,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
+        lora_layers: int | None = None,
+        lora_targets: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.max_len, self.pad_id = max_len, pad_id
@@ -115,6 +125,7 @@ class TransformerClassifier(EncoderClassifier):
         self.final_norm = LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(d_model, n_classes)
+        add_lora(self, lora_rank, lora_alpha, lora_layers, lora_targets)  # drawn last: the rest is as without
 
     def layer_prefixes(self) -> list[str]:
         """Parameter-name prefixes of the encoder's layers, bottom to top."""

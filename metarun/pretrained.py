@@ -20,6 +20,7 @@ from torch import nn
 from metarun.errors import UserError
 from metarun.hf_folder import POOLINGS, WEIGHTS, chosen_pooling, folder_layout, load_weights
 from metarun.hf_folder import model_folder as model_folder  # re-exported: its home before metarun.hf_folder
+from metarun.lora import add_lora
 from metarun.model import EncoderClassifier, ModelConfig
 from metarun.schema import schema, setting
 from metarun.tokens import PAD_ID, swap_padding
@@ -116,6 +117,10 @@ class PretrainedClassifier(EncoderClassifier):
         dropout: float | None = None,
         pooling: str | None = None,
         normalize: bool | None = None,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
+        lora_layers: int | None = None,
+        lora_targets: list[str] | None = None,
     ) -> None:
         super().__init__()
         transformers = _require_transformers()
@@ -149,6 +154,7 @@ class PretrainedClassifier(EncoderClassifier):
             raise UserError(f"The tokenizer has {vocab_size} tokens but {folder} embeds only {embeddings}.")
         self.pad_id = pad_id  # max_len is the tokenizer's (it truncates); position embeddings are the model's
         self.head = nn.Linear(config.hidden_size, n_classes)
+        add_lora(self, lora_rank, lora_alpha, lora_layers, lora_targets)  # after loading: B = 0 keeps its outputs
 
     def layer_prefixes(self) -> list[str]:
         """Parameter-name prefixes of the encoder's layers, bottom to top (the longest ModuleList)."""

@@ -3,6 +3,7 @@
     python scripts/bench.py                          # the reference workload: maml, fomaml, reptile
     python scripts/bench.py --models small,base --inner-steps 1,5,10,20
     python scripts/bench.py --memory                 # second order, store vs recompute, model=base, 1..20 steps
+    python scripts/bench.py --lora --meta-batch 1    # second order on MiniLM at 128 tokens: whole encoder vs LoRA
     python scripts/bench.py --loop                   # a real `metarun` run's outer step vs the pure meta-step
     python scripts/bench.py --busy 1                 # default threads vs device.threads=1..N, idle and 1 CPU busy
     python scripts/bench.py --device cuda --batched  # on a GPU, with tasks batched under vmap as well
@@ -35,12 +36,19 @@ import torch
 
 from docsection import rewrite_section  # scripts/docsection.py, beside this script
 from bench_timing import (
+    lora_table,
     loop_overhead,
     rank_scaling,
     thread_choice,
     worker,
 )  # scripts/bench_timing.py, beside this script
-from bench_workloads import ALGOS, PEERS, Setting, meta_gradient  # scripts/bench_workloads.py, beside this script
+from bench_workloads import (
+    ALGOS,
+    PEERS,
+    Setting,
+    lora_settings,
+    meta_gradient,
+)  # scripts/bench_workloads.py, beside this script
 
 
 class GradientMismatch(SystemExit):
@@ -84,15 +92,16 @@ def time_in_subprocess(s: Setting, args: argparse.Namespace) -> dict:
 
 def measure(settings: list[Setting], args: argparse.Namespace) -> dict[Setting, dict]:
     """Rounds interleaved across settings; per setting the median step time over all rounds and the max peak."""
-    samples: dict[Setting, dict] = {s: {"times": [], "peak_extra_bytes": 0} for s in settings}
+    samples: dict[Setting, dict] = {s: {"times": [], "peak_extra_bytes": 0, "peak_bytes": 0} for s in settings}
     for round_ in range(args.rounds):
         for s in settings:
             print(f"round {round_ + 1}/{args.rounds}: {s.impl} {s.algo} {s.model} k={s.inner_steps}", flush=True)
             result = time_in_subprocess(s, args)
             samples[s]["times"] += result["times"]
-            samples[s]["peak_extra_bytes"] = max(samples[s]["peak_extra_bytes"], result["peak_extra_bytes"])
-    return {s: {"median_s": statistics.median(v["times"]), "peak_extra_mib": v["peak_extra_bytes"] / 2**20}
-            for s, v in samples.items()}  # fmt: skip
+            for key in ("peak_extra_bytes", "peak_bytes"):
+                samples[s][key] = max(samples[s][key], result[key])
+    return {s: {"median_s": statistics.median(v["times"]), "peak_extra_mib": v["peak_extra_bytes"] / 2**20,
+                "peak_mib": v["peak_bytes"] / 2**20} for s, v in samples.items()}  # fmt: skip
 
 
 def speed_table(results: dict[Setting, dict], unit: dict[str, float]) -> list[dict]:
@@ -129,6 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inner-steps", type=lambda t: [int(x) for x in split(t)], default=[5])
     parser.add_argument("--meta-batch", type=int, default=4, help="tasks per outer step (peak memory is per task)")
     parser.add_argument("--memory", action="store_true", help="second order: store vs recompute vs peers")
+    parser.add_argument("--lora", action="store_true", help="second order on MiniLM: whole encoder vs LoRA scopes")
     parser.add_argument("--loop", action="store_true", help="full metarun loop vs the pure meta-step")
     parser.add_argument("--ranks", type=int, help="N torchrun processes x 1 thread vs 1 process x N threads")
     parser.add_argument("--busy", type=int, help="default threads vs each device.threads, idle and with N spinners")
@@ -151,6 +161,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.memory:
         args.algos, args.models = ["maml"], args.models if args.models != ["reference"] else ["base"]
         args.inner_steps = args.inner_steps if args.inner_steps != [5] else [1, 5, 10, 20]
+    if args.lora:
+        args.inner_steps = args.inner_steps if args.inner_steps != [5] else [2]
     return args
 
 
@@ -176,6 +188,9 @@ def main(argv: list[str] | None = None) -> str:
         body = f"{header}\n\n{rank_scaling(args)}"
     elif args.busy:
         body = f"{header}\n\n{thread_choice(args)}"
+    elif args.lora:  # its maths is checked by tests/test_lora.py (finite differences), not against a peer
+        settings = lora_settings(args.inner_steps, args.meta_batch, args.device)
+        body = lora_table(measure(settings, args), header, "GPU memory" if args.device == "cuda" else "RSS")
     else:
         impls = ["metarun", "metarun-recompute"] if args.memory else ["metarun"]
         impls += ["metarun-batched"] if args.batched else []
@@ -194,17 +209,8 @@ def main(argv: list[str] | None = None) -> str:
         memory = "peak extra GPU memory" if args.device == "cuda" else "peak extra RSS"
         body = markdown(speed_table(results, unit), header, memory)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = (
-        "loop"
-        if args.loop
-        else "ranks"
-        if args.ranks
-        else "threads"
-        if args.busy
-        else "memory"
-        if args.memory
-        else "speed"
-    )
+    modes = {"loop": args.loop, "ranks": args.ranks, "threads": args.busy, "lora": args.lora, "memory": args.memory}
+    name = next((mode for mode, asked in modes.items() if asked), "speed")
     name += "-cuda" if args.device == "cuda" else ""
     (args.out / f"{name}.md").write_text(body)
     if args.doc:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench_workloads import IMPLEMENTATIONS, Setting, make_episodes, make_model  # beside this script
+from bench_workloads import IMPLEMENTATIONS, Setting, make_episodes, make_model, trained_names  # beside this script
 from metarun.loop import accumulate_meta_gradient
 from metarun.torch_workarounds import twice_differentiable_attention
 
@@ -41,10 +41,12 @@ def cuda_peak_tracker(device: torch.device):
 
 
 def worker(s: Setting, warmup: int, steps: int) -> dict:
-    """Time `steps` outer steps (meta-gradient + Adam); the forward-backward impl times the unit of work."""
+    """Time `steps` outer steps (meta-gradient + Adam on the setting's scope); the forward-backward impl times the
+    unit of work. Memory: the peak beyond the set-up model and optimizer state, and the process's whole peak."""
     torch.manual_seed(0)
     model, episodes = make_model(s), make_episodes(s)
-    optimizer = torch.optim.Adam(model.parameters(), lr=s.outer_lr)
+    trained = set(trained_names(s, model))
+    optimizer = torch.optim.Adam([p for n, p in model.named_parameters() if n in trained], lr=s.outer_lr)
     if s.impl == "forward-backward":  # one plain forward+backward over support+query sequences (100 by default)
         tokens = torch.cat([episodes[0].support_x, episodes[0].query_x])
         labels = torch.cat([episodes[0].support_y, episodes[0].query_y])
@@ -63,8 +65,8 @@ def worker(s: Setting, warmup: int, steps: int) -> dict:
 
     # not "extra": thread pools (one plain forward+backward) and Adam's state (a step with zero gradients)
     F.cross_entropy(model(episodes[0].query_x), episodes[0].query_y).backward()
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
+    for n, p in model.named_parameters():
+        p.grad = torch.zeros_like(p) if n in trained else None
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     device = torch.device(s.device)
@@ -79,7 +81,26 @@ def worker(s: Setting, warmup: int, steps: int) -> dict:
         if i >= warmup:
             times.append(time.perf_counter() - started)
     peak = gpu_peak() if gpu_peak else memory_status("VmHWM") - baseline
-    return {"times": times, "peak_extra_bytes": peak}
+    whole = torch.cuda.max_memory_allocated(device) if gpu_peak else memory_status("VmHWM")
+    return {"times": times, "peak_extra_bytes": peak, "peak_bytes": whole}
+
+
+def lora_table(results: dict[Setting, dict], header: str, memory: str = "RSS") -> str:
+    """--lora: each setting's time per outer step and peak memory, beyond the set-up model and optimizer state
+    ("extra") and the process's whole peak, with each as a fraction of the whole encoder's at the same inner steps."""
+    full = {s.inner_steps: r for s, r in results.items() if s.scope == "all"}
+    lines = [header, "", f"| inner steps | both loops adapt | time per outer step | peak extra {memory} | of full "
+             f"| peak {memory} | of full |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for s, r in results.items():
+        base = full[s.inner_steps]
+        layers = {None: "every layer", 1: "the top layer"}.get(s.lora_layers, f"the top {s.lora_layers} layers")
+        what = "the whole encoder" if s.scope == "all" else f"LoRA rank {s.lora_rank} on {layers}, and the head"
+        lines.append(
+            f"| {s.inner_steps} | {what} | {1000 * r['median_s']:.0f} ms | {r['peak_extra_mib']:.0f} MiB | "
+            f"{r['peak_extra_mib'] / base['peak_extra_mib']:.2f} | {r['peak_mib']:.0f} MiB | "
+            f"{r['peak_mib'] / base['peak_mib']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def loop_overhead(args: argparse.Namespace) -> str:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
 from torch.func import functional_call
 
 from metarun.algorithms import MAML, Reptile
+from metarun.algorithms.caching import cached
+from metarun.algorithms.scopes import scope_names
 from metarun.episodes import Episode
+from metarun.evaluation import eval_mode
 from metarun.loop import accumulate_meta_gradient
 from metarun.model import TransformerClassifier
 from metarun.torch_workarounds import twice_differentiable_attention
@@ -22,6 +28,8 @@ MODELS = {  # the reference workload, and conf/model's small and base at the sam
     "small": dict(d_model=128, n_layers=4, n_heads=4, d_ff=256, max_len=32),
     "base": dict(d_model=256, n_layers=6, n_heads=8, d_ff=1024, max_len=32),
 }
+MINILM = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "minilm.yaml")  # model=minilm's
+MINILM_LEN = 128  # tokens per text for model "minilm" (--lora)
 
 
 @dataclass(frozen=True)
@@ -38,22 +46,56 @@ class Setting:
     inner_lr: float = 0.1
     outer_lr: float = 1e-3
     device: str = "cpu"
+    scope: str = "all"  # what both loops adapt (algo.inner_scope and outer_scope): all | lora
+    lora_rank: int = 0  # model.lora_rank
+    lora_layers: int | None = None  # model.lora_layers
+    min_len: int = 8  # the shortest random text; the model's max_len fills every text
 
 
-def make_model(s: Setting, dtype=torch.float32) -> TransformerClassifier:
+def max_len(s: Setting) -> int:
+    return MINILM_LEN if s.model == "minilm" else MODELS[s.model]["max_len"]
+
+
+def lora_settings(inner_steps: list[int], meta_batch: int, device: str, rank: int = 8, top: int = 2) -> list[Setting]:
+    """--lora: second-order MAML on MiniLM with every text 128 tokens long, 5-way 5-shot with 5 queries per class
+    (MiniLM's tuned meta-training episodes): the whole encoder, then LoRA adapters on every layer and on the top
+    `top` layers only (the layers below read from a table, as meta-training reads them), both loops on the adapters
+    and the head."""
+    task = dict(n_query=5, min_len=MINILM_LEN, meta_batch=meta_batch, device=device)
+    scopes = (("all", 0, None), ("lora", rank, None), ("lora", rank, top))
+    return [Setting("metarun", "maml", "minilm", k, scope=scope, lora_rank=r, lora_layers=layers, **task)
+            for k in inner_steps for scope, r, layers in scopes]  # fmt: skip
+
+
+def make_model(s: Setting, dtype=torch.float32) -> nn.Module:
+    """The setting's model, without dropout: a TransformerClassifier of MODELS, or all-MiniLM-L6-v2 (offline from
+    its installed package)."""
     torch.manual_seed(0)
-    return TransformerClassifier(s.vocab, s.n_way, dropout=0.0, **MODELS[s.model]).to(s.device, dtype)
+    lora = dict(lora_rank=s.lora_rank, lora_layers=s.lora_layers)
+    if s.model == "minilm":
+        from metarun.pretrained import PretrainedClassifier
+
+        model = PretrainedClassifier(MINILM.name_or_path, s.n_way, s.vocab, pad_id=0, max_len=MINILM_LEN,
+                                     package=MINILM.package, sha256=MINILM.sha256, dropout=0.0, **lora)  # fmt: skip
+    else:
+        model = TransformerClassifier(s.vocab, s.n_way, dropout=0.0, **MODELS[s.model], **lora)
+    return model.to(s.device, dtype)
+
+
+def trained_names(s: Setting, model: nn.Module) -> list[str]:
+    """What the outer optimizer holds: the setting's scope."""
+    return scope_names(model, s.scope, 0, "scope")
 
 
 def make_episodes(s: Setting, seed: int = 0) -> list[Episode]:
-    """Random token ids, lengths 8..max_len with the rest padded; labels 0..N-1."""
+    """Random token ids, lengths min_len..max_len with the rest padded; labels 0..N-1."""
     g = torch.Generator().manual_seed(seed)
-    max_len = MODELS[s.model]["max_len"]
+    width = max_len(s)
 
     def tokens(rows: int) -> torch.Tensor:
-        x = torch.randint(1, s.vocab, (rows, max_len), generator=g)
-        lengths = torch.randint(8, max_len + 1, (rows,), generator=g)
-        x[torch.arange(max_len)[None, :] >= lengths[:, None]] = 0
+        x = torch.randint(1, s.vocab, (rows, width), generator=g)
+        lengths = torch.randint(s.min_len, width + 1, (rows,), generator=g)
+        x[torch.arange(width)[None, :] >= lengths[:, None]] = 0
         return x
 
     labels = torch.arange(s.n_way)
@@ -73,18 +115,26 @@ def make_episodes(s: Setting, seed: int = 0) -> list[Episode]:
 
 
 def metarun_gradient(s: Setting):
-    """What `metarun` runs: the algorithm's meta-gradient through the loop's own accumulation (metarun-batched:
+    """What `metarun` runs: the algorithm's meta-gradient through the loop's own accumulation, reading what
+    meta-training leaves unchanged from a table built at the first step, as the loop reads it (metarun-batched:
     the meta-batch's tasks at once under vmap, as `algo.batch_tasks=auto` does on CUDA)."""
     batched = s.impl == "metarun-batched"
-    settings = dict(inner_steps=s.inner_steps, inner_lr=s.inner_lr, head_init="learned", batch_tasks=batched)
+    settings = dict(inner_steps=s.inner_steps, inner_lr=s.inner_lr, head_init="learned", batch_tasks=batched,
+                    inner_scope=s.scope, outer_scope=s.scope)  # fmt: skip
     memory = "recompute" if s.impl == "metarun-recompute" else "store"
+    built = []  # the algorithm, with its table: the model and the tasks are the same at every step
 
     def step(model, episodes):
-        if s.algo == "reptile":
-            algorithm = Reptile(model, **settings)
-        else:
-            algorithm = MAML(model, first_order=s.algo == "fomaml", memory=memory, **settings)
-        accumulate_meta_gradient(algorithm, dict(model.named_parameters()), episodes)
+        params = dict(model.named_parameters())
+        if not built:
+            if s.algo == "reptile":
+                algorithm = Reptile(model, **settings)
+            else:
+                algorithm = MAML(model, first_order=s.algo == "fomaml", memory=memory, **settings)
+            with eval_mode(model):  # itself unless the scope leaves the bottom layers alone
+                tokens = [x for e in episodes for x in (e.support_x, e.query_x)]
+                built.append(cached(algorithm, params, tokens, algorithm.trained_names()))
+        accumulate_meta_gradient(built[0], params, episodes)
 
     return step
 

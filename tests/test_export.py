@@ -16,12 +16,16 @@ transformers = pytest.importorskip("transformers")
 from test_local_encoder import TEXTS, bert_folder, sentence_folder  # noqa: E402, F401 (bert_folder: a fixture)
 
 
-@pytest.fixture
-def exported(bert_folder, tmp_path, run_cli):  # noqa: F811
+LORA = ("model.lora_rank=2", "algo.inner_scope=lora", "algo.outer_scope=lora")  # adapters meta-learned
+
+
+@pytest.fixture(params=[(), LORA], ids=["whole encoder", "lora"])
+def exported(bert_folder, tmp_path, run_cli, request):  # noqa: F811
     """A MAML run on a tiny random BERT in sentence-transformers' layout (max pooling, normalised), exported."""
     encoder = sentence_folder(bert_folder, tmp_path / "encoder", {"pooling_mode": "max"}, subfolder="", normalize=True)
     args = ["model=hf", f"model.name_or_path={encoder}", "algo=maml", "algo.inner_steps=1", "algo.eval_inner_steps=1",
-            "train.outer_steps=3", "eval.val_interval=3", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+            "train.outer_steps=3", "eval.val_interval=3", *request.param,
+            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     assert run_cli(cli.main, *smoke(*args))[0] == 0
     code, stdout, stderr = run_cli(cli.export_main, f"run={tmp_path / 'run'}", f"out={tmp_path / 'out'}")
     assert code == 0, stderr
@@ -46,6 +50,7 @@ def test_transformers_loads_the_meta_learned_encoder_which_embeds_as_the_run_doe
     torch.testing.assert_close(theirs, metarun_features(run), rtol=1e-5, atol=1e-5)
     before, after = load_file(encoder / "model.safetensors"), load_file(out / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in after if k in before)  # meta-training moved them
+    assert not [k for k in after if "lora" in k]  # adapters folded in: nothing a plain BERT would not load
     told = json.loads((out / "metarun_export.json").read_text())
     assert (told["pooling"], told["normalize"], told["step"]) == ("max", True, load(run).step)
 

@@ -64,7 +64,7 @@ class GradientAlgorithm(Algorithm):
         self.inner_steps = s.get("inner_steps", 0)  # none outside meta-training for the baselines
         self.inner_optimizer = INNER_OPTIMIZERS[s["inner_optimizer"]](self.inner_lr)  # a learned rule replaces it
         self.head_init, self.prototype_scale, self.inner_scope = s["head_init"], s["prototype_scale"], s["inner_scope"]
-        self.inner_names = scope_names(model, self.inner_scope, self.top_layers)
+        self.inner_names = scope_names(model, self.inner_scope, self.top_layers, "algo.inner_scope")
         # batch_tasks is a setting of the algorithms that adapt in meta-training; the others never batch
         self.batched = self._batching(s.get("batch_tasks", False), next(model.parameters()).device.type)
 
@@ -126,7 +126,7 @@ class GradientAlgorithm(Algorithm):
         if create_graph and recompute:
             support_loss = lambda p: F.cross_entropy(self.logits(p, tokens), labels)  # noqa: E731
             return recomputed_sgd_steps(support_loss, self.inner_lr, params, steps)
-        adapted, losses = gradient_steps(  # "all" or "top": the rest stays at `params`
+        adapted, losses = gradient_steps(  # "all", "top" or a lora scope: the rest stays at `params`
             self.inner_optimizer, {n: params[n] for n in self.inner_names},
             lambda p: self.logits({**params, **p}, tokens), labels, steps, create_graph,
         )  # fmt: skip

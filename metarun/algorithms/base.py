@@ -95,7 +95,7 @@ class Algorithm:
         self.cache: FeatureTable | None = None  # see `metarun.algorithms.caching`
         self.batched = False  # whether the loop calls `batched_meta_gradient`
         self.inner_names = list(HEAD)  # what adapting to a task changes
-        self.outer_names = scope_names(model, self.outer_scope, self.top_layers)
+        self.outer_names = scope_names(model, self.outer_scope, self.top_layers, "algo.outer_scope")
         if self.meta_trains and not self.meta_learned_names(dict(model.named_parameters())):
             how = f" with head_init={self.settings['head_init']!r}" if "head_init" in self.settings else ""
             raise UserError(

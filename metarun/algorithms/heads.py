@@ -64,4 +64,3 @@ def head_of_size(params: Params, n_labels: int, learns_head: bool) -> Params:
         )
     head = torch.zeros(n_labels, weight.shape[1], dtype=weight.dtype, device=weight.device)
     return {**params, HEAD[0]: head, HEAD[1]: head[:, 0].clone()}
-

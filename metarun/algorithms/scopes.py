@@ -8,18 +8,36 @@ from torch import nn
 
 from metarun.algorithms.heads import HEAD
 from metarun.errors import UserError
+from metarun.lora import is_adapter
 
-SCOPES = ("all", "top", "head")  # every parameter | the top `top_layers` encoder layers and all above | the head
+# every parameter | the top `top_layers` encoder layers and all above | the head | the LoRA adapters (metarun.lora)
+# and the head | both "lora" and "top"
+SCOPES = ("all", "top", "head", "lora", "lora_top")
 
 
-def scope_names(model: nn.Module, scope: str, top_layers: int) -> list[str]:
-    """The parameter names a scope covers; "top" starts at the first of the top `top_layers` layers and keeps
-    everything registered after it (a final norm, the head)."""
+def scope_names(model: nn.Module, scope: str, top_layers: int, asked_by: str) -> list[str]:
+    """The parameter names a scope covers, in the model's order; `asked_by` is the setting that names it (for a
+    refusal). "top" starts at the first of the top `top_layers` layers and keeps everything registered after it (a
+    final norm, the head, those layers' adapters)."""
     names = [n for n, _ in model.named_parameters()]
     if scope == "all":
         return names
     if scope == "head":
         return list(HEAD)
+    if scope == "top":
+        return top_names(model, names, top_layers)
+    if not any(is_adapter(n) for n in names):
+        raise UserError(
+            f"{asked_by}={scope} adapts the model's LoRA adapters, but it has none (model.lora_rank=0). Give it "
+            f"adapters with model.lora_rank=8 (any rank of at least 1; model.lora_layers=k puts them in the top k "
+            f"layers only), or use {asked_by}=all, top or head."
+        )
+    kept = set(HEAD) | (set(top_names(model, names, top_layers)) if scope == "lora_top" else set())
+    return [n for n in names if is_adapter(n) or n in kept]
+
+
+def top_names(model: nn.Module, names: list[str], top_layers: int) -> list[str]:
+    """`names` from the first parameter of the top `top_layers` layers on (from the head when 0)."""
     layers = model.layer_prefixes()
     if not 0 <= top_layers <= len(layers):
         raise UserError(
