@@ -149,3 +149,23 @@ def model64() -> TransformerClassifier:
 @pytest.fixture
 def episode() -> Episode:
     return random_episode()
+
+
+def save_tiny_bert(folder: Path, words: tuple[str, ...] = (), width: int = 16, ff: int = 32) -> Path:
+    """A randomly initialised 2-layer BERT (seed 0) and a WordPiece tokenizer of `words`, letters and continuing
+    letters, saved into `folder` as transformers saves them (safetensors, tokenizer.json)."""
+    import string
+
+    import transformers
+
+    letters = string.ascii_lowercase + string.digits
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *letters, *(f"##{c}" for c in letters)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab), hidden_size=width, num_hidden_layers=2, num_attention_heads=2, intermediate_size=ff,
+        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(folder)
+    return folder

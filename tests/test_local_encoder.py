@@ -6,13 +6,12 @@ import importlib.util
 import json
 import re
 import shutil
-import string
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import smoke
+from conftest import save_tiny_bert, smoke
 from metarun import cli
 from metarun.errors import UserError
 from metarun.tokenizer import encode
@@ -28,17 +27,7 @@ WORDS = ["please", "book", "a", "table", "what", "is", "my", "balance", "play", 
 def bert_folder(tmp_path_factory):
     """transformers' layout: a random BERT (32 wide, 2 layers) saved by save_pretrained, and its WordPiece tokenizer
     (words, letters and continuing letters: about 100 pieces)."""
-    folder = tmp_path_factory.mktemp("bert")
-    letters = string.ascii_lowercase + string.digits
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *letters, *(f"##{c}" for c in letters)]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(folder)
+    folder = save_tiny_bert(tmp_path_factory.mktemp("bert"), tuple(WORDS), width=32, ff=37)
     assert (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").is_file()
     return folder
 

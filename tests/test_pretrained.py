@@ -4,13 +4,12 @@ and every algorithm on top. Uses a tiny random BERT the tests save themselves (a
 import importlib.util
 import json
 import shutil
-import string
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import INNER_LR, INNER_STEPS, compose_config, naive_maml_loss, random_episode
+from conftest import INNER_LR, INNER_STEPS, compose_config, naive_maml_loss, random_episode, save_tiny_bert
 from metarun.algorithms import MAML, ProtoNet
 from metarun.errors import UserError
 from metarun.evaluation import evaluate
@@ -28,17 +27,7 @@ TEXTS = ["please book a table for two", "what is my account balance", "play some
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A randomly initialised 2-layer BERT and a character-level WordPiece tokenizer, saved as HF saves them."""
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    letters = string.ascii_lowercase + string.digits
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters)]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(folder)
+    folder = save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
     assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
     return folder
 
