@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from metarun.abstain import abstained
 from metarun.config import check_config
 from metarun.data import load_local, load_texts
 from metarun.errors import UserError, brief
@@ -50,15 +51,30 @@ def predict(cfg: DictConfig) -> Path:
                   + ", ".join(f"{label} ({n})" for label, n in counts.items())
                   + (f", and transductively on the {len(texts)} inputs" if model.algorithm.transductive else ""),
                   highlight=False)  # fmt: skip
+    threshold = oos_threshold(cfg, adapted, columns)
     with phase("predict", shown=len(texts) >= SHOW_PROGRESS_FROM) as advance:
         probabilities = adapted.predict_proba(texts, cfg.batch_size, lambda done: advance(done, len(texts)))
-    rows = [
-        {"text": text, "label": adapted.labels[int(p.argmax())], "probabilities": dict(zip(adapted.labels, p.tolist()))}
-        for text, p in zip(texts, probabilities)
-    ]
+    labels = abstained(probabilities, adapted.labels, threshold, cfg.oos_label)
+    rows = [{"text": text, "label": label, "probabilities": dict(zip(adapted.labels, p.tolist()))}
+            for text, label, p in zip(texts, labels, probabilities)]  # fmt: skip
     write_text_atomically(out, _as_jsonl(rows) if out.suffix.lower() == ".jsonl" else _as_csv(rows, adapted.labels))
     console.print(f"wrote {len(rows)} predictions to {out}", highlight=False)
     return out
+
+
+def oos_threshold(cfg: DictConfig, adapted, columns: dict) -> float:
+    """The top probability below which an input is out of scope: `oos_threshold`, or the one that scores best on
+    `oos_validation`; 0 (never) without either."""
+    if cfg.oos_threshold is not None and cfg.oos_validation is not None:
+        raise UserError("oos_threshold and oos_validation both say where an input is out of scope; give one of them "
+                        "(a threshold, or a labelled file to choose it on).")  # fmt: skip
+    if cfg.oos_validation is None:
+        return cfg.oos_threshold or 0.0
+    rows = load_local(cfg.oos_validation, **columns, setting="oos_validation")
+    threshold = adapted.choose_oos_threshold(rows.texts, rows.labels, cfg.oos_label)
+    console.print(f"out of scope ({cfg.oos_label}) below a top probability of {threshold:.4f}, chosen on the "
+                  f"{len(rows)} rows of {cfg.oos_validation}", highlight=False)  # fmt: skip
+    return threshold
 
 
 def check_out(out: Path, cfg: DictConfig) -> None:

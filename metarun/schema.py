@@ -141,6 +141,11 @@ class PredictConfig:
     batch_size: int = setting(256, least=1)  # texts scored at once
     device: DeviceConfig = field(default_factory=DeviceConfig)  # the device group: device=cpu|cuda|auto
     seed: Optional[int] = None  # adaptation's random draws (a fresh head); null: the run's seed
+    # out of scope: oos_label where the top probability is below oos_threshold, or below the threshold chosen on
+    # oos_validation (a labelled file whose out-of-scope rows are labelled oos_label); both null: never abstain
+    oos_threshold: Optional[float] = setting(None, least=0.0, below=1.0)
+    oos_validation: Optional[str] = None
+    oos_label: str = "oos"
 
 
 @dataclass

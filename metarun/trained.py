@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
 from metarun.algorithms import Algorithm, Params
+from metarun.abstain import abstained, choose_threshold
 from metarun.algorithms.heads import head_of_size
 from metarun.checkpoint import restore_weights
 from metarun.checkpoint_file import load_checkpoint
@@ -95,8 +96,16 @@ class AdaptedModel:
     def predict_proba(self, texts: list[str], batch_size: int = 256, progress=None) -> torch.Tensor:
         return self.logits(texts, batch_size, progress).softmax(-1)
 
-    def predict(self, texts: list[str], batch_size: int = 256) -> list[str]:
-        return [self.labels[i] for i in self.logits(texts, batch_size).argmax(-1).tolist()]
+    def predict(self, texts: list[str], batch_size: int = 256, oos_threshold: float | None = None,
+                oos_label: str = "oos") -> list[str]:  # fmt: skip
+        """The most probable label of each text; with `oos_threshold`, `oos_label` where its probability is lower
+        (out of scope: none of these labels)."""
+        return abstained(self.predict_proba(texts, batch_size), self.labels, oos_threshold or 0.0, oos_label)
+
+    def choose_oos_threshold(self, texts: list[str], labels: list[str], oos_label: str = "oos") -> float:
+        """The threshold for `predict` that scores best on validation `texts` whose `labels` are in-scope labels or
+        `oos_label` (`metarun.abstain.choose_threshold`)."""
+        return choose_threshold(self.predict_proba(texts), self.labels, [str(y) for y in labels], oos_label)
 
 
 def checked_texts(texts, call: str) -> list[str]:
