@@ -17,9 +17,9 @@ def abstained(probabilities: torch.Tensor, labels: list[str], threshold: float, 
 
 
 def choose_threshold(probabilities: torch.Tensor, labels: list[str], truth: list[str], oos_label: str) -> float:
-    """The threshold on the top probability that maximises accuracy over validation rows whose `truth` mixes in-scope
-    labels and `oos_label` (an out-of-scope row is right when abstained on, an in-scope one when kept and right); of
-    equally good thresholds, the lowest."""
+    """The threshold on the top probability that maximises, over validation rows whose `truth` mixes in-scope labels
+    and `oos_label`, the mean of in-scope accuracy and out-of-scope recall (balanced: validation files hold far fewer
+    out-of-scope rows than in-scope ones); of equally good thresholds, the lowest."""
     if oos_label not in truth or all(t == oos_label for t in truth):
         has = f"no rows labelled {oos_label!r}" if oos_label not in truth else f"only rows labelled {oos_label!r}"
         raise UserError(f"Choosing an out-of-scope threshold needs validation rows labelled {oos_label!r} and rows of "
@@ -30,7 +30,7 @@ def choose_threshold(probabilities: torch.Tensor, labels: list[str], truth: list
     values = torch.unique(confidence)  # each distinct confidence, and one above them all: every way to cut
     thresholds = torch.cat([values, torch.nextafter(values[-1:], torch.full_like(values[-1:], math.inf))])
     abstain = confidence.unsqueeze(0) < thresholds.unsqueeze(1)  # [thresholds, rows]
-    right = (abstain & is_oos).sum(1) + (~abstain & kept_right).sum(1)
+    right = (abstain & is_oos).sum(1) / is_oos.sum() + (~abstain & kept_right).sum(1) / (~is_oos).sum()
     return float(thresholds[int(torch.argmax(right))])  # the first best: the lowest threshold
 
 
