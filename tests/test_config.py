@@ -45,8 +45,10 @@ def test_every_option_extends_its_groups_schema(group, option):
         ("eval.val_episodes=0", "eval.val_episodes=0 is not valid; it must be at least 1."),
         ("eval.test_episodes=0", "eval.test_episodes=0 is not valid; it must be at least 1."),
         ("algo.inner_lr=-1", "algo.inner_lr=-1.0 is not valid; it must be greater than 0.0."),
-        ("algo.inner_scope=layer",
-         "algo.inner_scope='layer' is not valid; use one of: all, top, head, lora, lora_top."),
+        (
+            "algo.inner_scope=layer",
+            "algo.inner_scope='layer' is not valid; use one of: all, top, head, lora, lora_top.",
+        ),
         ("algo.batch_tasks=maybe", "algo.batch_tasks='maybe' is not valid; use one of: auto, true, false."),
         ("algo.outer_optimizer.lr=0", "algo.outer_optimizer.lr=0.0 is not valid; it must be greater than 0.0."),
         ("algo.head_lr=0", "algo.head_lr=0.0 is not valid; it must be greater than 0.0."),
