@@ -46,14 +46,17 @@ def brief(values, limit: int = 8) -> str:
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
-def report(message: str, title: str = "metarun error") -> None:
-    """`message` on stderr, and in the run's log files (`cli.log`), so that a failed run's folder says why."""
+def report(message: str, title: str = "metarun error", after: str = "") -> None:
+    """`message` (then the line `after`) on stderr, and in the run's log files (`cli.log`), so that a failed run's
+    folder says why."""
     from rich.console import Console
     from rich.text import Text
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 tells it; every rank exits alike
         return
     Console(stderr=True, soft_wrap=True).print(f"[bold red]{title}:[/] {message}", highlight=False, markup=True)
+    if after:
+        print(after, file=sys.stderr)
     record = logging.LogRecord("metarun", logging.ERROR, __file__, 0, f"{title}: {Text.from_markup(message)}", (), None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):  # not the console's: the message is on screen already
@@ -111,9 +114,10 @@ def reported_stops(debug: bool, resume_command: str) -> Iterator[None]:
     except UserError as error:
         if debug:
             raise
-        report(str(error) + _resume_hint(error.run_folder, resume_command))
-        if os.environ.get("RANK", "0") == "0":
-            print("(run again with debug=true for the traceback)", file=sys.stderr)
+        report(
+            str(error) + _resume_hint(error.run_folder, resume_command),
+            after="(run again with debug=true for the traceback)",
+        )
         sys.exit(EXIT_USER_ERROR)
     except RunInterrupted as stop:
         report(str(stop) + _resume_hint(stop.run_folder, resume_command), title="metarun stopped")

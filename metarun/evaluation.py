@@ -69,8 +69,8 @@ def predict(algorithm: Algorithm, params: Params, episodes: list[Episode], devic
             tokens = [x for e in episodes for x in (e.support_x, e.query_x)]
             algorithm = cached(algorithm, params, tokens, algorithm.adapted_names(), keep_features)
         for episode in episodes:  # a fixed task may have more labels than meta-training's n_way (a full label set)
-            start = head_of_size(params, episode.n_way, algorithm.learns_head)
-            adapted = algorithm.adapt(start, episode.support_x, episode.support_y, episode.query_x)
+            sized = head_of_size(params, episode.n_way, algorithm.learns_head)
+            adapted = algorithm.adapt(sized, episode.support_x, episode.support_y, episode.query_x)
             with torch.no_grad():
                 batches = [
                     algorithm.logits(adapted, episode.query_x[start : start + query_batch]).argmax(-1)

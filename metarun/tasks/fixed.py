@@ -102,15 +102,24 @@ class FixedTasks(SampledEpisodes):
     def has_own_validation(cls, task) -> bool:
         return every_task_has_dev_file(task)  # their dev files
 
+    def _read(self, spec, file: str) -> Corpus:
+        """One of a task's files, read with the task family's columns and cut."""
+        task = self.task
+        return load_local(spec[file], text_column=task.text_column, label_column=task.label_column,
+                          max_chars=task.max_chars, setting=f"task.eval_tasks {spec.name}'s {file}")  # fmt: skip
+
+    def _support(self, spec) -> Corpus:
+        """What a task adapts on: its train file, or `task.eval_shots` examples of each label drawn once from it."""
+        support = self._read(spec, "train")
+        if self.task.eval_shots:
+            support = support_draw(support, self.task.eval_shots, f"{self.task.split.seed}:{spec.name}", spec.train)
+        return support
+
     def tasks(self, scored: str = "test") -> list[FixedTask]:
         """Every task as read, scored on its `scored` file (test, or dev for validation)."""
-        task, tasks = self.task, []
-        columns = {"text_column": task.text_column, "label_column": task.label_column, "max_chars": task.max_chars}
-        for spec in task.eval_tasks:
-            support = load_local(spec.train, **columns, setting=f"task.eval_tasks {spec.name}'s train")
-            query = load_local(spec[scored], **columns, setting=f"task.eval_tasks {spec.name}'s {scored}")
-            if task.eval_shots:
-                support = support_draw(support, task.eval_shots, f"{task.split.seed}:{spec.name}", spec.train)
+        tasks = []
+        for spec in self.task.eval_tasks:
+            support, query = self._support(spec), self._read(spec, scored)
             labels = sorted(set(support.labels))
             unknown = sorted(set(query.labels) - set(labels))
             if unknown:
@@ -125,13 +134,13 @@ class FixedTasks(SampledEpisodes):
         super().check_algorithm(algorithm)
         if not algorithm.learns_head:
             return
-        for task in self.tasks("train"):
-            if len(task.labels) != self.task.n_way:
+        for spec in self.task.eval_tasks:  # only what each adapts on: the files it is scored on are read later
+            labels = sorted(set(self._support(spec).labels))
+            if len(labels) != self.task.n_way:
                 raise UserError(
-                    f"Evaluation task {task.name!r}: its train file has {len(task.labels)} labels "
-                    f"({brief(task.labels)}), but task.n_way={self.task.n_way} and algo.head_init=learned meta-learns "
-                    "a head of that many; set "
-                    f"task.n_way={len(task.labels)}, or let each task build its head (algo.head_init=zero|prototypes)."
+                    f"Evaluation task {spec.name!r}: its train file has {len(labels)} labels ({brief(labels)}), but "
+                    f"task.n_way={self.task.n_way} and algo.head_init=learned meta-learns a head of that many; set "
+                    f"task.n_way={len(labels)}, or let each task build its head (algo.head_init=zero|prototypes)."
                 )
 
     def validation_episodes(self, tokenizer: Tokenizer, count: int, seed: int) -> list[Episode]:
