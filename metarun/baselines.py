@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from metarun.errors import UserError
-from metarun.evaluation import classification_scores
+from metarun.objectives import classification_scores
 from metarun.features import by_length
 from metarun.parts import build, build_algorithm, build_task
 from metarun.results import TestScores

@@ -1,7 +1,8 @@
 """Few-shot evaluation: adapt on each episode's support set, score its query set, report mean and 95% CI.
 
 Sampled episodes are balanced by construction, so accuracy is their score. A fixed evaluation task scores a whole
-test file, often imbalanced, so it also gets balanced accuracy and macro-F1 (`classification_scores`)."""
+test file, often imbalanced, so it also gets balanced accuracy and macro-F1; a user's ratings get every score of
+`objectives.rating_scores`. The algorithm's objective says what a prediction is and how it is scored."""
 
 from __future__ import annotations
 
@@ -20,28 +21,6 @@ from metarun.tasks import TestSet
 from metarun.episodes import Episode
 
 Advance = Callable[[int, int], None]  # told (done, total) after each episode scored: progress
-
-
-def classification_scores(predicted: torch.Tensor, target: torch.Tensor, n_classes: int | None = None) -> Scores:
-    """Accuracy, balanced accuracy and macro-F1 of `predicted` against `target` (labels in 0..n_classes-1).
-
-    Balanced accuracy averages recall over the classes present in `target`, so a majority-class guesser scores
-    1/C. Macro-F1 averages F1 = 2TP / (2TP + FP + FN) over the classes present or predicted: a present class never
-    predicted counts 0, a class neither present nor predicted is left out."""
-    # one confusion matrix in torch, not scikit-learn: it is no core dependency, and three calls per episode cost more
-    predicted, target = predicted.detach().cpu().long().flatten(), target.detach().cpu().long().flatten()
-    if len(predicted) != len(target) or len(target) == 0:
-        raise ValueError(f"need as many predictions as labels, and some: got {len(predicted)} and {len(target)}")
-    n = n_classes if n_classes is not None else int(max(predicted.max(), target.max())) + 1
-    confusion = torch.bincount(target * n + predicted, minlength=n * n).reshape(n, n)  # rows true, columns predicted
-    hits, present, chosen = confusion.diag().double(), confusion.sum(1).double(), confusion.sum(0).double()
-    in_test, involved = present > 0, present + chosen > 0
-    return Scores(
-        accuracy=int(confusion.diag().sum()) / len(target),
-        balanced_accuracy=float((hits[in_test] / present[in_test]).mean()),
-        macro_f1=float((2 * hits[involved] / (present[involved] + chosen[involved])).mean()),
-        recall=tuple(float(h / p) if p > 0 else None for h, p in zip(hits, present)),
-    )
 
 
 @contextlib.contextmanager
@@ -73,7 +52,7 @@ def predict(algorithm: Algorithm, params: Params, episodes: list[Episode], devic
             adapted = algorithm.adapt(sized, episode.support_x, episode.support_y, episode.query_x)
             with torch.no_grad():
                 batches = [
-                    algorithm.logits(adapted, episode.query_x[start : start + query_batch]).argmax(-1)
+                    algorithm.objective.predict(algorithm.logits(adapted, episode.query_x[start : start + query_batch]))
                     for start in range(0, len(episode.query_y), query_batch)
                 ]
             predictions.append(torch.cat(batches).cpu())
@@ -96,7 +75,8 @@ def episode_scores(
     ranks = Ranks.current()
     share = ranks.share(list(episodes))
     predictions = predict(algorithm, params, share, device, query_batch, advance, keep_features) if share else []
-    return ranks.gather([classification_scores(p, e.query_y, e.n_way) for p, e in zip(predictions, share)])
+    scored = [algorithm.objective.scores(p, e.query_y, e.n_way) for p, e in zip(predictions, share)]
+    return ranks.gather(scored)
 
 
 def evaluate_scores(
@@ -128,7 +108,8 @@ def score_test(algorithm: Algorithm, params: Params, test: TestSet, device: torc
         torch.manual_seed(seed)
         if test.task_names is None:
             scores = evaluate_scores(algorithm, params, test.episodes, device, advance=advance, keep_features=True)
-            return TestScores(scores["accuracy"])
+            shown = algorithm.objective.scores_sampled_episodes  # None: every metric
+            return TestScores(scores["accuracy"], None if shown else scores)
         per_task = []
         for name, episode in zip(test.task_names, test.episodes):
             per_task.append((name, episode_scores(algorithm, params, [episode], device)[0]))

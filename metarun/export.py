@@ -69,7 +69,7 @@ def _sentence_transformers_files(folder: Path, model: PretrainedClassifier, max_
     (folder / "modules.json").write_text(json.dumps(modules, indent=1))
     for path, _ in kinds[1:]:
         (folder / path).mkdir()
-    pooling = {"word_embedding_dimension": model.head.in_features, "pooling_mode_mean_sqrt_len_tokens": False,
+    pooling = {"word_embedding_dimension": model.encoder.config.hidden_size, "pooling_mode_mean_sqrt_len_tokens": False,
                **{key: model.pooling == mode for mode, key in POOLING_KEYS.items()}}  # fmt: skip
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=1))
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len, "do_lower_case": False}))

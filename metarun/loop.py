@@ -167,7 +167,7 @@ def meta_train(
                 scores = evaluate_scores(algorithm, weights, val_episodes, device, advance=reporter.validating(step))
                 reporter.log_validation(step, scores, settings.select_by)
                 val = scores[settings.select_by]
-                is_best = state.best is None or val.mean > state.best.mean
+                is_best = state.best is None or val.better_than(state.best, settings.select_by)
                 if is_best:
                     state.best, state.best_step = val, step
             if Ranks.current().any(stop.signum is not None):  # every process stops after the same step

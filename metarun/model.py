@@ -29,6 +29,9 @@ class ModelConfig:
     lora_alpha: float = setting(16.0, above=0.0)  # the update is scaled by lora_alpha / lora_rank
     lora_layers: Optional[int] = setting(None, least=1)  # adapters in the top lora_layers layers only; null: all
     lora_targets: Optional[List[str]] = None  # endings of the linear layers' names, e.g. [query,value]; null: all
+    # a ReLU layer this wide between the pooled features and the head (MeLU's decision layers); 0: none. It belongs to
+    # the scope algo.inner_scope=top (and outer_scope) with algo.top_layers=0, with the head
+    decision_width: int = setting(0, least=0)
 
 
 @schema("model", "transformer")
@@ -75,8 +78,17 @@ class EncoderLayer(nn.Module):
 
 
 class EncoderClassifier(nn.Module):
-    """What every metarun model is: a linear `head` over `features(tokens)`, whose layers can also run from (or stop
-    at) a layer, for the caches of `metarun.features`. Subclasses give `features` and `hidden_states`."""
+    """What every metarun model is: a linear `head` over `features(tokens)` (through a `decision` layer where there is
+    one), whose layers can also run from (or stop at) a layer, for the caches of `metarun.features`. Subclasses give
+    `features` and `hidden_states`."""
+
+    def add_decision_layer(self, width: int) -> None:
+        """A ReLU layer `width` wide between the features and the head (nothing for 0); registered after the head, so
+        that the scope from the head on (algo.top_layers=0) holds both."""
+        self.decision = nn.Identity()
+        if width:
+            self.decision = nn.Sequential(nn.Linear(self.head.in_features, width), nn.ReLU())
+            self.head = nn.Linear(width, self.head.out_features)  # keeps its place among the modules
 
     def forward(
         self,
@@ -91,6 +103,7 @@ class EncoderClassifier(nn.Module):
         if until_layer is not None:
             return self.hidden_states(tokens, until_layer)
         features = self.features(tokens, hidden, from_layer)
+        features = self.decision(features)
         return features if features_only else self.head(features)
 
 
@@ -116,6 +129,7 @@ class TransformerClassifier(EncoderClassifier):
         lora_alpha: float = 16.0,
         lora_layers: int | None = None,
         lora_targets: list[str] | None = None,
+        decision_width: int = 0,
     ) -> None:
         super().__init__()
         self.max_len, self.pad_id = max_len, pad_id
@@ -125,6 +139,7 @@ class TransformerClassifier(EncoderClassifier):
         self.final_norm = LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(d_model, n_classes)
+        self.add_decision_layer(decision_width)
         add_lora(self, lora_rank, lora_alpha, lora_layers, lora_targets)  # drawn last: the rest is as without
 
     def layer_prefixes(self) -> list[str]:

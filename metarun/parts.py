@@ -69,6 +69,6 @@ def build_algorithm(cfg: DictConfig, tokenizer: Tokenizer, device: torch.device,
         n_classes=cfg.task.n_way,
     ).to(device)  # fmt: skip
     return build(
-        cfg.algo, model=model, diagnostic_scores=cfg.train.diagnostic_scores,
+        cfg.algo, model=model, diagnostic_scores=cfg.train.diagnostic_scores, objective=build_task(cfg).objective,
         autocast_dtype=resolve_precision(cfg.device.precision, device, model.prefers_bf16), **sizes,
     )  # fmt: skip

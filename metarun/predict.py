@@ -15,6 +15,7 @@ from metarun.data import load_local, load_texts
 from metarun.errors import UserError, brief
 from metarun.progress import console, phase
 from metarun.parts import use_threads
+from metarun.predict_ratings import predict_ratings
 from metarun.run_folder import write_text_atomically
 from metarun.trained import load
 
@@ -30,6 +31,12 @@ def predict(cfg: DictConfig) -> Path:
         raise UserError(f"out={cfg.out!r} is not valid: the predictions are written as JSONL or CSV, so give a path "
                         f"ending in {' or '.join(OUTPUTS)}.")  # fmt: skip
     check_out(out, cfg)
+    use_threads(cfg.device)
+    # auto keeps the run's own precision; fp32 or bf16 replaces it
+    model = load(cfg.run, cfg.checkpoint, cfg.device.name,
+                 precision=None if cfg.device.precision == "auto" else cfg.device.precision)  # fmt: skip
+    if model.algorithm.objective.shared_head:  # a rating run: a user's rated items and candidates
+        return predict_ratings(cfg, model, out)
     columns = {"text_column": cfg.text_column, "label_column": cfg.label_column, "max_chars": cfg.max_chars}
     support = load_local(cfg.support, **columns, setting="support")
     texts = load_texts(cfg.inputs, cfg.text_column, cfg.max_chars)
@@ -37,14 +44,6 @@ def predict(cfg: DictConfig) -> Path:
     if empty:
         raise UserError(f"inputs={cfg.inputs!r} has {len(empty)} empty text(s) (rows {brief(empty)}, counting from "
                         "1); every input needs a text to label. Remove those rows.")  # fmt: skip
-    use_threads(cfg.device)
-    # auto keeps the run's own precision; fp32 or bf16 replaces it
-    model = load(
-        cfg.run,
-        cfg.checkpoint,
-        cfg.device.name,
-        precision=None if cfg.device.precision == "auto" else cfg.device.precision,
-    )
     adapted = model.adapt(support.texts, support.labels, seed=cfg.seed, unlabelled=texts)
     counts = {label: support.labels.count(label) for label in adapted.labels}
     console.print(f"adapted on {len(support)} examples of {len(counts)} labels: "

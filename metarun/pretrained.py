@@ -121,6 +121,7 @@ class PretrainedClassifier(EncoderClassifier):
         lora_alpha: float = 16.0,
         lora_layers: int | None = None,
         lora_targets: list[str] | None = None,
+        decision_width: int = 0,
     ) -> None:
         super().__init__()
         transformers = _require_transformers()
@@ -154,6 +155,7 @@ class PretrainedClassifier(EncoderClassifier):
             raise UserError(f"The tokenizer has {vocab_size} tokens but {folder} embeds only {embeddings}.")
         self.pad_id = pad_id  # max_len is the tokenizer's (it truncates); position embeddings are the model's
         self.head = nn.Linear(config.hidden_size, n_classes)
+        self.add_decision_layer(decision_width)
         add_lora(self, lora_rank, lora_alpha, lora_layers, lora_targets)  # after loading: B = 0 keeps its outputs
 
     def layer_prefixes(self) -> list[str]:

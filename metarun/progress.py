@@ -27,11 +27,10 @@ from rich.text import Text
 from rich.tree import Tree
 
 from metarun.config import group_options
-from metarun.stats import EvalResult
+from metarun.stats import METRICS, EvalResult
 from metarun.threads import SWEEP_JOBS, choose_threads, sharing_processes
 
 console = Console()
-METRIC_HEADERS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1"}  # as shown
 TITLE_ORDER = ("experiment", "tuning", "budget", "model", "algo", "task", "data", "device")
 
 
@@ -140,11 +139,12 @@ def print_results(title: str, rows: list[tuple[str, EvalResult | dict[str, EvalR
     """One row per split or task: an EvalResult is its accuracy; a dict gives results by metric name (those of
     `config.METRICS`), one column each for the metrics any row has (a row without one leaves its cell blank)."""
     rows = [(name, result if isinstance(result, dict) else {"accuracy": result}) for name, result in rows]
-    metrics = [m for m in METRIC_HEADERS if any(m in results for _, results in rows)]
+    metrics = [m for m in METRICS if any(m in results for _, results in rows)]
     table = Table(title=title)
     table.add_column("split", no_wrap=True)
     for metric in metrics:
-        table.add_column(f"{METRIC_HEADERS[metric]} % (95% CI)", justify="right")
+        percent = " %" if METRICS[metric].percent else ""
+        table.add_column(f"{METRICS[metric].header}{percent} (95% CI)", justify="right")
     table.add_column("episodes", justify="right")
     for name, results in rows:
         cells = [str(results[m]) if m in results else "" for m in metrics]

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from metarun import progress
 from metarun.algorithms import TaskStats
-from metarun.progress import METRIC_HEADERS, clock, job_tag, live_bars
+from metarun.progress import clock, job_tag, live_bars
 from metarun.stats import METRICS, EvalResult
 
 
@@ -141,18 +141,17 @@ class RunReporter:
         if self.writer is None:
             return
         scalars = {"train/outer_lr": lr, "train/grad_norm": grad_norm}
-        if stats[0].loss_after is not None:
-            scalars["train/loss_after"] = _mean([s.loss_after for s in stats])
-            scalars["train/acc_after"] = _mean([s.acc_after for s in stats])
-        if stats[0].loss_before is not None:
-            scalars["train/loss_before"] = _mean([s.loss_before for s in stats])
-            scalars["train/acc_before"] = _mean([s.acc_before for s in stats])
+        for name in ("loss_after", "acc_after", "loss_before", "acc_before"):  # None: not scored (a rating's acc)
+            if getattr(stats[0], name) is not None:
+                scalars[f"train/{name}"] = _mean([getattr(s, name) for s in stats])
         for k in range(len(stats[0].inner_losses)):
             scalars[f"inner/loss_step_{k}"] = _mean([s.inner_losses[k] for s in stats])
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
-        if "train/loss_after" in scalars:
+        if "train/acc_after" in scalars:
             self.progress.step(step, f"loss {scalars['train/loss_after']:.3f} acc {scalars['train/acc_after']:.2f}")
+        elif "train/loss_after" in scalars:
+            self.progress.step(step, f"loss {scalars['train/loss_after']:.3f}")
         else:
             self.progress.step(step, f"grad norm {grad_norm:.3f}")
 
@@ -168,9 +167,9 @@ class RunReporter:
         if self.writer is None:
             return
         for metric, result in scores.items():
-            self.writer.add_scalar(f"val/{METRICS[metric]}", result.mean, step)
-            self.writer.add_scalar(f"val/{METRICS[metric]}_ci95", result.ci95, step)
-        shown = "" if selected == "accuracy" else f"{METRIC_HEADERS[selected]} "
+            self.writer.add_scalar(f"val/{METRICS[metric].short}", result.mean, step)
+            self.writer.add_scalar(f"val/{METRICS[metric].short}_ci95", result.ci95, step)
+        shown = "" if selected == "accuracy" else f"{METRICS[selected].header} "
         self.progress.validation(step, f"{shown}{scores[selected]}")
 
     def log_hparams(self, hparams: dict, metrics: dict) -> None:

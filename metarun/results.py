@@ -21,7 +21,7 @@ IDENTITY = {"algo": "algo", "model": "model", "task": "task", "data": "data", "t
 
 def val_key(select_by: str) -> str:
     """The entry of the best validation score (val_ci95 and val_episodes are that score's)."""
-    return f"val_{METRICS[select_by]}"
+    return f"val_{METRICS[select_by].short}"
 
 
 @dataclass
@@ -45,8 +45,8 @@ class TestScores:
         found = {TEST_ACC: self.accuracy.mean, TEST_CI95: self.accuracy.interval,
                  TEST_EPISODES: self.accuracy.episodes,
                  "per_task_acc": {name: s.accuracy for name, s in self.per_task}}  # fmt: skip
-        for metric, key in ((m, k) for m, k in METRICS.items() if m != "accuracy"):
-            result = self.summary[metric] if self.summary else None
+        for metric, key in ((m, k.short) for m, k in METRICS.items() if m != "accuracy"):
+            result = self.summary.get(metric) if self.summary else None
             found[f"test_{key}"] = None if result is None else result.mean
             found[f"test_{key}_ci95"] = None if result is None else result.interval
             found[f"per_task_{key}"] = None if result is None else {n: getattr(s, metric) for n, s in self.per_task}
@@ -74,8 +74,10 @@ def best_at_last_step(best_step: int | None, cfg: DictConfig) -> bool:
 
 
 def title(cfg: DictConfig) -> str:
-    picked = cfg.choices
-    return f"{picked.algo} · {picked.model} · {picked.task} {cfg.task.n_way}-way {cfg.task.k_shot}-shot · {picked.data}"
+    picked, task = cfg.choices, cfg.task
+    way = "" if task.n_way == 1 else f" {task.n_way}-way"  # one output: a rating, no classes
+    shots = "rest as support" if task.k_shot is None else f"{task.k_shot}-shot"
+    return f"{picked.algo} · {picked.model} · {picked.task}{way} {shots} · {picked.data}"
 
 
 def identity(cfg: DictConfig, device) -> dict:

@@ -21,6 +21,7 @@ from metarun.config import check_config
 from metarun.distributed import Ranks
 from metarun.errors import RunInterrupted
 from metarun.evaluation import evaluate_scores, score_test
+from metarun.objectives import check_select_by
 from metarun.loop import TrainSettings, build_outer_optimizer, meta_train, meta_training_view
 from metarun.parts import build_algorithm, load_task, resolve_device, use_threads
 from metarun.progress import in_sweep, phase, print_config, print_results, print_where
@@ -62,11 +63,13 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
     """The run proper; `stopped` is the checkpoint a resumed run continues from."""
     torch.manual_seed(cfg.seed)
     family, tokenizer = load_task(cfg)
+    check_select_by(family.objective, cfg.eval.select_by)
     print_config(cfg, saved_in_sweeps=True)  # after the data: a data error is the whole output, not after the config
     if not in_sweep():  # a sweep's job has named its folder with its config
         print_where("writing to", output_dir.resolve())
     algorithm = build_algorithm(cfg, tokenizer, device, n_train_classes=family.n_train_classes)
     family.check_algorithm(algorithm)
+    family.prepare(algorithm)  # a resumed run's weights come from its checkpoint after this
     if ranks.world > 1:  # one starting point for all, and each process its own draws (dropout, fresh heads)
         ranks.copy_from_main(list(algorithm.trained_tensors().values()))
         torch.manual_seed(cfg.seed + ranks.rank)

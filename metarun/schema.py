@@ -146,6 +146,10 @@ class PredictConfig:
     oos_threshold: Optional[float] = setting(None, least=0.0, below=1.0)
     oos_validation: Optional[str] = None
     oos_label: str = "oos"
+    # a rating run (task=users): support holds a new user's rated items (the run's item column, template fields and
+    # rating_column), inputs the candidate items; out gets each candidate's predicted rating, best first
+    rating_column: str = "rating"
+    top_k: int = setting(10, least=1)  # the candidates shown as the user's top list
 
 
 @dataclass

@@ -6,8 +6,27 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# the scores averaged over episodes or tasks, with their short names in metrics.json keys and TensorBoard tags
-METRICS = {"accuracy": "acc", "balanced_accuracy": "balanced_acc", "macro_f1": "macro_f1"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    short: str  # its name in metrics.json keys and TensorBoard tags
+    header: str  # as the results table shows it
+    percent: bool = True  # a fraction in [0, 1], shown as a percentage
+    higher_is_better: bool = True
+
+
+# the scores averaged over episodes, tasks or users; a family's objective says which it gives (metarun.objectives)
+METRICS = {
+    "accuracy": Metric("acc", "accuracy"),
+    "balanced_accuracy": Metric("balanced_acc", "balanced acc."),
+    "macro_f1": Metric("macro_f1", "macro-F1"),
+    "mae": Metric("mae", "MAE", percent=False, higher_is_better=False),
+    "rmse": Metric("rmse", "RMSE", percent=False, higher_is_better=False),
+    "ndcg_3": Metric("ndcg3", "nDCG@3"),
+    "ndcg_5": Metric("ndcg5", "nDCG@5"),
+    "auc": Metric("auc", "AUC"),
+}
 
 # t_{0.975, df} for df = 1..30: the 95% two-sided Student-t quantiles (scipy.stats.t.ppf(0.975, df), 9 digits).
 # Written out, not computed: scipy is no dependency (tens of MB for one quantile), torch's StudentT has no icdf.
@@ -52,6 +71,7 @@ class EvalResult:
     mean: float  # mean score (accuracy unless said otherwise) over episodes, in [0, 1]
     ci95: float  # half-width of the 95% confidence interval of that mean; nan with fewer than two episodes
     episodes: int
+    percent: bool = True  # shown as a percentage (a fraction), or as it is (an error in the target's units)
 
     @property
     def interval(self) -> float | None:
@@ -59,27 +79,44 @@ class EvalResult:
         return self.ci95 if math.isfinite(self.ci95) else None
 
     def __str__(self) -> str:
+        scale, digits = (100, 2) if self.percent else (1, 4)
         if self.interval is None:
-            return f"{100 * self.mean:.2f}"
-        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}"
+            return f"{scale * self.mean:.{digits}f}"
+        return f"{scale * self.mean:.{digits}f} ± {scale * self.ci95:.{digits}f}"
+
+    def better_than(self, other: EvalResult, metric: str) -> bool:
+        """Whether this score of `metric` beats `other` (a lower error, a higher accuracy)."""
+        return self.mean > other.mean if METRICS[metric].higher_is_better else self.mean < other.mean
 
 
-def mean_with_ci(values: list[float]) -> EvalResult:
+def mean_with_ci(values: list[float], percent: bool = True) -> EvalResult:
     """The mean of `values` (episodes or tasks) with its 95% Student-t interval: over a dozen tasks the normal
     quantile would be 10% too narrow; over 600 episodes the two agree to 0.2%."""
-    return EvalResult(sum(values) / len(values), half_width_95(values), len(values))
+    return EvalResult(sum(values) / len(values), half_width_95(values), len(values), percent)
 
 
 @dataclass(frozen=True)
 class Scores:
-    """One episode's (or one fixed task's) query scores, each in [0, 1]."""
+    """One episode's (one fixed task's, one user's) query scores: labels' scores in [0, 1]; a rating's also its
+    errors and ranking, and its labels are liked / not liked (`metarun.objectives.Regression`)."""
 
     accuracy: float
     balanced_accuracy: float  # mean recall over the classes present in the query set
     macro_f1: float  # mean F1 over the classes present in the query set or predicted for it
     recall: tuple[float | None, ...] = ()  # each class's recall, by label id; None for a class absent from the query
+    mae: float | None = None  # None: not a rating
+    rmse: float | None = None
+    ndcg_3: float | None = None
+    ndcg_5: float | None = None
+    auc: float | None = None  # None also where the query is all liked or all not liked
 
 
 def summarize(scores: list[Scores]) -> dict[str, EvalResult]:
-    """Each metric's mean over episodes (or tasks) with its 95% CI, by name (`METRICS`)."""
-    return {metric: mean_with_ci([getattr(s, metric) for s in scores]) for metric in METRICS}
+    """Each metric's mean over episodes (or tasks, or users) with its 95% CI, by name (`METRICS`): the metrics the
+    scores have, each over the scores that define it (an AUC needs both kinds of query)."""
+    found = {}
+    for metric, kind in METRICS.items():
+        values = [getattr(s, metric) for s in scores if getattr(s, metric) is not None]
+        if values:
+            found[metric] = mean_with_ci(values, kind.percent)
+    return found

@@ -25,6 +25,7 @@ from metarun.abstain import abstained, choose_threshold
 from metarun.algorithms.heads import head_of_size
 from metarun.checkpoint import restore_weights
 from metarun.checkpoint_file import load_checkpoint
+from metarun.data.ratings import item_text, template_fields
 from metarun.errors import UserError, brief
 from metarun.evaluation import eval_mode
 from metarun.parts import build_algorithm, resolve_device
@@ -51,6 +52,9 @@ class TrainedModel:
         """Adapt to labelled examples (labels as strings, in any number and balance); deterministic in `seed`
         (default: the run's seed) without touching the caller's random state. `unlabelled`: the texts to classify,
         which a transductive run (algo.transductive_steps) also adapts on, as it did at test time."""
+        if self.algorithm.objective.shared_head:
+            raise UserError("This run predicts ratings (task=users), not labels: adapt it with "
+                            "adapt_to_ratings(item_texts, ratings).")  # fmt: skip
         texts = checked_texts(texts, "adapt")
         unlabelled = None if unlabelled is None else checked_texts(unlabelled, "adapt's unlabelled")
         if isinstance(labels, str) or len(texts) != len(labels) or not texts:
@@ -67,6 +71,27 @@ class TrainedModel:
                 extra = self.encode(unlabelled) if unlabelled and self.algorithm.transductive else None
                 adapted = self.algorithm.adapt(self.head_of_size(len(names)), self.encode(texts), support_y, extra)
         return AdaptedModel(self, adapted, names)
+
+    def adapt_to_ratings(self, texts: list[str], ratings: list[float], seed: int | None = None) -> AdaptedRater:
+        """Adapt a rating run (task=users) to one user's rated items: their texts (`item_text` makes them from
+        item fields as the run did) and ratings; deterministic in `seed` (default: the run's seed)."""
+        if not self.algorithm.objective.shared_head:
+            raise UserError("This run predicts labels, not ratings: adapt it with adapt(texts, labels).")
+        texts = checked_texts(texts, "adapt_to_ratings")
+        if isinstance(ratings, str) or len(texts) != len(ratings):
+            raise UserError(f"adapt_to_ratings needs one rating per item text (got {len(texts)} texts and "
+                            f"{len(ratings)} ratings).")  # fmt: skip
+        targets = torch.tensor([float(r) for r in ratings], device=self.device)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.config.seed if seed is None else seed)
+            with eval_mode(self.algorithm.model):
+                adapted = self.algorithm.adapt(self.head_of_size(1), self.encode(texts), targets)
+        return AdaptedRater(AdaptedModel(self, adapted, ["rating"]))
+
+    def item_text(self, fields: dict) -> str:
+        """An item's text from its fields, by the run's template (data.template)."""
+        template = self.config.data.template
+        return item_text(template, template_fields(template), [fields.get(f) for f in template_fields(template)])
 
     def head_of_size(self, n_labels: int) -> Params:
         """The run's parameters with an `n_labels`-way head (`algorithms.heads.head_of_size`)."""
@@ -106,6 +131,22 @@ class AdaptedModel:
         """The threshold for `predict` that scores best on validation `texts` whose `labels` are in-scope labels or
         `oos_label` (`metarun.abstain.choose_threshold`)."""
         return choose_threshold(self.predict_proba(texts), self.labels, [str(y) for y in labels], oos_label)
+
+
+@dataclass
+class AdaptedRater:
+    """A rating run adapted to one user: predicted ratings of items, and the items they would rate highest."""
+
+    adapted: AdaptedModel
+
+    def predict(self, texts: list[str], batch_size: int = 256) -> list[float]:
+        """The predicted rating of each item text."""
+        return self.adapted.logits(texts, batch_size).squeeze(-1).tolist()
+
+    def recommend(self, texts: list[str], k: int = 10, batch_size: int = 256) -> list[tuple[int, float]]:
+        """The `k` items (index into `texts`, predicted rating) rated highest, best first."""
+        ratings = self.predict(texts, batch_size)
+        return sorted(enumerate(ratings), key=lambda pair: -pair[1])[:k]
 
 
 def checked_texts(texts, call: str) -> list[str]:

@@ -15,7 +15,8 @@ import metarun
 from conftest import compose_config, random_episode, tiny_model
 from metarun.algorithms import MAML, ProtoNet, SupervisedBaseline
 from metarun.errors import UserError
-from metarun.evaluation import classification_scores, episode_scores, evaluate, predict
+from metarun.evaluation import episode_scores, evaluate, predict
+from metarun.objectives import classification_scores
 from metarun.stats import EvalResult, mean_with_ci, summarize
 from metarun.results import provenance
 from metarun.run import run

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from metarun.algorithms.base import AlgoConfig, Algorithm, Params, TaskStats, accuracy
+from metarun.algorithms.base import AlgoConfig, Algorithm, Params, TaskStats
 from metarun.algorithms.heads import HEAD, head_logits, starting_head
 from metarun.algorithms.inner import INNER_OPTIMIZERS, LR_PREFIX, SGD, gradient_steps
 from metarun.algorithms.recompute import recomputed_sgd_steps
@@ -121,14 +120,15 @@ class GradientAlgorithm(Algorithm):
             features = self.logits(params, tokens, features_only=True)
             features = features if create_graph else features.detach()
             head, losses = gradient_steps(self.inner_optimizer, {n: params[n] for n in HEAD},
-                                          lambda p: head_logits(p, features), labels, steps, create_graph)  # fmt: skip
+                                          lambda p: self.objective.loss(head_logits(p, features), labels), steps,
+                                          create_graph)  # fmt: skip
             return {**params, **head}, losses
         if create_graph and recompute:
-            support_loss = lambda p: F.cross_entropy(self.logits(p, tokens), labels)  # noqa: E731
+            support_loss = lambda p: self.objective.loss(self.logits(p, tokens), labels)  # noqa: E731
             return recomputed_sgd_steps(support_loss, self.inner_lr, params, steps)
         adapted, losses = gradient_steps(  # "all", "top" or a lora scope: the rest stays at `params`
             self.inner_optimizer, {n: params[n] for n in self.inner_names},
-            lambda p: self.logits({**params, **p}, tokens), labels, steps, create_graph,
+            lambda p: self.objective.loss(self.logits({**params, **p}, tokens), labels), steps, create_graph,
         )  # fmt: skip
         return {**params, **adapted}, losses
 
@@ -143,11 +143,12 @@ class GradientAlgorithm(Algorithm):
         """Query loss and accuracy at the adapted weights (given as logits), and at the starting weights when
         asked and the head is meta-learned (a zeroed or fresh head scores chance there)."""
         end_logits = end_logits.detach()
-        stats = TaskStats(loss_after=F.cross_entropy(end_logits, episode.query_y).item(),
-                          acc_after=accuracy(end_logits, episode.query_y), inner_losses=losses)  # fmt: skip
+        score = self.objective
+        stats = TaskStats(loss_after=score.loss(end_logits, episode.query_y).item(),
+                          acc_after=score.quick_score(end_logits, episode.query_y), inner_losses=losses)  # fmt: skip
         if self.diagnostic_scores and self.learns_head:
             with torch.no_grad():
                 start_logits = self.logits(start, episode.query_x)
-            stats.loss_before = F.cross_entropy(start_logits, episode.query_y).item()
-            stats.acc_before = accuracy(start_logits, episode.query_y)
+            stats.loss_before = score.loss(start_logits, episode.query_y).item()
+            stats.acc_before = score.quick_score(start_logits, episode.query_y)
         return stats

@@ -24,6 +24,7 @@ from metarun.algorithms.scopes import SCOPES, outer_parameter_groups, scope_name
 from metarun.episodes import Episode
 from metarun.errors import UserError
 from metarun.features import FeatureTable
+from metarun.objectives import Classification, Objective
 from metarun.schema import defaults, setting
 
 Params = dict[str, torch.Tensor]
@@ -54,7 +55,7 @@ class TaskStats:
     """What one task's meta-gradient computation saw: query loss/accuracy before and after adaptation."""
 
     loss_after: float | None  # None: the query was not scored (Reptile without train.diagnostic_scores)
-    acc_after: float | None
+    acc_after: float | None  # also None for a rating, whose loss is its squared error
     loss_before: float | None = None
     acc_before: float | None = None
     inner_losses: list[float] = field(default_factory=list)
@@ -67,14 +68,11 @@ class TaskStats:
         return self.inner_losses[-1] if self.inner_losses else 0.0
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return (logits.argmax(-1) == labels).float().mean().item()
-
-
 class Algorithm:
     """An algorithm built from its settings (`schema`'s fields, as keywords; what is not given takes the schema's
     default) and what the run knows: the model, the number of meta-training classes, whether to score forwards only
-    for the logs (train.diagnostic_scores), and the autocast dtype of the model's forward (device.precision).
+    for the logs (train.diagnostic_scores), the autocast dtype of the model's forward (device.precision), and the
+    task family's objective (labels or ratings: the loss every inner and outer step minimises).
 
     What it declares for the rest of metarun: `schema`; `test_time_settings`, the settings metarun-eval may change
     in a trained run; `saved_sizes`, what sizes its own tensors when a checkpoint is loaded; and its flags, all
@@ -86,8 +84,10 @@ class Algorithm:
     test_time_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, *, n_train_classes: int | None = None, diagnostic_scores: bool = False,
-                 autocast_dtype: torch.dtype | None = None, **settings: Any) -> None:  # fmt: skip
+                 autocast_dtype: torch.dtype | None = None, objective: Objective = Classification(),
+                 **settings: Any) -> None:  # fmt: skip
         self.settings = defaults(self.schema, settings)
+        self.objective = objective  # the task family's: what the outputs are, the loss, the scores
         self.model, self.n_train_classes = model, n_train_classes
         self.diagnostic_scores, self.autocast_dtype = diagnostic_scores, autocast_dtype
         self.outer_optimizer, self.head_lr = self.settings["outer_optimizer"], self.settings["head_lr"]

@@ -41,7 +41,7 @@ def sgd_steps(algorithm: Algorithm, params: Params, tokens, labels, steps: int) 
     """`steps` SGD steps on one task; second order comes for free under an enclosing `torch.func.grad`."""
     state, losses = algorithm.inner_optimizer.init(params), []
     for _ in range(steps):
-        grads, loss = grad_and_value(lambda p: F.cross_entropy(algorithm.logits(p, tokens), labels))(params)
+        grads, loss = grad_and_value(lambda p: algorithm.objective.loss(algorithm.logits(p, tokens), labels))(params)
         params, state = algorithm.inner_optimizer.update(params, grads, state)
         losses.append(loss)
     return params, torch.stack(losses) if losses else torch.zeros(0)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 Params = dict[str, torch.Tensor]
 LR_PREFIX = "inner_lr."  # a learned rule's rate for parameter `p` is the algorithm's tensor `inner_lr.p`
@@ -98,12 +97,11 @@ INNER_OPTIMIZERS = {"sgd": SGD, "adam": Adam}
 def gradient_steps(
     optimizer,
     params: Params,
-    logits_of: Callable[[Params], torch.Tensor],
-    labels: torch.Tensor,
+    loss_of: Callable[[Params], torch.Tensor],
     steps: int,
     create_graph: bool,
 ) -> tuple[Params, list[float]]:
-    """`steps` steps of `optimizer` on the cross-entropy of `logits_of(params)`; differentiable through every step
+    """`steps` steps of `optimizer` on `loss_of(params)` (the support loss); differentiable through every step
     iff `create_graph`, else the weights are detached leaves after every step (no graph builds up across steps).
     Returns the adapted weights and each step's loss."""
     names = list(params)
@@ -111,7 +109,7 @@ def gradient_steps(
         params = {n: p.detach().requires_grad_() for n, p in params.items()}
     state, losses = optimizer.init(params), []
     for _ in range(steps):
-        loss = F.cross_entropy(logits_of(params), labels)
+        loss = loss_of(params)
         grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
         losses.append(loss.item())
         params, state = optimizer.update(params, dict(zip(names, grads)), state)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch.func import grad, grad_and_value
 
 from metarun.algorithms.adapting import GradientAlgorithm, InnerLoopAlgoConfig
@@ -71,7 +70,7 @@ class MAML(GradientAlgorithm):
                 recompute=self.memory == "recompute",
             )
             query_logits = self.logits(fast, episode.query_x)
-        query_loss = F.cross_entropy(query_logits, episode.query_y)
+        query_loss = self.objective.loss(query_logits, episode.query_y)
         # first order: the query gradient at the adapted weights stands in for the meta-gradient
         wrt = params if second_order else fast
         names = self.meta_learned_names(params)
@@ -87,7 +86,7 @@ class MAML(GradientAlgorithm):
 
         def query_loss(fast: Params, query_x, query_y):
             logits = self.logits(fast, query_x)
-            return F.cross_entropy(logits, query_y), logits
+            return self.objective.loss(logits, query_y), logits
 
         if self.first_order:
 

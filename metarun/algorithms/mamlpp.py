@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from metarun.algorithms.base import Params, TaskStats
@@ -85,13 +84,13 @@ class MAMLpp(MAML):
                 if not second_order:  # first order: each step starts from a leaf, so no graph spans two steps
                     fast = {n: p.detach().requires_grad_() for n, p in fast.items()}
                     leaves.append(fast)
-                support_loss = F.cross_entropy(self.logits({**start, **fast}, episode.support_x), episode.support_y)
+                support_loss = self.objective.loss(self.logits({**start, **fast}, episode.support_x), episode.support_y)
                 grads = torch.autograd.grad(support_loss, list(fast.values()), create_graph=second_order)
                 fast, state = self.inner_optimizer.update(fast, dict(zip(fast, grads)), state)
                 inner_losses.append(support_loss.item())
                 if weights[k] > 0:  # MSL: the query loss after this step, weighted
                     query_logits = self.logits({**start, **fast}, episode.query_x)
-                    meta_loss = meta_loss + weights[k] * F.cross_entropy(query_logits, episode.query_y)
+                    meta_loss = meta_loss + weights[k] * self.objective.loss(query_logits, episode.query_y)
         names = self.meta_learned_names(params)
         if second_order:
             pairs = [(n, params[n]) for n in names]

@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from metarun.algorithms.base import AlgoConfig, Algorithm, Params, TaskStats, accuracy
+from metarun.algorithms.base import AlgoConfig, Algorithm, Params, TaskStats
 from metarun.algorithms.heads import HEAD, class_means, cosine_prototype_head, head_logits
 from metarun.episodes import Episode
 from metarun.features import by_length
@@ -103,9 +103,9 @@ class ProtoNet(Algorithm):
     ) -> tuple[Params, TaskStats]:
         adapted = self.adapt(params, episode.support_x, episode.support_y)
         query_logits = self.logits(adapted, episode.query_x)
-        loss = F.cross_entropy(query_logits, episode.query_y)
+        loss = self.objective.loss(query_logits, episode.query_y)
         names = self.meta_learned_names(params)
         grads = torch.autograd.grad(loss, [params[n] for n in names])
         return dict(zip(names, grads)), TaskStats(
-            loss_after=loss.item(), acc_after=accuracy(query_logits, episode.query_y)
+            loss_after=loss.item(), acc_after=self.objective.quick_score(query_logits, episode.query_y)
         )

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.algorithms.adapting import HEAD_INITS, AdaptingAlgoConfig, GradientAlgorithm
-from metarun.algorithms.base import OptimizerConfig, Params, TaskStats, accuracy
+from metarun.algorithms.base import OptimizerConfig, Params, TaskStats
 from metarun.algorithms.scopes import SCOPES
 from metarun.episodes import Episode
 from metarun.schema import schema, setting
@@ -40,10 +40,12 @@ class SupervisedBaseline(GradientAlgorithm):
 
     def __init__(self, model, **settings) -> None:
         super().__init__(model, **settings)
-        width = self.model.head.in_features
-        like = next(self.model.parameters())
-        head = nn.Linear(width, self.n_train_classes or 1).to(like.device, like.dtype)
-        self.pretrain_head = {"pretrain_head.weight": head.weight, "pretrain_head.bias": head.bias}
+        self.pretrain_head: Params = {}  # a rating's head means the same in every task: pre-training trains it
+        if not self.objective.shared_head:
+            width = self.model.head.in_features
+            like = next(self.model.parameters())
+            head = nn.Linear(width, self.n_train_classes or 1).to(like.device, like.dtype)
+            self.pretrain_head = {"pretrain_head.weight": head.weight, "pretrain_head.bias": head.bias}
 
     @classmethod
     def saved_sizes(cls, extra: Params) -> dict[str, int]:
@@ -57,7 +59,7 @@ class SupervisedBaseline(GradientAlgorithm):
 
     @property
     def learns_head(self) -> bool:
-        return False  # the N-way head is only used after pre-training
+        return self.objective.shared_head  # else the N-way head is only used after pre-training
 
     def extra_parameters(self) -> dict[str, nn.Parameter]:
         return self.pretrain_head if self.meta_trains else {}
@@ -72,13 +74,14 @@ class SupervisedBaseline(GradientAlgorithm):
         tokens = trim_padding(
             torch.cat([F.pad(x, (0, width - x.shape[1])) for x in (episode.support_x, episode.query_x)])
         )
-        labels = episode.class_ids[torch.cat([episode.support_y, episode.query_y])]
+        labels = self.objective.pooled_targets(torch.cat([episode.support_y, episode.query_y]), episode.class_ids)
         features = self.logits(params, tokens, features_only=True)
-        logits = F.linear(
-            features, self.pretrain_head["pretrain_head.weight"], self.pretrain_head["pretrain_head.bias"]
-        )
-        loss = F.cross_entropy(logits, labels)
+        weight, bias = (self.pretrain_head[f"pretrain_head.{n}"] if self.pretrain_head else params[f"head.{n}"]
+                        for n in ("weight", "bias"))  # fmt: skip
+        logits = F.linear(features, weight, bias)
+        loss = self.objective.loss(logits, labels)
         names = self.meta_learned_names(params)
         wrt = {**{n: params[n] for n in names}, **self.pretrain_head}
         grads = torch.autograd.grad(loss, list(wrt.values()))
-        return dict(zip(wrt, grads)), TaskStats(loss_after=loss.item(), acc_after=accuracy(logits, labels))
+        return dict(zip(wrt, grads)), TaskStats(loss_after=loss.item(),
+                                                  acc_after=self.objective.quick_score(logits, labels))

@@ -99,7 +99,14 @@ def check_labels(labels: dict[int, object], path: Path, column: str) -> None:
 
 def load_texts(file: str, text_column: str = "text", max_chars: int = 5000, setting: str = "inputs") -> list[str]:
     """The texts of one file (JSONL, CSV or Parquet), e.g. to predict labels for; `setting` names it in errors."""
-    return _read(_readable(file, setting), {"text_column": text_column}, max_chars)[0]
+    return read_columns(file, {"text_column": text_column}, setting, max_chars)[0]
+
+
+def read_columns(files: str | Sequence[str], columns: dict[str, str], setting: str, max_chars: int = 5000
+                 ) -> list[list]:  # fmt: skip
+    """One list per column of `columns` (setting -> column name; the first is read as text, cut to `max_chars`), over
+    the rows of every file `files` names; `setting` names where the files were given, in errors."""
+    return _read(_readable(files, setting), columns, max_chars)
 
 
 def _readable(files: str | Sequence[str], setting: str) -> list[Path]:

@@ -4,5 +4,6 @@ each module holds one family and its settings' schema, and `conf/task/<name>.yam
 from metarun.tasks.family import TaskFamily, TestSet
 from metarun.tasks.fixed import FixedTasks
 from metarun.tasks.sampled import SampledEpisodes
+from metarun.tasks.users import UserTasks
 
-__all__ = ["FixedTasks", "SampledEpisodes", "TaskFamily", "TestSet"]
+__all__ = ["FixedTasks", "SampledEpisodes", "TaskFamily", "TestSet", "UserTasks"]

@@ -3,7 +3,9 @@ the meta-test. A family is a class with a schema; `conf/task/<name>.yaml` names 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,6 +16,7 @@ from tokenizers import Tokenizer
 from metarun.data import Corpus
 from metarun.episodes import Episode, EpisodeSampler
 from metarun.errors import UserError
+from metarun.objectives import Classification, Objective
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class TaskFamily:
     """A family built from its settings (`cfg.task`: `schema`'s fields; what is not given takes the schema's
     default). A run calls, in order: `load` (the data, the tokenizer fitted on what it says is meta-train text),
     `check_algorithm`, `validation_episodes`, `train_sampler`, `test_set`, and writes `run_files` into its folder (a
-    resume first checks them, `check_run_files`). `metarun-eval` calls `check_scored`, then `load_test` instead of
+    resume first checks them, `check_run_files`); a fresh model is `prepare`d. `metarun-eval` calls `check_scored`, then `load_test` instead of
     `load` when `tests_on_corpus` (and `check_run_files` on the run's own data), then `test_set`."""
 
     schema: ClassVar[type]
@@ -59,6 +62,11 @@ class TaskFamily:
         """The number of meta-training classes (a supervised baseline's pre-training head is that wide)."""
         return self.train_sampler().n_classes
 
+    @property
+    def objective(self) -> Objective:
+        """What the tasks' targets are: labels (cross-entropy, class scores) or ratings (squared error)."""
+        return Classification()
+
     def train_sampler(self) -> EpisodeSampler:
         raise NotImplementedError
 
@@ -76,6 +84,9 @@ class TaskFamily:
     def check_algorithm(self, algorithm) -> None:
         """Refuse an algorithm this family's settings do not work with."""
 
+    def prepare(self, algorithm) -> None:
+        """Set what the data says of a fresh model's weights (a rating's head starts at the meta-train mean)."""
+
     def run_files(self) -> dict[str, str]:
         """Files for the run folder (name -> text), for whoever uses the run later."""
         return {}
@@ -91,3 +102,11 @@ class TaskFamily:
                     f"run's and its meta-test could hold classes the run meta-trained on. Give the data the run was "
                     f"trained on, or compare {folder / name} with it."
                 )
+
+
+def digest_rows(rows: Iterable[tuple]) -> str:
+    """The SHA-256 of rows of values (each row as JSON, in order): what `run_files` records of a split's data."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()

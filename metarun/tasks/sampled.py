@@ -4,7 +4,6 @@ every episode draws N classes and K + Q examples of each from one split (one dom
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from metarun.data import Corpus
 from metarun.episodes import SPLITS, Episode, EpisodeSampler, MetaSplit, class_groups, split_keys, split_rows
 from metarun.errors import UserError
 from metarun.schema import schema, setting
-from metarun.tasks.family import TaskFamily, TestSet
+from metarun.tasks.family import TaskFamily, TestSet, digest_rows
 from metarun.tokenizer import encode
 
 
@@ -159,8 +158,4 @@ class SampledEpisodes(TaskFamily):
 
 def rows_digest(corpus: Corpus, index: list[int]) -> str:
     """The SHA-256 of some rows of `corpus` (text, label and domain of each, in order)."""
-    digest = hashlib.sha256()
-    for i in index:
-        row = (corpus.texts[i], corpus.labels[i], corpus.domains[i] if corpus.domains else "")
-        digest.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
-    return digest.hexdigest()
+    return digest_rows((corpus.texts[i], corpus.labels[i], corpus.domains[i] if corpus.domains else "") for i in index)
