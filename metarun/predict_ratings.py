@@ -56,8 +56,8 @@ def predict_ratings(cfg: DictConfig, model: TrainedModel, out: Path) -> Path:
         writer.writerows(rows)
         text = buffer.getvalue()
     write_text_atomically(out, text)
-    console.print(f"top {min(cfg.top_k, len(rows))}: " + ", ".join(f"{r['item']} ({r['predicted_rating']:.2f})"
-                                                                   for r in rows[: cfg.top_k]), highlight=False)  # fmt: skip
+    top = ", ".join(f"{r['item']} ({r['predicted_rating']:.2f})" for r in rows[: cfg.top_k])
+    console.print(f"top {min(cfg.top_k, len(rows))}: {top}", highlight=False)
     console.print(f"wrote {len(rows)} predicted ratings to {out}, best first", highlight=False)
     return out
 

@@ -99,7 +99,13 @@ def score_rating_baselines(cfg: DictConfig, methods: tuple[str, ...] = METHODS) 
         rows = unique_rows(batches)
         features = {k: v.double() for k, v in zip(text_keys(rows), table(rows).unbind())}
         by_penalty = {p: fit_ridge(features, train, mean, p) for p in RIDGE_PENALTIES}
-        best = min(by_penalty, key=lambda p: scores_of("features_ridge_offset", val, family.objective,
-                                                        ridge=by_penalty[p], features=features, **fitted)["mae"].mean)
+        best = min(
+            by_penalty,
+            key=lambda p: (
+                scores_of(
+                    "features_ridge_offset", val, family.objective, ridge=by_penalty[p], features=features, **fitted
+                )["mae"].mean
+            ),
+        )
         fitted.update(ridge=by_penalty[best], features=features)
     return {m: scores_of(m, test, family.objective, **fitted) for m in methods}

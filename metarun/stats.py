@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 
-
 @dataclass(frozen=True)
 class Metric:
     short: str  # its name in metrics.json keys and TensorBoard tags

@@ -30,7 +30,8 @@ def config(*overrides):
 def test_every_option_extends_its_groups_schema(group, option):
     needed = {"hf": ["model.name_or_path=x"], "local": ["data.files=x.jsonl"],  # the ??? settings
               "fixed_tasks": ["task.eval_tasks=[{name:x,train:x.jsonl,test:y.jsonl}]"],
-              "class_splits": ["task.class_splits=x"]}.get(option, [])  # fmt: skip
+              "class_splits": ["task.class_splits=x"], "ratings": ["data.ratings=r.jsonl", "data.items=i.jsonl"],
+              }.get(option, [])  # fmt: skip
     cfg = config(f"{group}={option}", *needed)
     assert OmegaConf.get_type(cfg[group]) in SCHEMAS[group].values()
     check_config(cfg)  # the shipped options are valid as they are

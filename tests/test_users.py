@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from conftest import INNER_LR, INNER_STEPS, random_episode, tiny_model
 from metarun.algorithms import MAML
-from metarun.data import Ratings, load_ratings
+from metarun.data import load_ratings
 from metarun.errors import UserError
 from metarun.objectives import Regression, auc, ndcg, rating_scores
 from metarun.rating_baselines import item_means, predictors
@@ -124,7 +124,8 @@ def test_rating_scores_match_an_independent_computation():
     assert scores.accuracy == pytest.approx(((predicted >= 4).numpy() == liked).mean())
     assert scores.balanced_accuracy == pytest.approx(balanced_accuracy_score(liked, (predicted >= 4).numpy()))
     assert auc(torch.tensor([1.0, 2.0]), torch.tensor([True, True])) is None  # one kind only: no AUC
-    assert ndcg(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([5.0, 3.0, 1.0]), 3) == pytest.approx(1.0)  # ties: order kept
+    ties = ndcg(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([5.0, 3.0, 1.0]), 3)
+    assert ties == pytest.approx(1.0)  # tied predictions keep the query's order
 
 
 def test_baselines_on_a_toy_set_match_counts_by_hand():
@@ -174,8 +175,10 @@ def test_regression_maml_meta_gradient_matches_finite_differences():
 
 
 def toy_run(toy, *extra):
+    """The movielens preset on the toy files with a tiny model (whose own scopes take the tunings' place)."""
     return ["experiment=movielens", f"data.ratings={toy[0]}", f"data.items={toy[1]}", "data.template='{title}. {plot}'",
-            "model=tiny", "budget=smoke", "device=cpu", "task.n_query=4", *extra]  # fmt: skip
+            "model=tiny", "model.decision_width=8", "algo.outer_scope=top", "algo.top_layers=0",
+            "algo.inner_scope=top", "budget=smoke", "device=cpu", "task.n_query=4", *extra]  # fmt: skip
 
 
 def test_a_rating_run_meta_trains_tests_and_predicts_for_a_new_user(toy, tmp_path, run_cli):
@@ -183,8 +186,7 @@ def test_a_rating_run_meta_trains_tests_and_predicts_for_a_new_user(toy, tmp_pat
     from metarun.trained import load
 
     folder = tmp_path / "run"
-    code, out, err = run_cli(main, *toy_run(toy, "model.decision_width=8", "algo.outer_scope=top", "algo.top_layers=0",
-                                            f"hydra.run.dir={folder}"))  # fmt: skip
+    code, out, err = run_cli(main, *toy_run(toy, f"hydra.run.dir={folder}"))
     assert code == 0, out + err
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["select_by"] == "mae" and metrics["test_mae"] > 0 and metrics["test_ndcg3"] <= 1

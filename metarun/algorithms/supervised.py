@@ -83,5 +83,6 @@ class SupervisedBaseline(GradientAlgorithm):
         names = self.meta_learned_names(params)
         wrt = {**{n: params[n] for n in names}, **self.pretrain_head}
         grads = torch.autograd.grad(loss, list(wrt.values()))
-        return dict(zip(wrt, grads)), TaskStats(loss_after=loss.item(),
-                                                  acc_after=self.objective.quick_score(logits, labels))
+        return dict(zip(wrt, grads)), TaskStats(
+            loss_after=loss.item(), acc_after=self.objective.quick_score(logits, labels)
+        )

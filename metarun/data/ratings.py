@@ -87,7 +87,8 @@ def read_item_texts(items: str, template: str, item_column: str = "item", max_ch
 
 
 def load_ratings(ratings, items: str, template: str = "{title}. {genres}. {plot}", user_column: str = "user",
-                 item_column: str = "item", target_column: str = "rating", max_chars: int = 5000) -> Ratings:  # fmt: skip
+                 item_column: str = "item", target_column: str = "rating", max_chars: int = 5000,
+                 ) -> Ratings:  # fmt: skip
     """The ratings of `ratings` with the text of each item they name (from `items`, by `template`)."""
     columns = {"user_column": user_column, "item_column": item_column, "target_column": target_column}
     users, rated, raw = read_columns(ratings, columns, "data.ratings")

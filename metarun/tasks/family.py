@@ -32,9 +32,10 @@ class TestSet:
 class TaskFamily:
     """A family built from its settings (`cfg.task`: `schema`'s fields; what is not given takes the schema's
     default). A run calls, in order: `load` (the data, the tokenizer fitted on what it says is meta-train text),
-    `check_algorithm`, `validation_episodes`, `train_sampler`, `test_set`, and writes `run_files` into its folder (a
-    resume first checks them, `check_run_files`); a fresh model is `prepare`d. `metarun-eval` calls `check_scored`, then `load_test` instead of
-    `load` when `tests_on_corpus` (and `check_run_files` on the run's own data), then `test_set`."""
+    `check_algorithm`, `prepare`, `validation_episodes`, `train_sampler`, `test_set`, and writes `run_files` into its
+    folder (a resume first checks them, `check_run_files`). `metarun-eval` calls `check_scored`, then `load_test`
+    instead of `load` when `tests_on_corpus` (and `check_run_files` on the run's own data), then `test_set`. Its
+    `objective` says what the targets are (labels or ratings)."""
 
     schema: ClassVar[type]
     tests_on_corpus: ClassVar[bool] = True  # whether the meta-test is drawn from the run's data (`load_test`)

@@ -174,7 +174,8 @@ class UserTasks(TaskFamily):
             )
         if algorithm.batched and self.task.k_shot is None:
             raise UserError("algo.batch_tasks=true stacks tasks of one size, but task.k_shot=null gives each user "
-                            "their own number of support items; set task.k_shot, or algo.batch_tasks=false.")  # fmt: skip
+                            "their own number of support items; set task.k_shot, or algo.batch_tasks=false.",
+                            )  # fmt: skip
 
     def prepare(self, algorithm) -> None:
         """The head starts at the mean meta-train rating (its weights near zero), not at 0 stars."""
