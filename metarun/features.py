@@ -16,6 +16,7 @@ from metarun.feature_store import Source, stored_values
 from metarun.tokens import PAD_ID, trim_padding
 
 Compute = Callable[[torch.Tensor], torch.Tensor]  # a batch of token rows -> one result per row
+RECENT, RECENT_BYTES = 4, 1 << 22  # lookups a table remembers (a task's support and query sets), each at most 4 MiB
 
 
 def unique_rows(token_batches: list[torch.Tensor]) -> torch.Tensor:
@@ -50,22 +51,30 @@ def text_keys(tokens: torch.Tensor) -> list[bytes]:
 
 
 class FeatureTable:
-    """`compute`'s results for every row of `token_batches`, looked up by the text's tokens: each text's pooled
-    features (`layers=None`), or its hidden states after the first `layers` layers, kept at the text's own length.
+    """`compute`'s results for every row of `token_batches`, looked up by the text's tokens: each text's features
+    (`layers=None`; with `pooled`, the pooled encoder output below the model's decision layer), or its hidden states
+    after the first `layers` layers, kept at the text's own length.
     With a `source` (what computes them, see `feature_store.Source`) the table is kept for later runs."""
 
     def __init__(self, compute: Compute, token_batches: list[torch.Tensor], layers: int | None = None,
-                 source: Source | None = None) -> None:  # fmt: skip
+                 source: Source | None = None, pooled: bool = False) -> None:  # fmt: skip
         self.layers = layers
+        self.pooled = pooled  # `layers=None` values that are the pooled output below a decision layer
         rows = unique_rows(token_batches)
         self.rows = {key: i for i, key in enumerate(text_keys(rows))}
         lengths = [1] * len(rows) if layers is None else (rows != PAD_ID).sum(1).tolist()
+        self.recent: list[tuple[torch.Tensor, torch.Tensor]] = []  # the last RECENT lookups, newest first
         self.values = stored_values(lambda: batches_by_length(compute, rows), lengths, source, rows)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        for asked, found in self.recent:  # an inner loop asks for the same support set at every step
+            if asked is tokens:  # the very tensor, held here: it cannot have been freed and its memory reused
+                return found
         rows = [self.rows[key] for key in text_keys(tokens)]
-        found = self.values.read(rows, None if self.layers is None else tokens.shape[1])
-        return found.to(tokens.device)
+        found = self.values.read(rows, None if self.layers is None else tokens.shape[1]).to(tokens.device)
+        if found.numel() * found.element_size() <= RECENT_BYTES:  # a task's sets, not a whole table read in turns
+            self.recent = [(tokens, found), *self.recent[: RECENT - 1]]
+        return found

@@ -107,7 +107,8 @@ def meta_training_view(algorithm: Algorithm, sampler: EpisodeSampler, val_episod
         view = cached(algorithm, dict(algorithm.model.named_parameters()), tokens, algorithm.trained_names(), keep=True)
     if view is not algorithm:
         layers = view.cache.layers
-        part = "features" if layers is None else "first layer" if layers == 1 else f"first {layers} layers"
+        part = "first layer" if layers == 1 else f"first {layers} layers"
+        part = ("pooled output" if view.cache.pooled else "features") if layers is None else part
         progress.console.print(f"Meta-training leaves the encoder's {part} unchanged: read from that table "
                                "from now on.")  # fmt: skip
     return view

@@ -97,12 +97,16 @@ class EncoderClassifier(nn.Module):
         hidden: torch.Tensor | None = None,
         from_layer: int = 0,
         until_layer: int | None = None,
+        pooled_only: bool = False,
     ) -> torch.Tensor:
-        """Logits (or features); from cached `hidden` states after `from_layer` layers; or with `until_layer`, the
-        hidden states a cache keeps (see `metarun.features`)."""
+        """Logits (or features); from cached `hidden` states after `from_layer` layers; or what a cache keeps (see
+        `metarun.features`): with `until_layer` the hidden states, with `pooled_only` the pooled output below the
+        decision layer."""
         if until_layer is not None:
             return self.hidden_states(tokens, until_layer)
         features = self.features(tokens, hidden, from_layer)
+        if pooled_only:
+            return features
         features = self.decision(features)
         return features if features_only else self.head(features)
 

@@ -151,14 +151,22 @@ class Algorithm:
         with self._autocast(tokens):
             return functional_call(self.model, params, (tokens,), {"until_layer": layers})
 
+    def pooled_features(self, params: Params, tokens: torch.Tensor) -> torch.Tensor:
+        """The model's pooled encoder output, below its decision layer (what a `FeatureTable` with `pooled` keeps)."""
+        with self._autocast(tokens):
+            return functional_call(self.model, params, (tokens,), {"pooled_only": True})
+
     def _autocast(self, tokens: torch.Tensor) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(tokens.device.type, dtype=self.autocast_dtype)
 
     def logits(self, params: Params, tokens: torch.Tensor, features_only: bool = False) -> torch.Tensor:
-        if self.cache is not None and self.cache.layers is None:
+        if self.cache is not None and self.cache.layers is None and not self.cache.pooled:
             features = self.cache(tokens)
+        elif self.cache is not None and self.cache.layers is None:  # the decision layer runs on cached pooled output
+            decision = {n.removeprefix("decision."): p for n, p in params.items() if n.startswith("decision.")}
+            features = functional_call(self.model.decision, decision, (self.cache(tokens).float(),))
         else:
             start = {} if self.cache is None else {"hidden": self.cache(tokens), "from_layer": self.cache.layers}
             with self._autocast(tokens):

@@ -50,6 +50,11 @@ def top_names(model: nn.Module, names: list[str], top_layers: int) -> list[str]:
     return names[first:]
 
 
+def above_pooling(model: nn.Module) -> set[str]:
+    """The parameters that run on the pooled encoder output: the head and the decision layer."""
+    return {n for n, _ in model.named_parameters() if n in HEAD or n.startswith("decision.")}
+
+
 def untouched_layers(model: nn.Module, changing: set[str]) -> int:
     """How many of the model's bottom layers (with the embeddings below them) no name in `changing` is in."""
     names = [n for n, _ in model.named_parameters()]
