@@ -133,15 +133,18 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
             "budget may be what limits this run; more outer steps (train.outer_steps) may still help."
         )
     folder = output_dir.resolve()
-    uses = [] if in_sweep() else uses_of_run(folder, family.tests_on_corpus)  # a sweep ends with its own
+    uses = [] if in_sweep() else uses_of_run(folder, family.tests_on_corpus, family.objective.shared_head)
     print_where("run folder", folder, uses)
     return best_val.mean
 
 
-def uses_of_run(folder: Path, tests_on_corpus: bool) -> list[tuple[str, str]]:
-    """The commands that use a finished run's folder (other data only where its meta-test is drawn from data)."""
+def uses_of_run(folder: Path, tests_on_corpus: bool, ratings: bool = False) -> list[tuple[str, str]]:
+    """The commands that use a finished run's folder (other data only where its meta-test is drawn from data); a
+    rating run's predict takes a user's rated items. A sweep's jobs print none: the sweep ends with its own."""
     run = shlex.quote(f"run={folder}")
-    again = "score it again; on other data: data=... task.n_way=..." if tests_on_corpus else "score it again"
-    return [(f"metarun-eval {run}", again),
-            (f"metarun-predict {run} support=<labelled file> inputs=<texts> out=<predictions.csv>", "label texts"),
+    other = "data.ratings=..." if ratings else "data=... task.n_way=..."
+    again = f"score it again; on other data: {other}" if tests_on_corpus else "score it again"
+    predict = ("support=<a user's rated items> inputs=<candidate items> out=<ranked.csv>", "rank items for a user")
+    predict = predict if ratings else ("support=<labelled file> inputs=<texts> out=<predictions.csv>", "label texts")
+    return [(f"metarun-eval {run}", again), (f"metarun-predict {run} {predict[0]}", predict[1]),
             (f"tensorboard --logdir {shlex.quote(str(folder / 'tensorboard'))}", "its curves")]  # fmt: skip

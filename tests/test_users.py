@@ -182,7 +182,7 @@ def toy_run(toy, *extra):
 
 
 def test_a_rating_run_meta_trains_tests_and_predicts_for_a_new_user(toy, tmp_path, run_cli):
-    from metarun.cli import main, predict_main
+    from metarun.cli import eval_main, main, predict_main
     from metarun.trained import load
 
     folder = tmp_path / "run"
@@ -191,6 +191,12 @@ def test_a_rating_run_meta_trains_tests_and_predicts_for_a_new_user(toy, tmp_pat
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["select_by"] == "mae" and metrics["test_mae"] > 0 and metrics["test_ndcg3"] <= 1
     assert metrics["test_episodes"] == len(json.loads((folder / "splits.json").read_text())["test"])
+    assert "a user's rated items" in out
+    code, out, err = run_cli(eval_main, f"run={folder}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert code == 0, out + err  # the same users and query items, scored again
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test_mae"] == pytest.approx(
+        metrics["test_mae"]
+    )
     model = load(folder)
     rater = model.adapt_to_ratings([model.item_text({"title": "film 1", "plot": "a drama story"})], [5.0])
     assert len(rater.predict(["film 2. a drama story", "film 3. a horror story"])) == 2

@@ -81,24 +81,27 @@ class UserTasks(TaskFamily):
         return Regression(self.task.liked)
 
     def load(self, ratings: Ratings, tokenizer_for: Callable[[list[str]], Tokenizer]) -> Tokenizer:
-        users = self.eligible_users(ratings)
-        s = self.task.split
-        self.meta_split = split_keys(sorted(users), s.val, s.test, s.seed, "user")
-        rows = {name: [i for u in getattr(self.meta_split, name) for i in users[u]] for name in SPLITS}
+        rows = self.split(ratings)
         train_items = sorted({ratings.items[i] for i in rows["train"]})
         tokenizer = tokenizer_for([ratings.item_texts[item] for item in train_items])
         self.samplers = self.make_samplers(ratings, tokenizer, rows)
-        self.digests = {name: ratings_digest(ratings, index) for name, index in rows.items()}
         self.train_mean = sum(ratings.targets[i] for i in rows["train"]) / len(rows["train"])
         return tokenizer
 
     def load_test(self, ratings: Ratings, tokenizer: Tokenizer, every_row: bool) -> None:
         users = self.eligible_users(ratings)
-        if not every_row:
-            s = self.task.split
-            test = split_keys(sorted(users), s.val, s.test, s.seed, "user").test
-            users = {u: users[u] for u in test}
-        self.samplers = self.make_samplers(ratings, tokenizer, {"test": [i for rows in users.values() for i in rows]})
+        rows = [i for index in users.values() for i in index] if every_row else self.split(ratings)["test"]
+        self.samplers = self.make_samplers(ratings, tokenizer, {"test": rows})
+
+    def split(self, ratings: Ratings) -> dict[str, list[int]]:
+        """Each split's rows (its users' ratings); the user split and a digest of each split's rows are kept for
+        `run_files`."""
+        users = self.eligible_users(ratings)
+        s = self.task.split
+        self.meta_split = split_keys(sorted(users), s.val, s.test, s.seed, "user")
+        rows = {name: [i for u in getattr(self.meta_split, name) for i in users[u]] for name in SPLITS}
+        self.digests = {name: ratings_digest(ratings, index) for name, index in rows.items()}
+        return rows
 
     def eligible_users(self, ratings: Ratings) -> dict[str, list[int]]:
         """Each user's rows, for the users with `min_ratings` to `max_ratings` ratings, each item once."""
