@@ -12,12 +12,12 @@ import torch
 from omegaconf import DictConfig
 
 from metarun.algorithms.caching import cached
-from metarun.algorithms.heads import HEAD
+from metarun.algorithms.scopes import above_pooling
 from metarun.errors import UserError
 from metarun.evaluation import eval_mode
 from metarun.features import text_keys, unique_rows
 from metarun.parts import build, build_algorithm, build_task
-from metarun.stats import EvalResult, summarize
+from metarun.stats import EvalResult, Scores, summarize
 from metarun.tasks.users import UserTasks
 from metarun.tokenizer import make_tokenizer
 
@@ -67,16 +67,26 @@ def predictors(method: str, episode, means: dict[bytes, float], mean: float, rid
     return offset(regressed, support_keys, episode.support_y)
 
 
-def scores_of(method: str, episodes, objective, **fitted) -> dict[str, EvalResult]:
+def scores_of(method: str, episodes, objective, **fitted) -> list[Scores]:
+    """The method's scores of each user's query, in the episodes' order."""
     found = []
     for episode in episodes:
         predicted = predictors(method, episode, **fitted)(text_keys(episode.query_x))
         found.append(objective.scores(predicted.float(), episode.query_y, 1))
-    return summarize(found)
+    return found
 
 
 def score_rating_baselines(cfg: DictConfig, methods: tuple[str, ...] = METHODS) -> dict[str, dict[str, EvalResult]]:
     """Each method's scores over the meta-test users of `cfg` (intervals over users), by method."""
+    per_user, _ = rating_baseline_scores(cfg, methods)
+    return {method: summarize(scores) for method, scores in per_user.items()}
+
+
+def rating_baseline_scores(cfg: DictConfig, methods: tuple[str, ...] = METHODS, test_ratings: str | None = None,
+                           ) -> tuple[dict[str, list[Scores]], list]:  # fmt: skip
+    """Each method's scores of every meta-test user of `cfg`, by method, and those users' tasks (in that order).
+    With `test_ratings` (a ratings file of other users, as `metarun-eval run=... data.ratings=<file>` scores them)
+    the meta-test is every user of that file instead; the baselines still learn from `cfg`'s meta-train users."""
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise UserError(f"Unknown baseline(s) {unknown}; choose from {', '.join(METHODS)}.")
@@ -89,23 +99,26 @@ def score_rating_baselines(cfg: DictConfig, methods: tuple[str, ...] = METHODS) 
     train = family.train_sampler()
     val = family.validation_episodes(tokenizer, cfg.eval.val_episodes, cfg.eval.seed)
     test = family.test_set(tokenizer, cfg.eval.test_episodes, cfg.eval.seed + 1).episodes
+    if test_ratings is not None:  # other users: every one of them, their items' texts from the same items file
+        others = build_task(cfg)
+        others.load_test(build(cfg.data, ratings=test_ratings), tokenizer, every_row=True)
+        test = others.test_set(tokenizer, cfg.eval.test_episodes, cfg.eval.seed + 1).episodes
     means, mean = item_means(train)
     fitted = {"means": means, "mean": mean}
     if "features_ridge_offset" in methods:
         algorithm = build_algorithm(cfg, tokenizer, torch.device("cpu"), n_train_classes=1)
         batches = [train.tokens, *(x for e in val + test for x in (e.support_x, e.query_x))]
-        with eval_mode(algorithm.model):  # the frozen encoder's features, from the cache a run keeps
-            table = cached(algorithm, dict(algorithm.model.named_parameters()), batches, set(HEAD), keep=True).cache
+        params, above = dict(algorithm.model.named_parameters()), above_pooling(algorithm.model)
+        with eval_mode(algorithm.model):  # the frozen encoder's pooled output (below any decision layer), cached
+            table = cached(algorithm, params, batches, above, keep=True).cache
         rows = unique_rows(batches)
         features = {k: v.double() for k, v in zip(text_keys(rows), table(rows).unbind())}
         by_penalty = {p: fit_ridge(features, train, mean, p) for p in RIDGE_PENALTIES}
-        best = min(
-            by_penalty,
-            key=lambda p: (
-                scores_of(
-                    "features_ridge_offset", val, family.objective, ridge=by_penalty[p], features=features, **fitted
-                )["mae"].mean
-            ),
-        )
+
+        def val_mae(penalty: float) -> float:
+            fit = {"ridge": by_penalty[penalty], "features": features, **fitted}
+            return summarize(scores_of("features_ridge_offset", val, family.objective, **fit))["mae"].mean
+
+        best = min(by_penalty, key=val_mae)
         fitted.update(ridge=by_penalty[best], features=features)
-    return {m: scores_of(m, test, family.objective, **fitted) for m in methods}
+    return {m: scores_of(m, test, family.objective, **fitted) for m in methods}, test

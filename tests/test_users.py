@@ -236,23 +236,38 @@ def test_selecting_by_a_score_the_family_lacks_is_refused(tmp_path, run_cli):
     assert code != 0 and "eval.select_by=mae" in out + err
 
 
-def test_the_rating_baselines_script_scores_the_same_test_users(toy, tmp_path):
+def test_the_rating_baselines_script_scores_the_same_test_users_and_pairs_a_run(toy, tmp_path, run_cli):
     import subprocess
     import sys
 
     from conftest import SCRIPTS
+    from metarun.cli import main
 
-    out = tmp_path / "baselines.json"
     args = [a for a in toy_run(toy) if a != "budget=smoke"] + ["eval.test_episodes=1000"]
-    done = subprocess.run([sys.executable, str(SCRIPTS / "recommendation_baselines.py"), *args,
-                           "--methods", "global_mean,user_mean,popularity,popularity_offset", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    folder = tmp_path / "run"
+    code, out, err = run_cli(main, *args, "train.outer_steps=2", "eval.val_interval=2", f"hydra.run.dir={folder}")
+    assert code == 0, out + err
+    out = tmp_path / "baselines.json"
+    methods = "global_mean,user_mean,popularity,popularity_offset"
+    script = [sys.executable, str(SCRIPTS / "recommendation_baselines.py"), *args, "--methods", methods]
+    done = subprocess.run(
+        [*script, "--out", str(out), "--run", str(folder)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    scores = json.loads(out.read_text())["scores"]
+    saved = json.loads(out.read_text())
+    scores, paired = saved["scores"], saved["paired"]
     from metarun.config import compose
-    from metarun.rating_baselines import score_rating_baselines
+    from metarun.rating_baselines import rating_baseline_scores, score_rating_baselines
 
     again = score_rating_baselines(compose("config", args), ("user_mean", "popularity"))  # the same users
     for method in ("user_mean", "popularity"):
         assert scores[method]["mae"]["mean"] == pytest.approx(again[method]["mae"].mean)
         assert scores[method]["mae"]["episodes"] == 3  # a tenth of the 30 users: every meta-test user
+    (tmp_path / "other").mkdir()
+    other_users, _ = write_toy(tmp_path / "other", users=10, seed=1)
+    _, test = rating_baseline_scores(compose("config", args), ("user_mean",), str(other_users))
+    assert len(test) == 10  # every user of the other file: the held-out check's new users
+    run = json.loads((folder / "metrics.json").read_text())
+    assert scores["run"]["mae"]["mean"] == pytest.approx(run["test_mae"])  # the run, on the same users
+    gap = scores["user_mean"]["mae"]["mean"] - scores["run"]["mae"]["mean"]
+    assert paired["run vs user_mean"]["mae"]["mean"] == pytest.approx(gap)  # a mean of differences: the same gap
