@@ -28,11 +28,12 @@ from metarun.progress import in_sweep, phase, print_config, print_results, print
 from metarun.reporter import RunReporter
 from metarun.results import TEST_ACC, hparams, identity, title, val_key, validation_metrics
 from metarun.run_folder import claim_run_folder, folder_lock, write_text_atomically
+from metarun.stats import METRICS
 
 
 def run(cfg: DictConfig, output_dir: Path) -> float:
     """Meta-train, validate, test the best checkpoint; returns the best validation score (`eval.select_by`) for
-    sweepers. Under torchrun every process runs this; rank 0 claims the folder and alone writes and prints."""
+    sweepers, negated for an error (MAE, RMSE) so that higher is always better. Under torchrun every process runs this; rank 0 claims the folder and alone writes and prints."""
     check_config(cfg)
     use_threads(cfg.device)
     ranks, device_name = distributed.start(cfg.device.name)
@@ -135,7 +136,7 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
     folder = output_dir.resolve()
     uses = [] if in_sweep() else uses_of_run(folder, family.tests_on_corpus, family.objective.shared_head)
     print_where("run folder", folder, uses)
-    return best_val.mean
+    return best_val.mean if METRICS[cfg.eval.select_by].higher_is_better else -best_val.mean
 
 
 def uses_of_run(folder: Path, tests_on_corpus: bool, ratings: bool = False) -> list[tuple[str, str]]:

@@ -153,6 +153,8 @@ class Algorithm:
 
     def pooled_features(self, params: Params, tokens: torch.Tensor) -> torch.Tensor:
         """The model's pooled encoder output, below its decision layer (what a `FeatureTable` with `pooled` keeps)."""
+        if self.cache is not None and self.cache.pooled:  # kept already (meta-training's, while a validation runs)
+            return self.cache(tokens)
         with self._autocast(tokens):
             return functional_call(self.model, params, (tokens,), {"pooled_only": True})
 
