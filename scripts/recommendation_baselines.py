@@ -44,9 +44,8 @@ def main() -> None:
     runs = {}
     for folder in args.run:
         model = load(folder, device="cpu")
-        runs[Path(folder).name] = episode_scores(
-            model.algorithm, dict(model.algorithm.model.named_parameters()), test, model.device
-        )
+        params = dict(model.algorithm.model.named_parameters())  # its frozen part's table is the run's own, reused
+        runs[Path(folder).name] = episode_scores(model.algorithm, params, test, model.device, keep_features=True)
     found = {name: summarize(scores) for name, scores in {**per_user, **runs}.items()}
     k = cfg.task.k_shot
     print_results(f"rating baselines · {'rest as support' if k is None else f'{k} support items'}",
