@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from metarun.abstain import abstained
 from metarun.config import check_config
 from metarun.data import load_local, load_texts
+from metarun.data.files import readable_files
 from metarun.errors import UserError, brief
 from metarun.progress import console, phase
 from metarun.parts import use_threads
@@ -31,6 +32,8 @@ def predict(cfg: DictConfig) -> Path:
         raise UserError(f"out={cfg.out!r} is not valid: the predictions are written as JSONL or CSV, so give a path "
                         f"ending in {' or '.join(OUTPUTS)}.")  # fmt: skip
     check_out(out, cfg)
+    for setting in ("support", "inputs"):  # a missing file is told before the model is loaded
+        readable_files(cfg[setting], setting)
     use_threads(cfg.device)
     # auto keeps the run's own precision; fp32 or bf16 replaces it
     model = load(cfg.run, cfg.checkpoint, cfg.device.name,

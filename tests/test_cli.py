@@ -261,4 +261,6 @@ def test_help_lists_the_config_groups_a_user_picks(run_cli):
     assert "  tuning: anil_minilm," in shown.stdout and "maml_minilm_arsc" in shown.stdout
     assert "schema/" not in shown.stdout  # the structured configs are not options to pick
     _, evaluate, _ = run_cli(cli.eval_main, "--help")
-    assert "  data: clinc150, local, synthetic" in evaluate and "  algo:" not in evaluate  # what eval may change
+    assert (
+        "  data: clinc150, local, ratings, synthetic" in evaluate and "  algo:" not in evaluate
+    )  # what eval may change

@@ -63,7 +63,7 @@ def load_local(
 
     Texts longer than `max_chars` characters are cut to their first `max_chars` as they are read; `setting` names
     where the files were given, in errors."""
-    paths = _readable(files, setting)
+    paths = readable_files(files, setting)
     columns = {"text_column": text_column, "label_column": label_column}
     if domain_column is not None:
         columns["domain_column"] = domain_column
@@ -106,10 +106,10 @@ def read_columns(files: str | Sequence[str], columns: dict[str, str], setting: s
                  ) -> list[list]:  # fmt: skip
     """One list per column of `columns` (setting -> column name; the first is read as text, cut to `max_chars`), over
     the rows of every file `files` names; `setting` names where the files were given, in errors."""
-    return _read(_readable(files, setting), columns, max_chars)
+    return _read(readable_files(files, setting), columns, max_chars)
 
 
-def _readable(files: str | Sequence[str], setting: str) -> list[Path]:
+def readable_files(files: str | Sequence[str], setting: str) -> list[Path]:
     """The paths of `files`, each an existing, non-empty file, all of one format. An entry may be a folder (its
     JSONL, CSV or Parquet files) or a glob pattern (`data/*.train.jsonl`), each expanded in sorted order."""
     entries = [files] if isinstance(files, (str, Path)) else list(files)
