@@ -33,7 +33,8 @@ from metarun.stats import METRICS
 
 def run(cfg: DictConfig, output_dir: Path) -> float:
     """Meta-train, validate, test the best checkpoint; returns the best validation score (`eval.select_by`) for
-    sweepers, negated for an error (MAE, RMSE) so that higher is always better. Under torchrun every process runs this; rank 0 claims the folder and alone writes and prints."""
+    sweepers, negated for an error (MAE, RMSE) so that higher is always better. Under torchrun every process runs
+    this; rank 0 claims the folder and alone writes and prints."""
     check_config(cfg)
     use_threads(cfg.device)
     ranks, device_name = distributed.start(cfg.device.name)
