@@ -159,16 +159,19 @@ def _problems(node: DictConfig, prefix: str, extra: Collection[str] = ()) -> lis
     return [p for p in found if p]
 
 
-def check_config(cfg: DictConfig, extra: Collection[str] = ()) -> None:
+PARTS_CHECKED = ("model", "algo", "task", "data")  # the groups whose parts check their settings' combination
+
+
+def check_config(cfg: DictConfig, extra: Collection[str] = (), parts: Collection[str] = PARTS_CHECKED) -> None:
     """Every setting against its schema, before any work: values still missing, unknown keys (but the dotted names
-    in `extra`), ranges and choices, then what each part says of its own settings' combination."""
+    in `extra`), ranges and choices, then what each of `parts` says of its own settings' combination."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(
             f"These settings need a value: {', '.join(missing)}; give them on the command line, e.g. {missing[0]}=..."
         )
     problems = _problems(cfg, "", extra)
-    for node in (cfg[group] for group in ("model", "algo", "task", "data") if group in cfg):
+    for node in (cfg[group] for group in parts if group in cfg):
         part = get_object(node._target_)
         problems += part.settings_problems(node) if hasattr(part, "settings_problems") else []
     if problems:

@@ -37,7 +37,9 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
     change the data, on every class (or domain) of that data. The metrics go to `output_dir`; the run's folder is
     only read. Returns the test accuracy."""
     changed = changed_settings(overrides)
-    check_config(cfg, extra=test_time_settings())  # `+algo.transductive_steps`: a setting of the run's algorithm
+    # `+algo.transductive_steps`: a setting of the run's algorithm; the task's combination is checked once it is the
+    # run's own (a class_splits task is valid only with the split the run names)
+    check_config(cfg, extra=test_time_settings(), parts=("model", "algo", "data"))
     saved = load_checkpoint(checkpoint_path(cfg.run, cfg.checkpoint))  # read once: its config, then its weights
     run_cfg = OmegaConf.create(saved["config"])
     # the run's own option of a group (metarun-eval picks the run's task itself) is no change: its settings stay
@@ -47,6 +49,9 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
         if key in cfg.choices:  # another option of a group: its name too
             run_cfg.choices[key] = cfg.choices[key]
     family = build_task(run_cfg)
+    problems = type(family).settings_problems(family.task)
+    if problems:
+        raise UserError(" ".join(problems))
     family.check_scored(cfg.scored)
     own = get_class(run_cfg.algo._target_).test_time_settings
     foreign = [k for k in changed if k.startswith("algo.") and k.removeprefix("algo.") not in own]

@@ -69,6 +69,8 @@ def test_metarun_eval_refuses_another_split_of_the_runs_own_data(tmp_path):
     change = ["task=class_splits", f"task.class_splits={other}"]
     with pytest.raises(UserError, match="would score classes the run meta-trained on"):
         evaluate_run(compose("evaluate", [f"run={tmp_path / 'run'}", *change]), tmp_path / "eval", change)
+    again = ["eval.test_episodes=2"]  # its own split, as the run names it: scored
+    assert 0 <= evaluate_run(compose("evaluate", [f"run={tmp_path / 'run'}", *again]), tmp_path / "own", again) <= 1
 
 
 def test_the_splits_may_be_given_in_the_config_as_lists(tmp_path):
