@@ -83,7 +83,8 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=1))
     files = "" if family.tests_on_corpus else f" · its {cfg.scored} files"
-    print_results(f"{title(run_cfg)} · {cfg.checkpoint}.pt of {cfg.run}{files}", test.rows(scored))
+    print_results(f"{title(run_cfg)} · {cfg.checkpoint}.pt of {cfg.run}{files}", test.rows(scored),
+                  family.objective.shown)  # fmt: skip
     print_where("scores written to", (output_dir / "metrics.json").resolve())
     return test.accuracy.mean
 

@@ -73,6 +73,7 @@ class Classification:  # plain classes, not dataclasses: Hydra would make a data
 
     name = "classification"
     metrics = ("accuracy", "balanced_accuracy", "macro_f1")  # the scores it gives (names of stats.METRICS)
+    shown = metrics  # those the results table shows (metrics.json holds them all)
     shared_head = False  # label l is another class in every episode: each task's head is its own
     scores_sampled_episodes = ("accuracy",)  # sampled episodes are balanced: their accuracy is their score
 
@@ -100,6 +101,7 @@ class Regression:
 
     name = "regression"
     metrics = ("mae", "rmse", "ndcg_3", "ndcg_5", "accuracy", "balanced_accuracy", "macro_f1", "auc")
+    shown = ("mae", "rmse", "ndcg_3", "auc")  # a table that fits a terminal
     shared_head = True  # a rating means the same for every task: the head is meta-learned, each task starts from it
     scores_sampled_episodes = None  # every metric: a user's query is no balanced episode
 

@@ -135,11 +135,13 @@ def clock(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))  # 0:01:05, as rich's bar shows times
 
 
-def print_results(title: str, rows: list[tuple[str, EvalResult | dict[str, EvalResult]]]) -> None:
+def print_results(title: str, rows: list[tuple[str, EvalResult | dict[str, EvalResult]]],
+                  shown: Sequence[str] = tuple(METRICS)) -> None:  # fmt: skip
     """One row per split or task: an EvalResult is its accuracy; a dict gives results by metric name (those of
-    `config.METRICS`), one column each for the metrics any row has (a row without one leaves its cell blank)."""
+    `config.METRICS`), one column each for the metrics of `shown` any row has (a row without one leaves its cell
+    blank; metrics.json holds them all)."""
     rows = [(name, result if isinstance(result, dict) else {"accuracy": result}) for name, result in rows]
-    metrics = [m for m in METRICS if any(m in results for _, results in rows)]
+    metrics = [m for m in METRICS if m in shown and any(m in results for _, results in rows)]
     table = Table(title=title)
     table.add_column("split", no_wrap=True)
     for metric in metrics:

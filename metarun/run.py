@@ -128,7 +128,8 @@ def _run(cfg: DictConfig, output_dir: Path, stopped: dict | None, ranks: Ranks, 
         final = (TEST_ACC, val_key(cfg.eval.select_by), "test_balanced_acc", "test_macro_f1")
         reporter.log_hparams(hparams(cfg), {f"hparam/{k}": metrics[k] for k in final if metrics[k] is not None})
 
-    print_results(title(cfg), [("meta-val (best)", {cfg.eval.select_by: best_val}), *test.rows()])
+    rows = [("meta-val (best)", {cfg.eval.select_by: best_val}), *test.rows()]
+    print_results(title(cfg), rows, (cfg.eval.select_by, *family.objective.shown))
     if metrics["best_at_last_step"]:
         progress.console.print(
             f"[yellow]The best validation came at the last outer step ({best_step} of {cfg.train.outer_steps}): the "
