@@ -16,7 +16,7 @@ from metarun.data.files import readable_files
 from metarun.errors import UserError, brief
 from metarun.progress import console, phase
 from metarun.parts import use_threads
-from metarun.predict_ratings import predict_ratings
+from metarun.predict_ratings import ranked_candidates
 from metarun.run_folder import write_text_atomically
 from metarun.trained import load
 
@@ -39,7 +39,10 @@ def predict(cfg: DictConfig) -> Path:
     model = load(cfg.run, cfg.checkpoint, cfg.device.name,
                  precision=None if cfg.device.precision == "auto" else cfg.device.precision)  # fmt: skip
     if model.algorithm.objective.shared_head:  # a rating run: a user's rated items and candidates
-        return predict_ratings(cfg, model, out)
+        rows = ranked_candidates(cfg, model)
+        write_rows(out, rows, rows, ["item", "predicted_rating", "rank"])
+        console.print(f"wrote {len(rows)} predicted ratings to {out}, best first", highlight=False)
+        return out
     columns = {"text_column": cfg.text_column, "label_column": cfg.label_column, "max_chars": cfg.max_chars}
     support = load_local(cfg.support, **columns, setting="support")
     texts = load_texts(cfg.inputs, cfg.text_column, cfg.max_chars)
@@ -59,7 +62,10 @@ def predict(cfg: DictConfig) -> Path:
     labels = abstained(probabilities, adapted.labels, threshold, cfg.oos_label)
     rows = [{"text": text, "label": label, "probabilities": dict(zip(adapted.labels, p.tolist()))}
             for text, label, p in zip(texts, labels, probabilities)]  # fmt: skip
-    write_text_atomically(out, _as_jsonl(rows) if out.suffix.lower() == ".jsonl" else _as_csv(rows, adapted.labels))
+    columns = ["text", "label", *(f"p({label})" for label in adapted.labels)]  # a probability column per label
+    flat = [{"text": r["text"], "label": r["label"], **{f"p({k})": p for k, p in r["probabilities"].items()}}
+            for r in rows]  # fmt: skip
+    write_rows(out, rows, flat, columns)
     console.print(f"wrote {len(rows)} predictions to {out}", highlight=False)
     return out
 
@@ -94,14 +100,14 @@ def check_out(out: Path, cfg: DictConfig) -> None:
                         "Give out another path, or add overwrite=true.")  # fmt: skip
 
 
-def _as_jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
-def _as_csv(rows: list[dict], labels: list[str]) -> str:
-    """Columns text, label, then one probability column per label, named `p(<label>)`."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["text", "label", *(f"p({label})" for label in labels)])
-    writer.writerows([r["text"], r["label"], *(r["probabilities"][k] for k in labels)] for r in rows)
-    return buffer.getvalue()
+def write_rows(out: Path, rows: list[dict], flat_rows: list[dict], columns: list[str]) -> None:
+    """`rows` as JSONL, or `flat_rows` (one value per column) as CSV with `columns`, into `out`."""
+    if out.suffix.lower() == ".jsonl":
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(flat_rows)
+        text = buffer.getvalue()
+    write_text_atomically(out, text)

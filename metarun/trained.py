@@ -91,7 +91,8 @@ class TrainedModel:
     def item_text(self, fields: dict) -> str:
         """An item's text from its fields, by the run's template (data.template)."""
         template = self.config.data.template
-        return item_text(template, template_fields(template), [fields.get(f) for f in template_fields(template)])
+        names = template_fields(template)
+        return item_text(template, names, [fields.get(f) for f in names])
 
     def head_of_size(self, n_labels: int) -> Params:
         """The run's parameters with an `n_labels`-way head (`algorithms.heads.head_of_size`)."""

@@ -68,17 +68,41 @@ def item_text(template: str, fields: list[str], values: list[Any]) -> str:
     return template.format(**shown).strip()
 
 
+def read_items(file: str, template: str, item_column: str, setting: str, extra: dict[str, str] | None = None,
+               ) -> tuple[list[str], list[str], list[list]]:  # fmt: skip
+    """Each row's item id and its text by `template`, in the file's order, with the values of the `extra` columns
+    (setting -> column name)."""
+    fields = template_fields(template)
+    columns = {"item_column": item_column, **{f"template field {f!r}": f for f in fields}, **(extra or {})}
+    ids, *values = read_columns(file, columns, setting)
+    own, others = values[: len(fields)], values[len(fields) :]
+    return ids, [item_text(template, fields, [column[row] for column in own]) for row in range(len(ids))], others
+
+
+def numbers(values: list, column: str, setting: str) -> list[float]:
+    """`values` as finite numbers (ratings), else a refusal naming the row and the value."""
+    found = []
+    for row, value in enumerate(values):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise UserError(f"{setting}: row {row + 1} has {column}={value!r}, which is not a number; every rating "
+                            "must be a finite number (e.g. 1 to 5).")  # fmt: skip
+        found.append(number)
+    return found
+
+
 def read_item_texts(items: str, template: str, item_column: str = "item", max_chars: int = 5000,
                     setting: str = "data.items") -> dict[str, str]:  # fmt: skip
     """Each item's text, by its id, from an items file."""
-    fields = template_fields(template)
-    columns = {"item_column": item_column, **{f"template field {f!r}": f for f in fields}}
-    ids, *values = read_columns(items, columns, setting)
+    ids, found, _ = read_items(items, template, item_column, setting)
     texts: dict[str, str] = {}
-    for row, item in enumerate(ids):
+    for row, (item, text) in enumerate(zip(ids, found)):
         if item in texts:
             raise UserError(f"{setting} {items} lists item {item!r} twice (row {row + 1}); give each item once.")
-        texts[item] = item_text(template, fields, [column[row] for column in values])[:max_chars]
+        texts[item] = text[:max_chars]
     empty = [item for item, text in texts.items() if not text]
     if empty:
         raise UserError(f"{len(empty)} item(s) of {items} have an empty text under data.template={template!r} "
@@ -92,16 +116,7 @@ def load_ratings(ratings, items: str, template: str = "{title}. {genres}. {plot}
     """The ratings of `ratings` with the text of each item they name (from `items`, by `template`)."""
     columns = {"user_column": user_column, "item_column": item_column, "target_column": target_column}
     users, rated, raw = read_columns(ratings, columns, "data.ratings")
-    targets = []
-    for row, value in enumerate(raw):
-        try:
-            target = float(value)
-        except (TypeError, ValueError):
-            target = math.nan
-        if not math.isfinite(target):
-            raise UserError(f"data.ratings: row {row + 1} has {target_column}={value!r}, which is not a number; every "
-                            "rating must be a finite number (e.g. 1 to 5).")  # fmt: skip
-        targets.append(target)
+    targets = numbers(raw, target_column, "data.ratings")
     texts = read_item_texts(items, template, item_column, max_chars)
     unknown = sorted({str(i) for i in rated} - set(texts))
     if unknown:
