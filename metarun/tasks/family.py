@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
 from metarun.data import Corpus
-from metarun.episodes import Episode, EpisodeSampler
+from metarun.episodes import SPLITS, Episode, EpisodeSampler, MetaSplit
 from metarun.errors import UserError
 from metarun.objectives import Classification, Objective
 
@@ -103,6 +103,13 @@ class TaskFamily:
                     f"run's and its meta-test could hold classes the run meta-trained on. Give the data the run was "
                     f"trained on, or compare {folder / name} with it."
                 )
+
+
+def split_files(split: MetaSplit, digests: dict[str, str]) -> dict[str, str]:
+    """The `run_files` of a family that splits its data's keys (classes, domains, users): the split, and the digest of
+    each split's rows."""
+    return {"splits.json": json.dumps({n: getattr(split, n) for n in SPLITS}, indent=1),
+            "data.json": json.dumps({"rows_sha256": digests}, indent=1)}  # fmt: skip
 
 
 def digest_rows(rows: Iterable[tuple]) -> str:

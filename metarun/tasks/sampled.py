@@ -4,7 +4,6 @@ every episode draws N classes and K + Q examples of each from one split (one dom
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
@@ -12,10 +11,10 @@ from typing import ClassVar, Optional
 from tokenizers import Tokenizer
 
 from metarun.data import Corpus
-from metarun.episodes import SPLITS, Episode, EpisodeSampler, MetaSplit, class_groups, split_keys, split_rows
+from metarun.episodes import Episode, EpisodeSampler, MetaSplit, class_groups, split_keys, split_rows
 from metarun.errors import UserError
 from metarun.schema import schema, setting
-from metarun.tasks.family import TaskFamily, TestSet, digest_rows
+from metarun.tasks.family import TaskFamily, TestSet, digest_rows, split_files
 from metarun.tokenizer import encode
 
 
@@ -152,8 +151,7 @@ class SampledEpisodes(TaskFamily):
             )
 
     def run_files(self) -> dict[str, str]:
-        return {"splits.json": json.dumps({n: getattr(self.meta_split, n) for n in SPLITS}, indent=1),
-                "data.json": json.dumps({"rows_sha256": self.digests}, indent=1)}  # fmt: skip
+        return split_files(self.meta_split, self.digests)
 
 
 def rows_digest(corpus: Corpus, index: list[int]) -> str:

@@ -5,7 +5,6 @@ ratings, 10 query items and the rest as support; or a fixed number of support it
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import defaultdict
@@ -21,7 +20,7 @@ from metarun.episodes import SPLITS, Episode, split_keys
 from metarun.errors import UserError, brief
 from metarun.objectives import Regression
 from metarun.schema import schema, setting
-from metarun.tasks.family import TaskFamily, TestSet, digest_rows
+from metarun.tasks.family import TaskFamily, TestSet, digest_rows, split_files
 from metarun.tasks.sampled import SplitConfig
 from metarun.tokenizer import encode
 from metarun.tokens import trim_padding
@@ -89,8 +88,10 @@ class UserTasks(TaskFamily):
         return tokenizer
 
     def load_test(self, ratings: Ratings, tokenizer: Tokenizer, every_row: bool) -> None:
-        users = self.eligible_users(ratings)
-        rows = [i for index in users.values() for i in index] if every_row else self.split(ratings)["test"]
+        if every_row:  # other users: every one of them
+            rows = [i for index in self.eligible_users(ratings).values() for i in index]
+        else:
+            rows = self.split(ratings)["test"]
         self.samplers = self.make_samplers(ratings, tokenizer, {"test": rows})
 
     def split(self, ratings: Ratings) -> dict[str, list[int]]:
@@ -176,9 +177,10 @@ class UserTasks(TaskFamily):
                 "or finetune with algo.head_init=learned."
             )
         if algorithm.batched and self.task.k_shot is None:
-            raise UserError("algo.batch_tasks=true stacks tasks of one size, but task.k_shot=null gives each user "
-                            "their own number of support items; set task.k_shot, or algo.batch_tasks=false.",
-                            )  # fmt: skip
+            raise UserError(
+                "algo.batch_tasks=true stacks tasks of one size, but task.k_shot=null gives each user their own "
+                "number of support items; set task.k_shot, or algo.batch_tasks=false."
+            )
 
     def prepare(self, algorithm) -> None:
         """The head starts at the mean meta-train rating (its weights near zero), not at 0 stars."""
@@ -186,8 +188,7 @@ class UserTasks(TaskFamily):
             algorithm.model.head.bias.fill_(self.train_mean)
 
     def run_files(self) -> dict[str, str]:
-        return {"splits.json": json.dumps({n: getattr(self.meta_split, n) for n in SPLITS}, indent=1),
-                "data.json": json.dumps({"rows_sha256": self.digests}, indent=1)}  # fmt: skip
+        return split_files(self.meta_split, self.digests)
 
 
 def ratings_digest(ratings: Ratings, index: list[int]) -> str:
