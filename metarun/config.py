@@ -171,12 +171,20 @@ def check_config(cfg: DictConfig, extra: Collection[str] = (), parts: Collection
             f"These settings need a value: {', '.join(missing)}; give them on the command line, e.g. {missing[0]}=..."
         )
     problems = _problems(cfg, "", extra)
+    refuse_combinations(cfg, parts, problems)
+    check_data_folder(cfg)
+
+
+def refuse_combinations(
+    cfg: DictConfig, parts: Collection[str] = PARTS_CHECKED, problems: Collection[str] = ()
+) -> None:
+    """Refuse, in one paragraph with `problems` found before, what each of `parts` says of its settings' combination."""
+    problems = list(problems)
     for node in (cfg[group] for group in parts if group in cfg):
         part = get_object(node._target_)
         problems += part.settings_problems(node) if hasattr(part, "settings_problems") else []
     if problems:
         raise UserError(" ".join(problems))
-    check_data_folder(cfg)
 
 
 def check_data_folder(cfg: DictConfig) -> None:

@@ -12,7 +12,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from metarun.checkpoint_file import load_checkpoint
-from metarun.config import check_config
+from metarun.config import check_config, refuse_combinations
 from metarun.errors import UserError
 from metarun.evaluation import score_test
 from metarun.parts import build, build_task, use_threads
@@ -48,10 +48,8 @@ def evaluate_run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> flo
         OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
         if key in cfg.choices:  # another option of a group: its name too
             run_cfg.choices[key] = cfg.choices[key]
+    refuse_combinations(run_cfg, ("task",))
     family = build_task(run_cfg)
-    problems = type(family).settings_problems(family.task)
-    if problems:
-        raise UserError(" ".join(problems))
     family.check_scored(cfg.scored)
     own = get_class(run_cfg.algo._target_).test_time_settings
     foreign = [k for k in changed if k.startswith("algo.") and k.removeprefix("algo.") not in own]

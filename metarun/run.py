@@ -147,7 +147,12 @@ def uses_of_run(folder: Path, tests_on_corpus: bool, ratings: bool = False) -> l
     run = shlex.quote(f"run={folder}")
     other = "data.ratings=..." if ratings else "data=... task.n_way=..."
     again = f"score it again; on other data: {other}" if tests_on_corpus else "score it again"
-    predict = ("support=<a user's rated items> inputs=<candidate items> out=<ranked.csv>", "rank items for a user")
-    predict = predict if ratings else ("support=<labelled file> inputs=<texts> out=<predictions.csv>", "label texts")
-    return [(f"metarun-eval {run}", again), (f"metarun-predict {run} {predict[0]}", predict[1]),
+    if ratings:
+        files, what = (
+            "support=<a user's rated items> inputs=<candidate items> out=<ranked.csv>",
+            "rank items for a user",
+        )
+    else:
+        files, what = "support=<labelled file> inputs=<texts> out=<predictions.csv>", "label texts"
+    return [(f"metarun-eval {run}", again), (f"metarun-predict {run} {files}", what),
             (f"tensorboard --logdir {shlex.quote(str(folder / 'tensorboard'))}", "its curves")]  # fmt: skip

@@ -21,8 +21,9 @@ def cached(algorithm: Algorithm, params: Params, token_batches: list[torch.Tenso
     table is one later runs may read again (meta-training's, the meta-test's; not a validation's, whose weights
     change every time): it is kept in the feature cache folder, and read from there when it holds it."""
     # only the head, or the decision layer and head, change: the features, or the pooled output below the decision
-    pooled = not changing <= set(HEAD) and changing <= above_pooling(algorithm.model)
-    layers = None if changing <= above_pooling(algorithm.model) else untouched_layers(algorithm.model, changing)
+    above = above_pooling(algorithm.model)
+    pooled = changing <= above and not changing <= set(HEAD)
+    layers = None if changing <= above else untouched_layers(algorithm.model, changing)
     if layers == 0:
         return algorithm
     if pooled:

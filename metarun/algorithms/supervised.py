@@ -16,6 +16,7 @@ from torch import nn
 
 from metarun.algorithms.adapting import HEAD_INITS, AdaptingAlgoConfig, GradientAlgorithm
 from metarun.algorithms.base import OptimizerConfig, Params, TaskStats
+from metarun.algorithms.heads import HEAD, head_logits
 from metarun.algorithms.scopes import SCOPES
 from metarun.episodes import Episode
 from metarun.schema import schema, setting
@@ -76,9 +77,8 @@ class SupervisedBaseline(GradientAlgorithm):
         )
         labels = self.objective.pooled_targets(torch.cat([episode.support_y, episode.query_y]), episode.class_ids)
         features = self.logits(params, tokens, features_only=True)
-        weight, bias = (self.pretrain_head[f"pretrain_head.{n}"] if self.pretrain_head else params[f"head.{n}"]
-                        for n in ("weight", "bias"))  # fmt: skip
-        logits = F.linear(features, weight, bias)
+        head = params if not self.pretrain_head else dict(zip(HEAD, self.pretrain_head.values()))
+        logits = head_logits(head, features)
         loss = self.objective.loss(logits, labels)
         names = self.meta_learned_names(params)
         wrt = {**{n: params[n] for n in names}, **self.pretrain_head}
