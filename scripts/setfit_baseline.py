@@ -23,7 +23,8 @@ import torch  # noqa: E402
 from metarun.config import compose  # noqa: E402
 from metarun.evaluation import episode_scores  # noqa: E402
 from metarun.objectives import classification_scores  # noqa: E402
-from metarun.parts import build, build_algorithm, load_task, use_threads  # noqa: E402
+from metarun.parts import build, build_algorithm, build_task, use_threads  # noqa: E402
+from metarun.tokenizer import make_tokenizer  # noqa: E402
 from metarun.progress import phase, print_results  # noqa: E402
 from metarun.setfit_baseline import EpisodeTexts, encoder_folder, fit_predict  # noqa: E402
 from metarun.stats import summarize  # noqa: E402
@@ -39,8 +40,9 @@ def main() -> None:
     cfg = compose("config", args.overrides)
     use_threads(cfg.device)
     folder = encoder_folder(cfg.model)
-    family, tokenizer = load_task(cfg)
-    corpus = build(cfg.data)
+    corpus = build(cfg.data)  # read once: the family's data, and the texts behind the episodes' tokens
+    family = build_task(cfg)
+    tokenizer = family.load(corpus, lambda texts: make_tokenizer(cfg.model, texts))
     test = family.test_set(tokenizer, cfg.eval.test_episodes, cfg.eval.seed + 1)
     episodes = test.episodes if test.task_names else test.episodes[: args.episodes]
     texts = EpisodeTexts(tokenizer, [*corpus.texts, *(t for tasks in family_texts(family) for t in tasks)])
